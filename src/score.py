@@ -1,0 +1,100 @@
+"""Local leaderboard: the competition's mean hierarchical distance of a submission against a solution.
+
+    python -m src.score SOLUTION.csv SUBMISSION.csv [--json] [--bootstrap N]
+
+Both files have annotation_id,concept_name (the solution may instead use the answer-key layout
+annotation_id,image_id,category_id,name). Ids must match exactly; a predicted name that is not one
+of the 79 concepts is not an error: it scores 12 and is counted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.submission import LabelFileError, read_label_csv
+from src.taxonomy import RANKS, UNKNOWN_NAME_DISTANCE, Taxonomy, distance_matrix, load_taxonomy
+
+
+def pair_distances(truth_idx: np.ndarray, pred_idx: np.ndarray, D: np.ndarray) -> np.ndarray:
+    """Per-row distance D[truth, pred]; a prediction index of -1 (unknown name) scores 12."""
+    padded = np.concatenate([D, np.full((len(D), 1), UNKNOWN_NAME_DISTANCE, dtype=D.dtype)], axis=1)
+    return padded[truth_idx, np.where(pred_idx < 0, len(D), pred_idx)]
+
+
+def bootstrap_interval(values: np.ndarray, n_resamples: int, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values`."""
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_resamples, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def score_frames(solution: pd.DataFrame, submission: pd.DataFrame, taxonomy: Taxonomy | None = None,
+                 D: np.ndarray | None = None) -> dict:
+    """Score a submission frame against a solution frame (both annotation_id, concept_name).
+
+    Raises LabelFileError when the ids do not match one to one or the solution names an unknown concept."""
+    taxonomy = taxonomy or load_taxonomy()
+    D = distance_matrix(taxonomy) if D is None else D
+    truth_ids, sub_ids = solution["annotation_id"].to_numpy(), submission["annotation_id"].to_numpy()
+    missing, extra = np.setdiff1d(truth_ids, sub_ids), np.setdiff1d(sub_ids, truth_ids)
+    if len(missing):
+        raise LabelFileError(f"submission lacks {len(missing)} annotation id(s) of the solution, e.g. {missing[:5].tolist()}")
+    if len(extra):
+        raise LabelFileError(f"submission has {len(extra)} annotation id(s) not in the solution, e.g. {extra[:5].tolist()}")
+    aligned = submission.set_index("annotation_id")["concept_name"].reindex(truth_ids).to_numpy()
+    truth_idx, pred_idx = taxonomy.indices(solution["concept_name"]), taxonomy.indices(aligned)
+    if (truth_idx < 0).any():
+        bad = solution["concept_name"].to_numpy()[truth_idx < 0][0]
+        raise LabelFileError(f"solution names an unknown concept {bad!r}")
+    dist = pair_distances(truth_idx, pred_idx, D)
+    truth_rank = np.array([taxonomy.rank_of(n) for n in taxonomy.names])[truth_idx]
+    by_rank = {rank: {"n": int((truth_rank == rank).sum()), "score": float(dist[truth_rank == rank].mean())}
+               for rank in (*RANKS, "other") if (truth_rank == rank).any()}
+    return {"score": float(dist.mean()), "n": int(len(dist)), "accuracy": float((pred_idx == truth_idx).mean()),
+            "unknown_names": int((pred_idx < 0).sum()), "by_rank": by_rank, "distances": dist}
+
+
+def score_files(solution_path: str | Path, submission_path: str | Path, taxonomy: Taxonomy | None = None) -> dict:
+    """Read and score two CSV files (see score_frames)."""
+    solution = read_label_csv(solution_path, name_columns=("concept_name", "name"))
+    submission = read_label_csv(submission_path)
+    return score_frames(solution, submission, taxonomy)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m src.score", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("solution", help="solution CSV: annotation_id,concept_name (or the answer key with a name column)")
+    parser.add_argument("submission", help="submission CSV: annotation_id,concept_name")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--bootstrap", type=int, default=0, metavar="N", help="also a 95%% bootstrap interval from N resamples")
+    args = parser.parse_args(argv)
+    try:
+        result = score_files(args.solution, args.submission)
+    except LabelFileError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    distances = result.pop("distances")
+    if args.bootstrap:
+        result["bootstrap_95"] = bootstrap_interval(distances.astype(np.float64), args.bootstrap)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"score {result['score']:.6f}  (mean hierarchical distance over {result['n']} rows; 0 best, 12 worst)")
+    print(f"accuracy {result['accuracy']:.4f}   unknown names {result['unknown_names']}")
+    if "bootstrap_95" in result:
+        print("95% bootstrap interval {:.4f} .. {:.4f}".format(*result["bootstrap_95"]))
+    for rank, part in result["by_rank"].items():
+        print(f"  true concept at {rank:<8} n={part['n']:<5} mean distance {part['score']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Submission files: `annotation_id,concept_name`, one row per test annotation, sorted by id.
+
+    python -m src.submission validate FILE [--test-json dataset_test.json]
+
+checks a file before upload: readable CSV, the two columns, integer ids, every test id exactly once
+(when the test COCO file is given) and every name one of the 79 concepts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from src.artifacts import atomic_write_with
+from src.taxonomy import Taxonomy, load_taxonomy
+
+SUBMISSION_COLUMNS = ("annotation_id", "concept_name")
+
+
+class LabelFileError(ValueError):
+    """A label CSV (submission or solution) cannot be read as one; the message says why."""
+
+
+def read_label_csv(path: str | Path, name_columns: Iterable[str] = ("concept_name",)) -> pd.DataFrame:
+    """Read a CSV of annotation ids and concept names into columns annotation_id (int64), concept_name (str).
+
+    `name_columns` lists the accepted names of the concept column, first match wins (the answer key
+    of the competition calls it `name`). Raises LabelFileError with one line on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise LabelFileError(f"{path}: no such file")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise LabelFileError(f"{path}: empty file") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise LabelFileError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
+    name_columns = tuple(name_columns)
+    name_col = next((c for c in name_columns if c in frame.columns), None)
+    if "annotation_id" not in frame.columns or name_col is None:
+        raise LabelFileError(
+            f"{path}: needs columns annotation_id and one of {', '.join(name_columns)}; found {', '.join(map(str, frame.columns))}")
+    if frame.empty:
+        raise LabelFileError(f"{path}: no rows")
+    ids = pd.to_numeric(frame["annotation_id"].str.strip(), errors="coerce")
+    if ids.isna().any() or (ids != ids.round()).any():
+        bad = frame.loc[ids.isna() | (ids != ids.round()), "annotation_id"].iloc[0]
+        raise LabelFileError(f"{path}: annotation_id must be an integer, got {bad!r}")
+    out = pd.DataFrame({"annotation_id": ids.astype("int64"), "concept_name": frame[name_col].astype(str)})
+    duplicated = out["annotation_id"][out["annotation_id"].duplicated()]
+    if len(duplicated):
+        raise LabelFileError(
+            f"{path}: {duplicated.nunique()} duplicated annotation_id(s), e.g. {int(duplicated.iloc[0])}")
+    return out
+
+
+def coco_annotation_ids(test_json: str | Path) -> list[int]:
+    """Annotation ids of a COCO test file."""
+    return sorted(int(a["id"]) for a in json.loads(Path(test_json).read_text())["annotations"])
+
+
+def write_submission(path: str | Path, annotation_ids, concept_names) -> Path:
+    """Write a submission CSV (sorted by annotation_id) atomically; returns the path."""
+    frame = pd.DataFrame({"annotation_id": list(annotation_ids), "concept_name": list(concept_names)})
+    if frame["annotation_id"].duplicated().any():
+        raise ValueError("write_submission: duplicated annotation ids")
+    frame = frame.astype({"annotation_id": "int64"}).sort_values("annotation_id")
+    return atomic_write_with(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def validate_submission(submission: str | Path | pd.DataFrame, expected_ids: Iterable[int] | None = None,
+                        taxonomy: Taxonomy | None = None) -> list[str]:
+    """Problems that would make a submission invalid or lose points; an empty list means valid."""
+    taxonomy = taxonomy or load_taxonomy()
+    try:
+        frame = submission if isinstance(submission, pd.DataFrame) else read_label_csv(submission)
+    except LabelFileError as err:
+        return [str(err)]
+    problems = []
+    unknown = frame.loc[taxonomy.indices(frame["concept_name"]) < 0, "concept_name"]
+    if len(unknown):
+        problems.append(f"{len(unknown)} row(s) name no known concept (each scores 12), e.g. {unknown.iloc[0]!r}")
+    if expected_ids is not None:
+        expected, got = set(int(i) for i in expected_ids), set(frame["annotation_id"].tolist())
+        if missing := sorted(expected - got):
+            problems.append(f"{len(missing)} test annotation id(s) missing, e.g. {missing[:5]}")
+        if extra := sorted(got - expected):
+            problems.append(f"{len(extra)} annotation id(s) not in the test set, e.g. {extra[:5]}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m src.submission", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("validate", help="check a submission CSV before upload")
+    check.add_argument("file", help="submission CSV (annotation_id,concept_name)")
+    check.add_argument("--test-json", help="the competition's dataset_test.json: every test id must appear once")
+    args = parser.parse_args(argv)
+    expected = coco_annotation_ids(args.test_json) if args.test_json else None
+    problems = validate_submission(args.file, expected)
+    if problems:
+        for problem in problems:
+            print(f"invalid: {problem}", file=sys.stderr)
+        return 1
+    rows = len(read_label_csv(args.file))
+    print(f"valid: {args.file} ({rows} rows{', every test id once' if expected is not None else ''})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The 79 FathomNet 2025 concepts, their taxonomy, and the competition's hierarchical distance.
+
+The canonical class order everywhere in the project is the competition's category ids 1..79
+(index = category_id - 1). The distance rule is the official metric's (see DESIGN.md section 1):
+per rank, +2 if both lineages are set and differ, +1 if exactly one is set; +1 for each side of a
+differing pair that sits at a rank outside the seven; an unknown predicted name scores 12.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+UNKNOWN_NAME_DISTANCE = 12
+DEFAULT_TAXONOMY_PATH = Path(__file__).with_name("fathomnet2025_taxonomy.json")
+
+
+@dataclass(frozen=True)
+class Taxonomy:
+    """Concept names in canonical order with their 7-rank lineages (None where a rank is unset)."""
+
+    names: tuple[str, ...]
+    category_ids: tuple[int, ...]
+    lineages: tuple[tuple[str | None, ...], ...]
+
+    def __post_init__(self):
+        if not (len(self.names) == len(self.category_ids) == len(self.lineages)):
+            raise ValueError("names, category_ids and lineages must have the same length")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("concept names must be unique")
+        if any(len(lin) != len(RANKS) for lin in self.lineages):
+            raise ValueError(f"every lineage needs {len(RANKS)} ranks {RANKS}")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.names)}
+
+    def index(self, name: str) -> int:
+        """Column index of a concept name; KeyError naming the concept if unknown."""
+        try:
+            return self._index[name]
+        except KeyError:
+            raise KeyError(f"unknown concept name {name!r}") from None
+
+    def indices(self, names) -> np.ndarray:
+        """Column indices for many names; -1 for names that are not concepts."""
+        return np.array([self._index.get(n, -1) for n in names], dtype=np.int64)
+
+    def lineage(self, name: str) -> dict[str, str | None]:
+        return dict(zip(RANKS, self.lineages[self.index(name)]))
+
+    def ancestor(self, name: str, rank: str) -> str | None:
+        """The concept's taxon at `rank` (None where unset)."""
+        return self.lineages[self.index(name)][RANKS.index(rank)]
+
+    def is_non_standard(self, name: str) -> bool:
+        """True for concepts at a rank outside the seven (Caridea, Acanthascinae, ...)."""
+        return name not in self.lineages[self.index(name)]
+
+    def rank_of(self, name: str) -> str:
+        """The rank the concept is named at: one of RANKS, or 'other' for the non-standard five."""
+        lineage = self.lineages[self.index(name)]
+        return RANKS[lineage.index(name)] if name in lineage else "other"
+
+    def rank_labels(self, rank: str) -> tuple[np.ndarray, tuple[str, ...]]:
+        """Per concept, the index of its ancestor at `rank` among that rank's taxa (-1 where unset).
+
+        Returns (labels (C,) int64, taxa names in label order, sorted)."""
+        column = [lin[RANKS.index(rank)] for lin in self.lineages]
+        taxa = tuple(sorted({t for t in column if t is not None}))
+        lookup = {t: i for i, t in enumerate(taxa)}
+        return np.array([lookup.get(t, -1) if t else -1 for t in column], dtype=np.int64), taxa
+
+    def parent(self, name: str) -> str | None:
+        """The nearest ancestor taxon above the concept itself (None for a kingdom)."""
+        lineage = self.lineages[self.index(name)]
+        deepest = lineage.index(name) if name in lineage else len(RANKS)
+        above = [t for t in lineage[:deepest] if t is not None]
+        return above[-1] if above else None
+
+
+def load_taxonomy(path: str | Path = DEFAULT_TAXONOMY_PATH) -> Taxonomy:
+    """Load the shipped taxonomy JSON (or one of the same layout), ordered by category id."""
+    data = json.loads(Path(path).read_text())
+    if [r.lower() for r in data["ranks"]] != list(RANKS):
+        raise ValueError(f"{path}: ranks must be {RANKS}, got {data['ranks']}")
+    concepts = sorted(data["concepts"], key=lambda c: c["category_id"])
+    return Taxonomy(
+        names=tuple(c["name"] for c in concepts),
+        category_ids=tuple(int(c["category_id"]) for c in concepts),
+        lineages=tuple(tuple(c["lineage"]) for c in concepts),
+    )
+
+
+def distance(truth: str, pred: str, taxonomy: Taxonomy) -> int:
+    """Hierarchical distance between two concept names (official rule; unknown prediction = 12)."""
+    if pred not in taxonomy._index:
+        return UNKNOWN_NAME_DISTANCE
+    if truth == pred:
+        return 0
+    total = 0
+    for a, b in zip(taxonomy.lineages[taxonomy.index(truth)], taxonomy.lineages[taxonomy.index(pred)]):
+        if a is not None and b is not None:
+            total += 2 * (a != b)
+        elif (a is None) != (b is None):
+            total += 1
+    return total + taxonomy.is_non_standard(truth) + taxonomy.is_non_standard(pred)
+
+
+def distance_matrix(taxonomy: Taxonomy) -> np.ndarray:
+    """(C, C) int64 matrix D[truth, pred] of the official distance, in the taxonomy's class order."""
+    lineage = np.array([[t if t is not None else "" for t in lin] for lin in taxonomy.lineages], dtype=object)
+    is_set = lineage != ""
+    both = is_set[:, None, :] & is_set[None, :, :]
+    differ = lineage[:, None, :] != lineage[None, :, :]
+    one = is_set[:, None, :] ^ is_set[None, :, :]
+    per_rank = (2 * (both & differ) + one).sum(axis=-1)
+    odd = np.array([taxonomy.is_non_standard(n) for n in taxonomy.names], dtype=np.int64)
+    D = per_rank + odd[:, None] + odd[None, :]
+    np.fill_diagonal(D, 0)
+    return D.astype(np.int64)
+
+
+def dwce_weights_team(D: np.ndarray) -> np.ndarray:
+    """DW-CE weights the Dalhousie team's code used: (D + I) / rowsum(D + I)."""
+    W = D.astype(np.float64) + np.eye(len(D))
+    return W / W.sum(axis=1, keepdims=True)
+
+
+def dwce_weights_paper(D: np.ndarray) -> np.ndarray:
+    """DW-CE weights as the paper's text reads: (D + 1) / rowsum(D + 1)."""
+    W = D.astype(np.float64) + 1.0
+    return W / W.sum(axis=1, keepdims=True)

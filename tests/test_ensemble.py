@@ -1,0 +1,164 @@
+"""Ensemble math: GMU (both sigma conventions), voting with U tie-breaks, decoders, calibration, diffusion."""
+import math
+
+import numpy as np
+import pytest
+from scipy.sparse.csgraph import connected_components
+
+from src.ensemble import (
+    apply_temperature, decode_argmax, decode_bayes, decode_diffusion, diffuse, diffusion_operator,
+    expected_distance, fit_temperature, gmu, member_labels_and_u, nll, taxonomy_graph, vote,
+)
+from src.taxonomy import distance_matrix, load_taxonomy
+
+# three models, one ROI, three classes; mu = [.5, .3, .2]; unbiased std per class by hand:
+# class 0: (.6,.6,.3) -> sqrt(.06/2); class 1: (.3,.35,.25) -> sqrt(.005/2); class 2: (.1,.05,.45) -> sqrt(.095/2)
+P = np.array([[[0.6, 0.3, 0.1]], [[0.6, 0.35, 0.05]], [[0.3, 0.25, 0.45]]])
+S0, S1, S2 = math.sqrt(0.03), math.sqrt(0.0025), math.sqrt(0.0475)
+
+
+def test_gmu_top2_sigma_matches_hand_computation():
+    mu, U = gmu(P, sigma="top2_sigma")
+    np.testing.assert_allclose(mu, [[0.5, 0.3, 0.2]])
+    # the two largest sigmas are classes 2 and 0 (class 2 is not a top-mu class)
+    expected = 0.5 * (1 - math.exp(-(0.5 - 0.3) / (S2 + S0)))
+    np.testing.assert_allclose(U, [expected], rtol=1e-9)
+    assert abs(expected - 0.200148) < 1e-5
+
+
+def test_gmu_sigma_at_top2_mu_matches_hand_computation():
+    _, U = gmu(P, sigma="sigma_at_top2_mu")
+    expected = 0.5 * (1 - math.exp(-(0.5 - 0.3) / (S0 + S1)))
+    np.testing.assert_allclose(U, [expected], rtol=1e-9)
+    assert abs(expected - 0.295903) < 1e-5
+
+
+def test_gmu_single_model_is_mu_max_and_identical_models_give_mu_max():
+    p = np.array([[[0.2, 0.7, 0.1], [0.5, 0.25, 0.25]]])
+    mu, U = gmu(p)
+    np.testing.assert_allclose(U, [0.7, 0.5])
+    _, U_same = gmu(np.repeat(p, 4, axis=0))  # zero spread, clear winner -> certain
+    np.testing.assert_allclose(U_same, [0.7, 0.5])
+    _, U_tied = gmu(np.array([[[0.4, 0.4, 0.2]], [[0.4, 0.4, 0.2]]]))  # no margin -> U = 0
+    np.testing.assert_allclose(U_tied, [0.0], atol=1e-12)
+
+
+def test_gmu_rejects_unknown_convention_and_bad_shape():
+    with pytest.raises(ValueError, match="sigma must be one of"):
+        gmu(P, sigma="max")
+    with pytest.raises(ValueError, match="3 dimensions"):
+        gmu(P[0])
+
+
+def test_member_labels_use_each_models_own_head_mean():
+    # model 0: heads disagree but their mean favours class 1; model 1: class 0
+    m0 = np.array([[[0.6, 0.4]], [[0.1, 0.9]]])
+    m1 = np.array([[[0.8, 0.2]]])
+    labels, U = member_labels_and_u([m0, m1])
+    assert labels.tolist() == [[1], [0]]
+    assert U.shape == (2, 1) and U[1, 0] == pytest.approx(0.8)
+
+
+def test_vote_majority_and_agreement():
+    labels = np.array([[2, 0, 1], [2, 1, 1], [0, 1, 1]])
+    scores = np.full(labels.shape, 0.5)
+    label, agreement = vote(labels, scores, num_classes=3)
+    assert label.tolist() == [2, 1, 1]
+    assert agreement.tolist() == [2, 2, 3]
+
+
+def test_vote_ties_are_broken_by_u_not_by_order_or_index():
+    # two votes each for classes 3 and 1; the most certain voter of class 3 wins although class 1 has
+    # the lower index and the first model voted for it
+    labels = np.array([[1], [3], [1], [3]])
+    scores = np.array([[0.6], [0.9], [0.7], [0.1]])
+    label, agreement = vote(labels, scores, num_classes=5)
+    assert label.tolist() == [3] and agreement.tolist() == [2]
+    # flip the certainty: class 1 wins
+    label, _ = vote(labels, np.array([[0.6], [0.5], [0.95], [0.1]]), num_classes=5)
+    assert label.tolist() == [1]
+    # a class with fewer votes never wins however certain
+    label, agreement = vote(np.array([[0], [0], [2]]), np.array([[0.1], [0.1], [0.99]]), num_classes=3)
+    assert label.tolist() == [0] and agreement.tolist() == [2]
+
+
+def test_vote_full_tie_of_u_falls_back_to_lowest_index():
+    label, agreement = vote(np.array([[4], [2]]), np.array([[0.5], [0.5]]), num_classes=5)
+    assert label.tolist() == [2] and agreement.tolist() == [1]
+
+
+def test_vote_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"\(M, N\)"):
+        vote(np.zeros((2, 3), int), np.zeros((3, 2)))
+
+
+def test_bayes_matches_brute_force_with_asymmetric_costs():
+    rng = np.random.default_rng(0)
+    D = rng.integers(0, 13, size=(6, 6)).astype(float)
+    np.fill_diagonal(D, 0)
+    probs = rng.dirichlet(np.ones(6) * 0.5, size=50)
+    brute = [min(range(6), key=lambda k: sum(D[j, k] * p[j] for j in range(6))) for p in probs]
+    assert decode_bayes(probs, D).tolist() == brute
+    np.testing.assert_allclose(expected_distance(probs, D)[0], [sum(D[j, k] * probs[0, j] for j in range(6)) for k in range(6)])
+
+
+def test_bayes_on_real_taxonomy_prefers_the_common_ancestor():
+    tax = load_taxonomy()
+    D = distance_matrix(tax)
+    # split mass between a genus concept and its species: both close (distance 1), argmax and Bayes agree on
+    # a member of the pair; split between two far-apart concepts plus their relative picks the middle ground
+    probs = np.zeros((1, len(tax)))
+    a, b = tax.index("Sebastes"), tax.index("Sebastes diploproa")
+    probs[0, [a, b]] = [0.45, 0.55]
+    assert decode_bayes(probs, D)[0] in (a, b)
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(len(tax)) * 0.2, size=200)
+    risk = expected_distance(probs, D)
+    chosen = decode_bayes(probs, D)
+    assert np.all(risk[np.arange(200), chosen] <= risk[np.arange(200), decode_argmax(probs)] + 1e-12)
+
+
+def test_temperature_recovers_overconfidence():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4000, 10)) * 1.5
+    true_p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = np.array([rng.choice(10, p=p) for p in true_p])
+    over = apply_temperature(true_p, 1 / 3)  # three times sharper than the truth
+    T = fit_temperature(over, labels)
+    assert 2.5 < T < 3.5
+    assert nll(apply_temperature(over, T), labels) < nll(over, labels)
+    np.testing.assert_array_equal(decode_argmax(apply_temperature(over, T)), decode_argmax(over))
+
+
+def test_taxonomy_graph_is_one_tree_with_concepts_under_their_own_taxon():
+    tax = load_taxonomy()
+    g = taxonomy_graph(tax)
+    V = g.adjacency.shape[0]
+    assert g.adjacency.sum() / 2 == V - 1 and connected_components(g.adjacency)[0] == 1
+    genus = g.num_concepts + g.taxa.index(("genus", "Sebastes"))
+    for name in ("Sebastes", "Sebastes diploproa"):
+        assert g.adjacency[tax.index(name), genus] == 1
+    # a non-standard concept hangs under the deepest set taxon of its lineage
+    caridea = tax.index("Caridea")
+    assert g.adjacency[caridea].sum() == 1
+    assert g.member.sum(axis=0).min() >= 1  # every concept lies under at least its kingdom
+
+
+def test_diffusion_properties():
+    tax = load_taxonomy()
+    g = taxonomy_graph(tax)
+    rng = np.random.default_rng(2)
+    probs = rng.dirichlet(np.ones(len(tax)) * 0.3, size=20)
+    np.testing.assert_allclose(diffuse(probs, g, alpha=0.0), probs, atol=1e-12)  # a = 0 is the identity
+    K = diffusion_operator(g, 0.3)
+    assert np.allclose(K, K.T) and K.min() >= 0
+    scores = diffuse(probs, g, alpha=0.3)
+    assert scores.min() >= 0 and np.allclose(scores.sum(1), 1)
+    # a confident species lends more score to its genus-mate than to an unrelated concept of equal probability
+    p = np.full((1, len(tax)), 0.2 / (len(tax) - 1))
+    p[0, tax.index("Sebastes diploproa")] = 0.8
+    s = diffuse(p / p.sum(), g)
+    assert s[0, tax.index("Sebastes")] > s[0, tax.index("Porifera")]
+    assert decode_diffusion(p, g)[0] == tax.index("Sebastes diploproa")
+    with pytest.raises(ValueError, match="alpha"):
+        diffusion_operator(g, 1.0)

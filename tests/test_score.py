@@ -1,0 +1,101 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from src.score import bootstrap_interval, main, pair_distances, score_files, score_frames
+from src.submission import LabelFileError
+from src.taxonomy import distance, distance_matrix, load_taxonomy
+
+TAX = load_taxonomy()
+D = distance_matrix(TAX)
+
+
+def frame(ids, names):
+    return pd.DataFrame({"annotation_id": np.asarray(ids, dtype=np.int64), "concept_name": list(names)})
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_hand_computed_cases():
+    solution = frame([1, 2, 3, 4], ["Sebastes", "Sebastes diploproa", "Porifera", "Caridea"])
+    submission = frame([4, 3, 2, 1], ["Caridea", "Hexactinellida", "Sebastes", "bogus"])
+    result = score_frames(solution, submission, TAX)
+    # rows in solution order: bogus -> 12, Sebastes for S. diploproa -> 1, Hexactinellida for Porifera -> 1, exact -> 0
+    assert result["distances"].tolist() == [12, 1, 1, 0]
+    assert result["score"] == pytest.approx(14 / 4, abs=1e-12)
+    assert result["accuracy"] == 0.25 and result["unknown_names"] == 1 and result["n"] == 4
+    assert result["by_rank"]["other"] == {"n": 1, "score": 0.0}
+    assert result["by_rank"]["genus"] == {"n": 1, "score": 12.0}
+
+
+def test_vectorised_equals_row_by_row_reference():
+    rng = np.random.default_rng(0)
+    n = 5000
+    names = np.array(list(TAX.names) + ["Unknown thing", ""], dtype=object)
+    truth = rng.choice(np.array(TAX.names, dtype=object), n)
+    pred = names[rng.integers(0, len(names), n)]
+    result = score_frames(frame(np.arange(n), truth), frame(np.arange(n)[::-1], pred[::-1]), TAX)
+    reference = np.mean([distance(t, p, TAX) for t, p in zip(truth, pred)])
+    assert abs(result["score"] - reference) < 1e-9
+
+
+def test_pair_distances_unknown_is_twelve():
+    assert pair_distances(np.array([0, 1]), np.array([-1, 1]), D).tolist() == [12, 0]
+
+
+def test_real_answer_key(shared_data, tmp_path):
+    key = pd.read_csv(shared_data / "test_labels.csv")
+    perfect = write(tmp_path, "perfect.csv", key[["annotation_id"]].assign(concept_name=key["name"]).to_csv(index=False))
+    assert score_files(shared_data / "test_labels.csv", perfect)["score"] == 0.0
+    porifera = write(tmp_path, "porifera.csv", key[["annotation_id"]].assign(concept_name="Porifera").to_csv(index=False))
+    expected = D[TAX.indices(key["name"]), TAX.index("Porifera")].mean()
+    assert abs(score_files(shared_data / "test_labels.csv", porifera)["score"] - expected) < 1e-12
+
+
+def test_cli_json_and_bootstrap(tmp_path, capsys):
+    sol = write(tmp_path, "sol.csv", "annotation_id,concept_name\n1,Sebastes\n2,Porifera\n")
+    sub = write(tmp_path, "sub.csv", "annotation_id,concept_name\n2,Porifera\n1,Sebastolobus\n")
+    assert main([str(sol), str(sub), "--json", "--bootstrap", "200"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["score"] == 1.0 and out["n"] == 2 and out["accuracy"] == 0.5
+    low, high = out["bootstrap_95"]
+    assert 0.0 <= low <= 1.0 <= high <= 2.0
+
+
+def test_bootstrap_interval_brackets_mean():
+    values = np.random.default_rng(1).integers(0, 12, 788).astype(float)
+    low, high = bootstrap_interval(values, 500)
+    assert low < values.mean() < high and high - low < 1.5
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "empty file"),
+    ("annotation_id,label\n1,Sebastes\n", "needs columns"),
+    ("annotation_id,concept_name\n1,Sebastes\n1,Porifera\n", "duplicated"),
+    ("annotation_id,concept_name\nx,Sebastes\n", "integer"),
+    ("annotation_id,concept_name\n", "no rows"),
+    ("annotation_id,concept_name\n1,Sebastes\n2,Porifera\n3,Porifera\n", "not in the solution"),
+    ("annotation_id,concept_name\n1,Sebastes\n", "lacks 1"),
+    ("\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "not a readable CSV"),
+])
+def test_bad_submissions_give_one_line_error(tmp_path, capsys, content, message):
+    sol = write(tmp_path, "sol.csv", "annotation_id,concept_name\n1,Sebastes\n2,Porifera\n")
+    sub = tmp_path / "sub.csv"
+    sub.write_bytes(content.encode("latin-1"))
+    assert main([str(sol), str(sub)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_answer_key_layout_accepted(tmp_path):
+    sol = write(tmp_path, "key.csv", "annotation_id,image_id,category_id,name\n1,1,71,Sebastolobus\n")
+    sub = write(tmp_path, "sub.csv", "annotation_id,concept_name\n1,Sebastolobus\n")
+    assert score_files(sol, sub)["score"] == 0.0
+    with pytest.raises(LabelFileError, match="unknown concept"):
+        score_files(write(tmp_path, "bad.csv", "annotation_id,name\n1,Nessie\n"), sub)
