@@ -23,7 +23,7 @@ from src.taxonomy import RANKS, UNKNOWN_NAME_DISTANCE, Taxonomy, distance_matrix
 def pair_distances(truth_idx: np.ndarray, pred_idx: np.ndarray, D: np.ndarray) -> np.ndarray:
     """Per-row distance D[truth, pred]; a prediction index of -1 (unknown name) scores 12."""
     padded = np.concatenate([D, np.full((len(D), 1), UNKNOWN_NAME_DISTANCE, dtype=D.dtype)], axis=1)
-    return padded[truth_idx, np.where(pred_idx < 0, len(D), pred_idx)]
+    return padded[truth_idx, pred_idx]  # index -1 is the last column: the unknown-name column
 
 
 def bootstrap_interval(values: np.ndarray, n_resamples: int, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -42,21 +42,30 @@ def score_frames(solution: pd.DataFrame, submission: pd.DataFrame, taxonomy: Tax
     Raises LabelFileError when the ids do not match one to one or the solution names an unknown concept."""
     taxonomy = taxonomy or load_taxonomy()
     D = distance_matrix(taxonomy) if D is None else D
-    truth_ids, sub_ids = solution["annotation_id"].to_numpy(), submission["annotation_id"].to_numpy()
-    missing, extra = np.setdiff1d(truth_ids, sub_ids), np.setdiff1d(sub_ids, truth_ids)
-    if len(missing):
+    truth_ids, sub_ids = pd.Index(solution["annotation_id"]), pd.Index(submission["annotation_id"])
+    if truth_ids.equals(sub_ids):  # the usual case, both sorted by id: no hashing needed
+        row_of_truth = slice(None)
+    else:
+        row_of_truth = sub_ids.get_indexer(truth_ids)  # ids are unique (read_label_csv checks)
+    if isinstance(row_of_truth, np.ndarray) and (row_of_truth < 0).any():
+        missing = truth_ids[row_of_truth < 0]
         raise LabelFileError(f"submission lacks {len(missing)} annotation id(s) of the solution, e.g. {missing[:5].tolist()}")
-    if len(extra):
+    if len(sub_ids) > len(truth_ids):
+        extra = sub_ids[truth_ids.get_indexer(sub_ids) < 0]
         raise LabelFileError(f"submission has {len(extra)} annotation id(s) not in the solution, e.g. {extra[:5].tolist()}")
-    aligned = submission.set_index("annotation_id")["concept_name"].reindex(truth_ids).to_numpy()
-    truth_idx, pred_idx = taxonomy.indices(solution["concept_name"]), taxonomy.indices(aligned)
+    truth_idx = taxonomy.indices(solution["concept_name"])
+    pred_idx = taxonomy.indices(submission["concept_name"])[row_of_truth]
     if (truth_idx < 0).any():
         bad = solution["concept_name"].to_numpy()[truth_idx < 0][0]
         raise LabelFileError(f"solution names an unknown concept {bad!r}")
     dist = pair_distances(truth_idx, pred_idx, D)
-    truth_rank = np.array([taxonomy.rank_of(n) for n in taxonomy.names])[truth_idx]
-    by_rank = {rank: {"n": int((truth_rank == rank).sum()), "score": float(dist[truth_rank == rank].mean())}
-               for rank in (*RANKS, "other") if (truth_rank == rank).any()}
+    rank_names = (*RANKS, "other")
+    rank_of_class = np.array([rank_names.index(taxonomy.rank_of(n)) for n in taxonomy.names])
+    truth_rank = rank_of_class[truth_idx]
+    counts = np.bincount(truth_rank, minlength=len(rank_names))
+    sums = np.bincount(truth_rank, weights=dist, minlength=len(rank_names))
+    by_rank = {rank: {"n": int(counts[r]), "score": float(sums[r] / counts[r])}
+               for r, rank in enumerate(rank_names) if counts[r]}
     return {"score": float(dist.mean()), "n": int(len(dist)), "accuracy": float((pred_idx == truth_idx).mean()),
             "unknown_names": int((pred_idx < 0).sum()), "by_rank": by_rank, "distances": dist}
 

@@ -50,7 +50,8 @@ def read_label_csv(path: str | Path, name_columns: Iterable[str] = ("concept_nam
     if ids.isna().any() or (ids != ids.round()).any():
         bad = frame.loc[ids.isna() | (ids != ids.round()), "annotation_id"].iloc[0]
         raise LabelFileError(f"{path}: annotation_id must be an integer, got {bad!r}")
-    out = pd.DataFrame({"annotation_id": ids.astype("int64"), "concept_name": frame[name_col].astype(str)})
+    # categorical names: each distinct name is hashed once, later lookups are integer takes
+    out = pd.DataFrame({"annotation_id": ids.astype("int64"), "concept_name": frame[name_col].astype("category")})
     duplicated = out["annotation_id"][out["annotation_id"].duplicated()]
     if len(duplicated):
         raise LabelFileError(

@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 UNKNOWN_NAME_DISTANCE = 12
@@ -50,8 +51,17 @@ class Taxonomy:
             raise KeyError(f"unknown concept name {name!r}") from None
 
     def indices(self, names) -> np.ndarray:
-        """Column indices for many names; -1 for names that are not concepts."""
-        return np.array([self._index.get(n, -1) for n in names], dtype=np.int64)
+        """Column indices for many names; -1 for names that are not concepts (vectorised).
+
+        A pandas categorical is mapped through its categories only, then its integer codes."""
+        concepts = pd.Index(self.names)
+        if isinstance(getattr(names, "dtype", None), pd.CategoricalDtype):
+            codes = np.asarray(names.cat.codes if isinstance(names, pd.Series) else names.codes)
+            lookup = np.append(concepts.get_indexer(names.cat.categories if isinstance(names, pd.Series)
+                                                    else names.categories), -1)
+            return lookup[codes]  # code -1 (missing) takes the appended -1
+        return concepts.get_indexer(pd.Index(np.asarray(list(names) if not hasattr(names, "__len__") else names,
+                                                        dtype=object))).astype(np.int64, copy=False)
 
     def lineage(self, name: str) -> dict[str, str | None]:
         return dict(zip(RANKS, self.lineages[self.index(name)]))
