@@ -1,0 +1,133 @@
+"""Train and eval transforms: uint8 HWC RGB array -> ImageNet-normalised float CHW tensor.
+
+Geometry and colour run on uint8 with albumentations/OpenCV; PCA lighting (AlexNet-style, ImageNet
+eigenvectors) and normalisation run on the float result. Inputs that are not square are first padded to a
+square (src.data.crops.fit_square), so an object is never squashed. The team's torchvision/PIL pipeline is
+kept as `build_torchvision_train_transform` for the speed comparison in bench/bench_data.py.
+"""
+from __future__ import annotations
+
+import os
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+from src.data.crops import fit_square
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+# Principal components of ImageNet RGB pixels (AlexNet's lighting noise), as in the team's code.
+IMAGENET_EIGVAL = np.array([0.2175, 0.0188, 0.0045], dtype=np.float32)
+IMAGENET_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
+                            [-0.5808, -0.0045, -0.8140],
+                            [-0.5836, -0.6948, 0.4203]], dtype=np.float32)
+
+
+def to_normalized_tensor(image: np.ndarray, lighting: np.ndarray | None = None) -> torch.Tensor:
+    """uint8 HWC RGB -> float32 CHW, ImageNet-normalised; `lighting` (3,) is added in [0, 1] units first."""
+    shift = IMAGENET_MEAN if lighting is None else IMAGENET_MEAN - lighting
+    # transpose the uint8 array first and work in place: about 6x faster than float HWC broadcasting
+    x = np.ascontiguousarray(image.transpose(2, 0, 1)).astype(np.float32)
+    x *= (1.0 / (255.0 * IMAGENET_STD))[:, None, None]
+    x -= (shift / IMAGENET_STD).astype(np.float32)[:, None, None]
+    return torch.from_numpy(x)
+
+
+def downscale(image: np.ndarray, factor: float) -> np.ndarray:
+    """Shrink by `factor` (area) and enlarge back (linear): same shape, resolution of a smaller object."""
+    if factor >= 1.0:
+        return image
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR).reshape(image.shape)
+
+
+def _square(image: np.ndarray, size: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    return image if h == w == size else fit_square(image, size)
+
+
+class TrainTransform:
+    """Random resized crop, flip, colour jitter, optional random down-scaling, PCA lighting, normalisation."""
+
+    def __init__(self, size: int, rrc_scale=(0.1, 1.0), hflip: bool = True, color_jitter: float = 0.4,
+                 pca_lighting: float = 0.1, downscale=None, downscale_p: float = 0.5):
+        self.size = size
+        self.pca_lighting = pca_lighting
+        ops = [A.RandomResizedCrop(size=(size, size), scale=tuple(rrc_scale))]
+        if hflip:
+            ops.append(A.HorizontalFlip(p=0.5))
+        if color_jitter:
+            ops.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
+                                     hue=0.0, p=1.0))
+        if downscale is not None:
+            lo, hi = downscale
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"downscale must be (min_factor, max_factor) within (0, 1], got {downscale}")
+            ops.append(A.Downscale(scale_range=(lo, hi), p=downscale_p,
+                                   interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR}))
+        self.compose = A.Compose(ops)
+        self._pid = None
+
+    def _reseed_per_process(self) -> None:
+        # albumentations draws its seed once, at construction; DataLoader workers are forked copies and
+        # would all apply the same "random" augmentations. torch seeds each worker differently (and the
+        # main process from torch.manual_seed): take the seed from torch, once per process.
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self.compose.set_random_seed(torch.initial_seed() % 2**32)
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        self._reseed_per_process()
+        out = self.compose(image=_square(image, max(image.shape[:2])))["image"]
+        lighting = None
+        if self.pca_lighting:
+            alpha = torch.randn(3).numpy() * self.pca_lighting
+            lighting = IMAGENET_EIGVEC @ (alpha * IMAGENET_EIGVAL)
+        return to_normalized_tensor(out, lighting)
+
+
+class EvalTransform:
+    """Square to `size` (pad, never squash), optional fixed down-scaling, normalisation."""
+
+    def __init__(self, size: int, downscale_factor: float | None = None):
+        if downscale_factor is not None and not 0 < downscale_factor <= 1:
+            raise ValueError(f"downscale_factor must be in (0, 1], got {downscale_factor}")
+        self.size = size
+        self.downscale_factor = downscale_factor
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        image = _square(image, self.size)
+        if self.downscale_factor is not None:
+            image = downscale(image, self.downscale_factor)
+        return to_normalized_tensor(image)
+
+
+def build_train_transform(size: int, rrc_scale=(0.1, 1.0), hflip: bool = True, color_jitter: float = 0.4,
+                          pca_lighting: float = 0.1, downscale=None, downscale_p: float = 0.5) -> TrainTransform:
+    """The team's train augmentation (DESIGN.md section 2), plus optional random down-scaling by a factor
+    drawn from U(min_factor, max_factor) with probability downscale_p (the 1st place's test-size trick)."""
+    return TrainTransform(size, rrc_scale, hflip, color_jitter, pca_lighting, downscale, downscale_p)
+
+
+def build_eval_transform(size: int, downscale_factor: float | None = None) -> EvalTransform:
+    """Eval transform; `downscale_factor` < 1 simulates smaller objects (shifted validation)."""
+    return EvalTransform(size, downscale_factor)
+
+
+def build_torchvision_train_transform(size: int, color_jitter: float = 0.4):
+    """The team's PIL/torchvision pipeline (resize, random resized crop, flip, jitter, normalise).
+
+    Kept as the baseline of the speed comparison; it squashes non-square crops as theirs did."""
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.Resize((size, size)),
+        T.RandomResizedCrop(size, scale=(0.1, 1.0)),
+        T.RandomHorizontalFlip(),
+        T.ColorJitter(color_jitter, color_jitter, color_jitter),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN.tolist(), IMAGENET_STD.tolist()),
+    ])
