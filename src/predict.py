@@ -1,0 +1,210 @@
+"""Predict with trained members outside the training loop (the Kaggle notebook, packaged ensembles).
+
+A member is a run folder of src.train (config.yaml + checkpoint.pt) or its slim packaged copy
+(config.yaml + model.pt, see src.stages.package). Prediction goes through the same code as the end
+of training (crop cache, eval transform, batch size, channels_last, autocast dtype), so on the same
+machine the probabilities match the run's test_probs.npz and the decoded labels match `submit`'s.
+
+    member = load_member("outputs/pipeline/demo/round_2/members/seed_0")
+    ids, crops = load_crops("data/dataset_test.json", "work/cache", member.crop_size, member.views,
+                            images_dir="data/test/images")
+    probs = predict_crops(member, crops)                    # (H, N, C) softmax per head
+    preds = predict_ensemble(member_dirs, "data/dataset_test.json", "work/cache", images_dir=...)
+    rows = decode_predictions(preds, "bayes", manifest["decoding"])   # annotation_id, concept_name
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from src.config import Config, load_yaml, validate_config
+from src.stages.common import EnsemblePredictions, decode_ensemble, labels_frame
+from src.taxonomy import Taxonomy, load_taxonomy
+
+MODEL_FILE = "model.pt"  # slim weights written by src.stages.package
+CHECKPOINT_FILE = "checkpoint.pt"  # full training checkpoint written by src.train
+
+
+@dataclass
+class Member:
+    """One trained model ready to predict, with the config and class order it was trained with."""
+
+    run_dir: Path
+    config: Config
+    classes: tuple[str, ...]
+    model: torch.nn.Module
+    device: torch.device
+
+    @property
+    def crop_size(self) -> int:
+        """Side of the cached crops the model was fed (data.cache_size, else data.image_size)."""
+        return self.config.data.cache_size or self.config.data.image_size
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        return tuple(self.config.data.views)
+
+
+def weights_file(run_dir: str | Path) -> Path:
+    """model.pt when the folder is a packaged member, else the training checkpoint.pt."""
+    run_dir = Path(run_dir)
+    for name in (MODEL_FILE, CHECKPOINT_FILE):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise FileNotFoundError(f"{run_dir}: neither {MODEL_FILE} nor {CHECKPOINT_FILE} found (not a trained member)")
+
+
+def member_config(run_dir: str | Path) -> Config:
+    """The member's saved training config, with weight loading switched off (the weights come from the file)."""
+    path = Path(run_dir) / "config.yaml"
+    tree = load_yaml(path)
+    tree.setdefault("model", {}).update(pretrained=False, pretrained_path=None)
+    return validate_config(Config, tree, source=str(path))
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_member(run_dir: str | Path, taxonomy: Taxonomy | None = None,
+                device: str | torch.device = "auto") -> Member:
+    """Build a member's model from its saved config and load its weights (eval mode, on `device`).
+
+    ValueError when the weights' class order differs from the taxonomy's canonical order."""
+    from src.models import build_model
+
+    run_dir = Path(run_dir)
+    taxonomy = taxonomy or load_taxonomy()
+    cfg = member_config(run_dir)
+    path = weights_file(run_dir)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    classes = tuple(state["classes"])
+    if classes != taxonomy.names:
+        raise ValueError(f"{path}: class order differs from the taxonomy's canonical order")
+    aux_classes = {rank: len(taxonomy.rank_labels(rank)[1]) for rank in cfg.model.aux_ranks}
+    model = build_model(cfg, len(classes), aux_classes)
+    model.load_state_dict(state["model"])
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    if cfg.model.channels_last:  # as in training: the memory format changes the float results slightly
+        model = model.to(memory_format=torch.channels_last)
+    return Member(run_dir, cfg, classes, model, dev)
+
+
+def predict_crops(member: Member, crops: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    """Softmax per head (H, N, C) float32 of uint8 crops (N, V, S, S, 3) in the member's views.
+
+    The batch size defaults to training's evaluation batch size (results then match test_probs.npz)."""
+    from torch.utils.data import DataLoader
+
+    from src.data.dataset import CropCacheDataset
+    from src.data.transforms import build_eval_transform
+    from src.train import amp_dtype, predict_logits, softmax_np
+
+    cfg = member.config
+    if crops.ndim != 5 or crops.shape[1] != len(member.views):
+        raise ValueError(f"crops must be (N, {len(member.views)}, S, S, 3) for views {member.views}, got {crops.shape}")
+    dataset = CropCacheDataset(crops, np.full(len(crops), -1), build_eval_transform(cfg.data.image_size))
+    loader = DataLoader(dataset, batch_size or cfg.train.eval_batch_size or 2 * cfg.train.batch_size, shuffle=False)
+    return softmax_np(predict_logits(member.model, loader, member.device, amp_dtype(cfg.train.amp, member.device)))
+
+
+def read_roi_crops(annotations, rois_dir: Path, size: int, progress: bool = True) -> np.ndarray:
+    """(N, 1, size, size, 3) crops squared from ROI files <image_id>_<annotation_id>.png (zeros when missing).
+
+    The ROI files hold the clipped box pixels (src.data.download), so squaring them gives the cache's
+    'roi' view exactly."""
+    from src.data.coco import ImageDecodeError, read_rgb
+    from src.data.crops import DEFAULT_FILL, fit_square
+
+    out = np.zeros((len(annotations), 1, size, size, 3), dtype=np.uint8)
+    missing = []
+    for i, ann in enumerate(tqdm(annotations, desc="ROI files", unit="roi", leave=False,
+                                      disable=not progress)):
+        try:
+            out[i, 0] = fit_square(read_rgb(rois_dir / f"{ann['image_id']}_{ann['id']}.png"), size, DEFAULT_FILL)
+        except ImageDecodeError:
+            missing.append(int(ann["id"]))
+    if missing:
+        print(f"warning: {len(missing)} ROI files missing or unreadable in {rois_dir} (zeros used), "
+              f"e.g. annotation ids {missing[:5]}")
+    return out
+
+
+def load_crops(coco_json: str | Path, cache_dir: str | Path, size: int, views=("roi",),
+               images_dir: str | Path | None = None, rois_dir: str | Path | None = None,
+               taxonomy: Taxonomy | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(annotation_id (N,), crops (N, V, size, size, 3)) of every annotation of a COCO file, in id order.
+
+    From the frames in `images_dir` through the project's crop cache (built under `cache_dir`, any view);
+    else from ROI files in `rois_dir` (view 'roi' only)."""
+    from src.data.coco import load_coco
+
+    views = tuple(views)
+    if images_dir is not None and Path(images_dir).is_dir() and any(Path(images_dir).iterdir()):
+        from src.data.cache import load_or_build_crop_cache
+
+        cache = load_or_build_crop_cache(coco_json, images_dir, cache_dir, size, views=views, taxonomy=taxonomy,
+                                         progress=progress)
+        bad = int((~cache.good).sum())
+        if bad:
+            print(f"warning: {bad} of {len(cache)} crops have problems (missing frames?): see {cache.path}/index.csv")
+        return cache.index["annotation_id"].to_numpy(np.int64), np.asarray(cache.crops)
+    if rois_dir is not None and Path(rois_dir).is_dir():
+        if views != ("roi",):
+            raise ValueError(f"views {views} need the frames (images_dir); ROI files only give the 'roi' view")
+        annotations = load_coco(coco_json).annotations
+        ids = np.array([int(a["id"]) for a in annotations], dtype=np.int64)
+        return ids, read_roi_crops(annotations, Path(rois_dir), size, progress)
+    raise FileNotFoundError(f"no test images: neither frames in {images_dir} nor ROI files in {rois_dir}")
+
+
+def predict_ensemble(member_dirs, coco_json: str | Path, cache_dir: str | Path,
+                     images_dir: str | Path | None = None, rois_dir: str | Path | None = None,
+                     device: str | torch.device = "auto", batch_size: int | None = None,
+                     taxonomy: Taxonomy | None = None, progress: bool = True) -> EnsemblePredictions:
+    """Every member's per-head probabilities on the annotations of a COCO file, aligned by annotation id.
+
+    Crops are built once per distinct (crop size, views) among the members. Models are loaded one at a
+    time, so memory holds a single member."""
+    taxonomy = taxonomy or load_taxonomy()
+    member_dirs = [Path(d) for d in member_dirs]
+    if not member_dirs:
+        raise ValueError("no members given")
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, d in enumerate(member_dirs):
+        cfg = member_config(d)
+        groups[(cfg.data.cache_size or cfg.data.image_size, tuple(cfg.data.views))].append(i)
+    ids, probs = None, [None] * len(member_dirs)
+    for (size, views), indices in groups.items():
+        these, crops = load_crops(coco_json, cache_dir, size, views, images_dir, rois_dir, taxonomy, progress)
+        if ids is not None and not np.array_equal(ids, these):
+            raise ValueError("crop sets of different sizes/views list different annotation ids")
+        ids = these
+        for i in tqdm(indices, desc=f"members ({size}px {'+'.join(views)})", disable=not progress):
+            member = load_member(member_dirs[i], taxonomy, device)
+            probs[i] = predict_crops(member, crops, batch_size)
+            del member
+    order = np.argsort(ids, kind="stable")
+    return EnsemblePredictions(ids[order], [p[:, order] for p in probs], None)
+
+
+def decode_predictions(preds: EnsemblePredictions, decoder: str, decoding: dict,
+                       taxonomy: Taxonomy | None = None) -> pd.DataFrame:
+    """Submission rows (annotation_id, concept_name) of one decoder, decoded exactly as `submit` does.
+
+    `decoding` holds sigma, diffusion_alpha and temperature (a package manifest's "decoding")."""
+    taxonomy = taxonomy or load_taxonomy()
+    decoded = decode_ensemble(preds, [decoder], taxonomy, decoding["sigma"], decoding["diffusion_alpha"],
+                              decoding.get("temperature"))
+    if decoder in decoded.skipped:
+        raise ValueError(f"decoder {decoder!r} cannot run: {decoded.skipped[decoder]}")
+    return labels_frame(preds.annotation_id, decoded.labels[decoder], taxonomy)

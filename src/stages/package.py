@@ -1,0 +1,161 @@
+"""Stage: package the final ensemble as a folder to upload as a Kaggle dataset (for the submission notebook).
+
+    python -m src.stages.package CONFIG.yaml [overrides] --out DIR [--round R] [--decoder D] [--kaggle-id USER/SLUG]
+
+DIR (created; never an existing folder) holds:
+  manifest.json            written last: members, class order, decoder and its parameters (temperature
+                           fitted on validation exactly as `submit` does), file checksums
+  members/seed_<s>/        model.pt (weights + class names + config; optimiser state dropped),
+                           config.yaml, metrics.csv, done.json of each member of round R
+  classes.json             the canonical class order (category ids 1..79)
+  pipeline.yaml            the pipeline config that trained the ensemble
+  src/                     a copy of the project's code, with the taxonomy (src/fathomnet2025_taxonomy.json)
+  dataset-metadata.json    with --kaggle-id: what `kaggle datasets create -p DIR --dir-mode tar` needs
+The folder is assembled beside DIR and renamed into place, so DIR is either complete or absent.
+notebooks/kaggle_submission.ipynb reads it with `read_package`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from src.artifacts import atomic_write_json, atomic_write_text
+from src.config import config_to_yaml
+from src.stages.common import (
+    StageError, fit_validation_temperature, load_predictions, run_cli, stage_parser,
+)
+from src.stages.pipeline_config import PipelineConfig
+from src.taxonomy import DEFAULT_TAXONOMY_PATH, load_taxonomy
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+SRC_DIR = Path(__file__).resolve().parents[1]  # the project's src/ package
+MEMBER_FILES = ("config.yaml", "metrics.csv", "done.json")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def slim_weights(checkpoint: Path, out: Path) -> None:
+    """model.pt: the checkpoint's model weights, class names, config and epoch (no optimiser/RNG state)."""
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    slim = {key: state[key] for key in ("model", "classes", "config", "epoch") if key in state}
+    torch.save(slim, out)
+
+
+def default_decoder(cfg: PipelineConfig) -> str:
+    return "bayes" if "bayes" in cfg.decoders else cfg.decoders[0]
+
+
+def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder: str | None = None,
+            kaggle_id: str | None = None) -> Path:
+    """Assemble the upload folder `out` from round r's members (default: the last round); returns it."""
+    out = Path(out)
+    r = cfg.rounds if r is None else r
+    decoder = decoder or default_decoder(cfg)
+    if out.exists():
+        raise StageError(f"{out} already exists: choose a new folder (a package is never overwritten)")
+    if decoder not in cfg.decoders:
+        raise StageError(f"decoder {decoder!r} is not among the configured decoders {cfg.decoders}")
+    if kaggle_id is not None and kaggle_id.count("/") != 1:
+        raise StageError(f"--kaggle-id must look like USER/dataset-slug, got {kaggle_id!r}")
+    taxonomy = load_taxonomy()
+    members = [cfg.layout.member_dir(r, s) for s in cfg.seeds]
+    unfinished = [str(m) for m in members if not (m / "done.json").is_file() or not (m / "checkpoint.pt").is_file()]
+    if unfinished:
+        raise StageError(f"round {r} members are not finished (no done.json/checkpoint.pt): {', '.join(unfinished)}")
+    temperature = fit_validation_temperature(load_predictions(members, "val", taxonomy))
+    if decoder == "bayes_cal" and temperature is None:
+        raise StageError("decoder bayes_cal needs validation predictions to fit a temperature; the members have none")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        entries = []
+        for seed, member in zip(cfg.seeds, members):
+            dest = tmp / "members" / f"seed_{seed}"
+            dest.mkdir(parents=True)
+            print(f"  member seed {seed}: {member} -> {dest.relative_to(tmp)}", flush=True)
+            slim_weights(member / "checkpoint.pt", dest / "model.pt")
+            for name in MEMBER_FILES:
+                if (member / name).is_file():
+                    shutil.copy2(member / name, dest / name)
+            entries.append({"seed": seed, "dir": f"members/seed_{seed}", "source": str(member),
+                            "model_sha256": sha256(dest / "model.pt")})
+        shutil.copytree(SRC_DIR, tmp / "src", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        atomic_write_json(tmp / "classes.json", list(taxonomy.names))
+        atomic_write_text(tmp / "pipeline.yaml", config_to_yaml(cfg))
+        if kaggle_id is not None:
+            atomic_write_json(tmp / "dataset-metadata.json", {
+                "title": f"fathomnet ensemble {cfg.name}"[:50], "id": kaggle_id,
+                "licenses": [{"name": "CC0-1.0"}]})
+        manifest = {
+            "format": MANIFEST_FORMAT, "name": cfg.name, "round": r,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "members": entries, "classes_file": "classes.json",
+            "taxonomy_file": f"src/{DEFAULT_TAXONOMY_PATH.name}", "pipeline_config": "pipeline.yaml",
+            "decoder": decoder, "decoders": list(cfg.decoders),
+            "decoding": {"sigma": cfg.pseudo.sigma, "diffusion_alpha": cfg.diffusion_alpha,
+                         "temperature": temperature},
+        }
+        atomic_write_json(tmp / MANIFEST, manifest)
+        os.rename(tmp, out)  # atomic on one file system; fails rather than replace a folder made meanwhile
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    print(f"packaged {len(entries)} members of round {r} (decoder {decoder}) into {out} ({size / 1e6:.1f} MB)")
+    return out
+
+
+def find_manifest(folder: str | Path) -> Path:
+    """The package's manifest.json in `folder` or below it (Kaggle may nest an uploaded folder one level)."""
+    folder = Path(folder)
+    if (folder / MANIFEST).is_file():
+        return folder / MANIFEST
+    found = sorted(folder.rglob(MANIFEST), key=lambda p: len(p.parts))
+    if not found:
+        raise FileNotFoundError(f"no {MANIFEST} in {folder} or below: attach the folder made by src.stages.package")
+    return found[0]
+
+
+def read_package(folder: str | Path, verify: bool = False) -> tuple[Path, dict]:
+    """(package root, manifest) of a packaged ensemble; ValueError when the class order or a checksum is off."""
+    path = find_manifest(folder)
+    root = path.parent
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{path}: manifest format {manifest.get('format')} is not {MANIFEST_FORMAT}")
+    classes = json.loads((root / manifest["classes_file"]).read_text())
+    if tuple(classes) != load_taxonomy(root / manifest["taxonomy_file"]).names:
+        raise ValueError(f"{root}: classes.json differs from the packaged taxonomy's order")
+    if verify:
+        for entry in manifest["members"]:
+            if sha256(root / entry["dir"] / "model.pt") != entry["model_sha256"]:
+                raise ValueError(f"{root / entry['dir'] / 'model.pt'}: checksum differs from the manifest")
+    return root, manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser("package", __doc__)
+    parser.add_argument("--out", required=True, help="folder to create (must not exist)")
+    parser.add_argument("--round", type=int, default=None, help="ensemble round to package (default: the last)")
+    parser.add_argument("--decoder", default=None, help="decoder the notebook uses (default: bayes if configured)")
+    parser.add_argument("--kaggle-id", default=None, help="USER/slug: also write dataset-metadata.json")
+    return run_cli(parser, lambda cfg, args: package(cfg, args.out, args.round, args.decoder, args.kaggle_id), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
