@@ -16,6 +16,7 @@ factor 1 - shift/2), more blur, turbidity and noise, a warmer lamp with a strong
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import multiprocessing
@@ -59,6 +60,8 @@ MAX_OBJECTS = 6
 MEAN_OBJECTS = {"train": 2.6, "test": 2.4}  # real: 23,699 / 8,980 and 788 / 325
 SPLIT_CODE = {"train": 0, "test": 1}
 GENERATOR_VERSION = 1
+# Noisy frames barely compress with LZ77: Huffman-only coding is as fast as level 1 and 20% smaller.
+PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
 
 
 @dataclass(frozen=True)
@@ -242,20 +245,27 @@ def _imaging(frame: np.ndarray, depth: float, style: FrameStyle, rng) -> np.ndar
     """Lamp and vignette, turbidity, marine snow, blur and sensor noise; to uint8."""
     h, w = frame.shape[:2]
     cx, cy = rng.uniform(0.3, 0.7) * w, rng.uniform(0.2, 0.6) * h
-    yy, xx = np.ogrid[:h, :w]
-    r2 = ((xx - cx) ** 2 + (yy - cy) ** 2) / float(w * w / 4 + h * h / 4)
-    lamp = (1.0 - rng.uniform(*style.vignette) * r2).astype(np.float32) * rng.uniform(*style.brightness)
-    frame = frame * lamp[..., None] * np.asarray(style.lamp_bgr, np.float32)
+    dx2 = ((np.arange(w, dtype=np.float32) - cx) ** 2)[None, :]
+    dy2 = ((np.arange(h, dtype=np.float32) - cy) ** 2)[:, None]
+    lamp = (1.0 - rng.uniform(*style.vignette) / (w * w / 4 + h * h / 4) * (dx2 + dy2)) * rng.uniform(*style.brightness)
     t = rng.uniform(*style.turbidity)
-    frame = frame * (1 - t) + water_colour(depth).astype(np.float32) * 1.2 * t
+    gain = lamp[..., None] * (np.asarray(style.lamp_bgr, np.float32) * np.float32(1 - t))
+    frame *= gain
+    frame += water_colour(depth).astype(np.float32) * np.float32(1.2 * t)
     for _ in range(int(rng.integers(*style.snow))):
         v = float(rng.uniform(120, 230))
         cv2.circle(frame, (int(rng.uniform(0, w)), int(rng.uniform(0, h))), int(rng.integers(0, 2)), (v, v, v), -1,
                    cv2.LINE_AA)
-    # Noise before blur: correlated like video sensor noise (and the PNGs compress better).
-    frame += rng.standard_normal(frame.shape, dtype=np.float32) * (1.6 * rng.uniform(*style.noise))
+    # Noise before blur: correlated like video sensor noise (and the PNGs compress better). Uniform
+    # noise (5x faster to draw than normal) with the same variance; the blur makes it near-Gaussian.
+    noise = rng.random(frame.shape, dtype=np.float32)
+    noise -= 0.5
+    noise *= np.float32(1.6 * np.sqrt(12.0) * rng.uniform(*style.noise))
+    frame += noise
     frame = cv2.GaussianBlur(frame, (0, 0), rng.uniform(*style.blur))
-    return np.clip(frame + 0.5, 0, 255).astype(np.uint8)
+    np.clip(frame, 0, 255, out=frame)
+    frame += 0.5
+    return frame.astype(np.uint8)
 
 
 # ---------------------------------------------------------------- the benchmark on disk
@@ -283,7 +293,7 @@ def _render_chunk(job: tuple) -> list[tuple[dict, list[list[float]]]]:
             width, height = TEST_FRAMES[int(rng.choice(len(TEST_FRAMES), p=TEST_FRAME_P))]
         image, boxes = render_frame(labels, genes, width, height, style, rng)
         path = Path(frame_dir) / file_name
-        ok, png = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        ok, png = cv2.imencode(".png", image, PNG_PARAMS)
         if not ok:
             raise RuntimeError(f"could not encode frame {path}")
         atomic_write_bytes(path, png.tobytes())
@@ -296,7 +306,8 @@ def _render_chunk(job: tuple) -> list[tuple[dict, list[list[float]]]]:
 
 
 def _generate_split(split: str, counts: np.ndarray, genes, D, out_dir: Path, seed: int, shift: float,
-                    preset: str, taxonomy: Taxonomy, workers: int, progress: bool) -> tuple[dict, list[int]]:
+                    preset: str, taxonomy: Taxonomy, pool: ProcessPoolExecutor | None,
+                    progress: bool) -> tuple[dict, list[int]]:
     """Render one split's frames; returns (COCO dict, class index of each annotation in id order)."""
     frames = assign_frames(counts, D, np.random.default_rng([seed, SPLIT_CODE[split], 0]), MEAN_OBJECTS[split])
     frame_dir = out_dir / "frames" / split
@@ -306,18 +317,9 @@ def _generate_split(split: str, counts: np.ndarray, genes, D, out_dir: Path, see
             for k in range(0, len(frames), chunk)]
     bar = tqdm(total=len(frames), desc=f"{split} frames", disable=not progress, leave=False)
     results = []
-    if workers > 1 and len(jobs) > 1:
-        # spawn: workers never inherit a parent's thread pools (torch, OpenCV) mid-state.
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=cv2.setNumThreads, initargs=(1,)) as pool:
-            for part in pool.map(_render_chunk, jobs):
-                results.extend(part)
-                bar.update(len(part))
-    else:
-        for job in jobs:
-            part = _render_chunk(job)
-            results.extend(part)
-            bar.update(len(part))
+    for part in (pool.map if pool else map)(_render_chunk, jobs):
+        results.extend(part)
+        bar.update(len(part))
     bar.close()
     coco = _coco_header(preset, seed, shift)
     coco["categories"] = [{"id": cid, "name": name, "supercategory": ""}
@@ -362,12 +364,17 @@ def generate_benchmark(out_dir: str | Path, preset: str = "demo", seed: int = 0,
     p = PRESETS[preset]
     n = len(taxonomy)
     solution: list[tuple[int, str]] = []
-    for split, per_class in (("train", p.train_per_class), ("test", p.test_per_class)):
-        coco, labels = _generate_split(split, np.full(n, per_class), genes, D, out_dir, seed, shift, preset,
-                                       taxonomy, workers, progress)
-        if split == "test":
-            solution = [(ann["id"], taxonomy.names[label]) for ann, label in zip(coco["annotations"], labels)]
-        atomic_write_text(out_dir / f"dataset_{split}.json", json.dumps(coco, indent=4) + "\n")
+    with contextlib.ExitStack() as stack:
+        # spawn: workers never inherit a parent's thread pools (torch, OpenCV) mid-state.
+        pool = stack.enter_context(ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=cv2.setNumThreads, initargs=(1,))) if workers > 1 else None
+        for split, per_class in (("train", p.train_per_class), ("test", p.test_per_class)):
+            coco, labels = _generate_split(split, np.full(n, per_class), genes, D, out_dir, seed, shift, preset,
+                                           taxonomy, pool, progress)
+            if split == "test":
+                solution = [(ann["id"], taxonomy.names[label]) for ann, label in zip(coco["annotations"], labels)]
+            atomic_write_text(out_dir / f"dataset_{split}.json", json.dumps(coco, indent=4) + "\n")
     frame = pd.DataFrame(solution, columns=["annotation_id", "concept_name"])
     atomic_write_text(out_dir / "solution.csv", frame.to_csv(index=False))
     atomic_write_json(out_dir / "generator.json", {
@@ -467,13 +474,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="test shift strength 0..1: test objects are (1 - shift/2) times the train size, "
                              f"with more blur, turbidity and noise (default {DEFAULT_SHIFT})")
     parser.add_argument("--preview", type=Path, default=None, help="also write a contact sheet PNG here")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes rendering frames (default: up to 2); the output does not depend on it")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
     if not 0.0 <= args.shift <= 1.0:
         parser.error(f"--shift must be in 0..1, got {args.shift}")
     start = time.perf_counter()
     try:
-        root = generate_benchmark(args.out, args.preset, args.seed, args.shift, progress=not args.no_progress)
+        root = generate_benchmark(args.out, args.preset, args.seed, args.shift, workers=args.workers,
+                                  progress=not args.no_progress)
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
