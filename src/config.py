@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, Optional, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 T = TypeVar("T", bound="StrictModel")
 
@@ -105,3 +105,137 @@ def load_config(model_cls: type[T], path: str | Path | None, overrides: list[str
 def config_to_yaml(config: BaseModel) -> str:
     """The resolved config as YAML (saved next to every artefact it produced)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The training config tree (`python main.py CONFIG.yaml [dotted.key=value ...]`).
+# Defaults are the small CPU demo; cfg/wrn_dwce.yaml holds the team's recipe on the real data.
+
+
+class DataConfig(StrictModel):
+    """Where the crops come from and how the validation split is made."""
+
+    root: str = Field("inputs/synthetic/demo", description="dataset folder (dataset_train.json, train/, test/)")
+    image_size: int = Field(32, ge=8, description="network input size in pixels")
+    cache_size: Optional[int] = Field(None, ge=8, description="size of the cached crops (default image_size)")
+    views: list[str] = Field(["roi"], min_length=1, description="crop views: roi, ctx3, ctx5, frame")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="frame-grouped validation share (0: none)")
+    split_seed: Optional[int] = Field(None, description="seed of the validation split (None: seed); "
+                                      "ensemble members share one so their validation sets match")
+    shifted_val: bool = Field(
+        False, description="also validate on crops shrunk to follow the test box sizes (src.data.splits)")
+    pseudo_labels: Optional[str] = Field(None, description="CSV annotation_id,concept_name of test ROIs to train on")
+    solution: Optional[str] = Field(None, description="CSV annotation_id,concept_name to score test predictions")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+
+
+class ModelConfig(StrictModel):
+    """Backbone, view fusion and heads."""
+
+    backbone: str = Field("wrn10_2", description="timm model name (wide_resnet101_2, wrn16_4, wrn<d>_<k>, ...)")
+    pretrained: bool = Field(False, description="download timm's pretrained weights (needs internet)")
+    pretrained_path: Optional[str] = Field(None, description="local weights: a checkpoint.pt or a state dict")
+    num_heads: int = Field(1, ge=1, description="H classifier heads, trained with the mean loss over heads")
+    head_hidden: Optional[int] = Field(None, ge=0, description="head hidden width (None: feature width; 0: linear)")
+    shared_backbone: bool = Field(True, description="one backbone for all views (else one per view)")
+    fusion: Literal["concat", "mean", "attention"] = Field("concat", description="how view features are fused")
+    aux_ranks: list[str] = Field([], description="auxiliary heads per rank, e.g. [phylum, class, order]")
+    drop_rate: float = Field(0.0, ge=0, lt=1, description="dropout before the heads (timm drop_rate)")
+    channels_last: bool = Field(True, description="channels_last memory format (faster convs on GPU)")
+
+    @field_validator("aux_ranks")
+    @classmethod
+    def _known_ranks(cls, ranks: list[str]) -> list[str]:
+        from src.taxonomy import RANKS
+        bad = [r for r in ranks if r not in RANKS]
+        if bad:
+            raise ValueError(f"unknown rank(s) {bad}; valid: {', '.join(RANKS)}")
+        return ranks
+
+
+class LossConfig(StrictModel):
+    """Training loss (see src/losses.py)."""
+
+    name: Literal["ce", "dwce", "ce_expdist", "soft_labels"] = Field("dwce", description="loss function")
+    dwce_weights: Literal["team", "paper"] = Field("team", description="team: (D+I)/rowsum; paper: (D+1)/rowsum")
+    expdist_lambda: float = Field(0.1, ge=0, description="weight of the expected distance (ce_expdist)")
+    soft_beta: float = Field(1.0, gt=0, description="soft labels softmax(-beta * D[i]) (soft_labels)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing (ce)")
+    aux_weight: float = Field(0.1, ge=0, description="weight of each auxiliary rank head's CE")
+
+
+class OptimConfig(StrictModel):
+    """Optimiser and learning-rate schedule (warm-up + cosine, stepped per batch)."""
+
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (nesterov)")
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up length in epochs")
+    min_lr: float = Field(1e-5, ge=0, description="cosine floor")
+    grad_clip: Optional[float] = Field(None, gt=0, description="clip the gradient norm to this (None: off)")
+
+
+class TrainConfig(StrictModel):
+    """Loop, precision, devices, resumption."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1, description="per process (per GPU under torchrun)")
+    eval_batch_size: Optional[int] = Field(None, ge=1, description="default 2 x batch_size")
+    device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="auto: bf16 on CUDA, off on CPU")
+    compile: bool = Field(False, description="torch.compile the model (CUDA)")
+    resume: bool = Field(False, description="continue the run in output.dir/output.run_name")
+    max_epochs_this_run: Optional[int] = Field(
+        None, ge=1, description="stop after this many epochs in this process (time-limited jobs); resume later")
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
+    progress: bool = Field(True, description="tqdm progress bars")
+
+
+class AugmentConfig(StrictModel):
+    """Train-time augmentation (albumentations/OpenCV, src/data/transforms.py)."""
+
+    rrc_scale: tuple[float, float] = Field((0.1, 1.0), description="RandomResizedCrop area range")
+    hflip: bool = True
+    color_jitter: float = Field(0.4, ge=0)
+    pca_lighting: float = Field(0.1, ge=0, description="AlexNet PCA lighting noise std")
+    downscale: Optional[tuple[float, float]] = Field(
+        None, description="random down-scaling factor range [min, max] (shrink and back), None: off")
+    downscale_p: float = Field(0.5, ge=0, le=1, description="probability of the down-scaling")
+
+
+class OutputConfig(StrictModel):
+    """Where the run folder goes: output.dir/output.run_name."""
+
+    dir: str = "outputs/runs"
+    run_name: str = "demo"
+    decode: Literal["argmax", "bayes"] = Field(
+        "argmax", description="label rule of predictions.csv: argmax p or argmin_k sum_j D[k,j] p_j")
+
+
+class Config(StrictModel):
+    """One training run. Sections: seed, data, model, loss, optim, train, augment, output."""
+
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    augment: AugmentConfig = AugmentConfig()
+    output: OutputConfig = OutputConfig()
+
+
+def describe_config(model_cls: type[BaseModel] = Config, prefix: str = "") -> str:
+    """One line per key: dotted name, default and description (for `main.py --help`)."""
+    lines = []
+    for name, field in model_cls.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            lines.append(f"{prefix}{name}:  {annotation.__doc__.strip().splitlines()[0]}")
+            lines.append(describe_config(annotation, prefix + name + "."))
+        else:
+            default = field.default
+            text = f"  {prefix}{name} = {default!r}"
+            lines.append(text + (f"  # {field.description}" if field.description else ""))
+    return "\n".join(lines)

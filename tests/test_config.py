@@ -1,0 +1,73 @@
+"""The training config tree: defaults, shipped configs, overrides, readable errors, --help."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from src.config import Config, ConfigError, config_to_yaml, describe_config, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_CONFIGS = sorted(REPO.glob("cfg/demo_*.yaml")) + [REPO / "cfg" / "wrn_dwce.yaml"]
+
+
+@pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_config(Config, path)
+    assert cfg.output.run_name == path.stem
+
+
+def test_team_recipe_values():
+    cfg = load_config(Config, REPO / "cfg" / "wrn_dwce.yaml")
+    assert cfg.model.backbone.startswith("wide_resnet101_2") and cfg.model.pretrained
+    assert (cfg.data.image_size, cfg.train.batch_size, cfg.train.epochs, cfg.model.num_heads) == (112, 64, 30, 100)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 1e-4, 1e-4)
+    assert (cfg.optim.warmup_epochs, cfg.optim.min_lr) == (10, 1e-5)
+    assert (cfg.loss.name, cfg.loss.dwce_weights) == ("dwce", "team")
+    assert cfg.data.root == "inputs/fathomnet2025"
+
+
+def test_baseline_configs_differ_only_in_the_loss():
+    losses = {p.stem: load_config(Config, p).loss for p in TRAIN_CONFIGS if p.stem.startswith("demo_")
+              and p.stem != "demo_tiny"}
+    assert {(l.name, l.dwce_weights if l.name == "dwce" else None) for l in losses.values()} == {
+        ("ce", None), ("dwce", "team"), ("dwce", "paper"), ("ce_expdist", None), ("soft_labels", None)}
+    base = load_config(Config, REPO / "cfg" / "demo_wrn_dwce.yaml").model_dump()
+    for name in losses:
+        other = load_config(Config, REPO / "cfg" / f"{name}.yaml").model_dump()
+        assert {k for k in base if base[k] != other[k]} <= {"loss", "output"}, name
+
+
+def test_overrides_are_typed():
+    cfg = load_config(Config, None, ["optim.lr=3e-4", "model.aux_ranks=[phylum,class]", "augment.downscale=[0.2,1]",
+                                     "seed=7", "optim.grad_clip=null"])
+    assert cfg.optim.lr == 3e-4 and cfg.seed == 7 and cfg.optim.grad_clip is None
+    assert cfg.model.aux_ranks == ["phylum", "class"] and cfg.augment.downscale == (0.2, 1.0)
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("optim.lrate=1", "unknown key 'optim.lrate'; valid keys here: grad_clip, lr, min_lr"),
+    ("modle.backbone=x", "unknown key 'modle'; valid keys here: augment, data, loss, model"),
+    ("loss.name=focal", "'loss.name'"),
+    ("model.aux_ranks=[phylm]", "valid: kingdom, phylum"),
+    ("train.epochs=0", "'train.epochs'"),
+])
+def test_errors_name_the_valid_keys(override, expected):
+    with pytest.raises(ConfigError, match=None) as err:
+        load_config(Config, None, [override])
+    assert expected in str(err.value)
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = load_config(Config, REPO / "cfg" / "demo_wrn_dwce.yaml", ["seed=3"])
+    (tmp_path / "c.yaml").write_text(config_to_yaml(cfg))
+    assert load_config(Config, tmp_path / "c.yaml") == cfg
+
+
+def test_help_documents_every_section():
+    text = describe_config(Config)
+    for key in ("seed", "data.root", "data.pseudo_labels", "model.num_heads", "loss.dwce_weights", "optim.min_lr",
+                "train.resume", "augment.downscale", "output.run_name"):
+        assert key in text
+    out = subprocess.run([sys.executable, "main.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "train.max_epochs_this_run" in out.stdout and "torchrun" in out.stdout

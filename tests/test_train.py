@@ -1,0 +1,186 @@
+"""End-to-end training on the generated 'tiny' benchmark: artefacts, exact resumption, NaN stop, DDP."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import src.train as train_module
+from src.config import Config, load_config
+from src.taxonomy import load_taxonomy
+from src.train import (DataMissingError, TrainingDiverged, bayes_decode, build_datasets, classification_metrics,
+                       config_differences, load_split, train)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMING = {"epoch_seconds", "train_img_per_s"}
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    from src.data.download import download_split
+    from src.data.synthetic import generate_benchmark
+    root = tmp_path_factory.mktemp("bench") / "tiny"
+    generate_benchmark(root, "tiny", seed=0, progress=False)
+    for split in ("train", "test"):
+        assert download_split(root / f"dataset_{split}.json", root / split, progress=False) == 0
+    return root
+
+
+def _cfg(root, out, *overrides):
+    return load_config(Config, os.path.join(REPO, "cfg", "demo_tiny.yaml"),
+                       [f"data.root={root}", f"output.dir={out}", *overrides])
+
+
+def test_train_writes_the_contracted_artefacts(tiny_root, tmp_path):
+    cfg = _cfg(tiny_root, tmp_path, "data.shifted_val=true", f"data.solution={tiny_root / 'solution.csv'}",
+               "model.aux_ranks=[phylum,order]", "train.epochs=1")
+    run = train(cfg)
+    names = {p.name for p in run.iterdir()}
+    assert {"config.yaml", "checkpoint.pt", "metrics.csv", "curves.png", "done.json", "test_probs.npz",
+            "predictions.csv", "val_probs.npz", "val_predictions.csv"} <= names
+    classes = load_taxonomy().names
+    test = np.load(run / "test_probs.npz")
+    assert test["probs"].shape == (2, 79, 79) and test["probs"].dtype == np.float32
+    assert np.allclose(test["probs"].sum(-1), 1, atol=1e-5)
+    assert tuple(test["classes"]) == classes
+    preds = pd.read_csv(run / "predictions.csv")
+    assert list(preds.columns) == ["annotation_id", "concept_name", "confidence"]
+    assert sorted(preds.annotation_id) == sorted(test["annotation_id"]) and preds.concept_name.isin(classes).all()
+    val = np.load(run / "val_probs.npz")
+    assert val["labels"].shape == val["annotation_id"].shape == (val["probs"].shape[1],)
+    metrics = pd.read_csv(run / "metrics.csv")
+    for column in ("val_loss", "val_accuracy", "val_distance", "val_distance_bayes", "val_acc_phylum",
+                   "shifted_distance", "train_loss", "lr"):
+        assert column in metrics and np.isfinite(metrics[column]).all()
+    done = pd.read_json(run / "done.json", typ="series")
+    assert done["test_n"] == 79 and 0 <= done["test_distance"] <= 12
+    assert load_config(Config, run / "config.yaml") == cfg
+    with pytest.raises(FileExistsError, match="resume"):
+        train(cfg)
+    assert train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"resume": True})})) == run
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_root, tmp_path):
+    full = train(_cfg(tiny_root, tmp_path, "train.epochs=3", "output.run_name=full"))
+    part = train(_cfg(tiny_root, tmp_path, "train.epochs=3", "output.run_name=part", "train.max_epochs_this_run=1"))
+    assert not (part / "done.json").exists()
+    assert len(pd.read_csv(part / "metrics.csv")) == 1
+    train(_cfg(tiny_root, tmp_path, "train.epochs=3", "output.run_name=part", "train.resume=true"))
+    a, b = (torch.load(r / "checkpoint.pt", weights_only=False) for r in (full, part))
+    assert a["epoch"] == b["epoch"] == 3
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    ma, mb = (pd.read_csv(r / "metrics.csv").drop(columns=list(TIMING)) for r in (full, part))
+    pd.testing.assert_frame_equal(ma, mb, check_exact=True)
+    assert np.array_equal(np.load(full / "test_probs.npz")["probs"], np.load(part / "test_probs.npz")["probs"])
+
+
+def test_resume_refuses_a_changed_config(tiny_root, tmp_path):
+    train(_cfg(tiny_root, tmp_path, "train.epochs=2", "train.max_epochs_this_run=1"))
+    with pytest.raises(ValueError, match="optim.lr"):
+        train(_cfg(tiny_root, tmp_path, "train.epochs=2", "train.resume=true", "optim.lr=0.1"))
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tiny_root, tmp_path, monkeypatch):
+    real_build = train_module.build_loss
+
+    def nan_after(cfg, taxonomy):
+        inner, calls = real_build(cfg, taxonomy), []
+
+        def loss(logits, targets):
+            if logits.requires_grad:
+                calls.append(1)
+            value = inner(logits, targets)
+            return value * float("nan") if len(calls) == 11 else value
+        return loss
+
+    monkeypatch.setattr(train_module, "build_loss", lambda cfg, tax: _Wrap(nan_after(cfg, tax)))
+    cfg = _cfg(tiny_root, tmp_path, "train.epochs=3")
+    with pytest.raises(TrainingDiverged, match=r"nan at epoch 2/3, step \d+ \(global step 11\).*after epoch 1"):
+        train(cfg)
+    run = tmp_path / cfg.output.run_name
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert not (run / "done.json").exists()
+
+
+class _Wrap(torch.nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, logits, targets):
+        return self.fn(logits, targets)
+
+
+def test_pseudo_labels_join_the_training_set(tiny_root, tmp_path):
+    taxonomy = load_taxonomy()
+    cfg = _cfg(tiny_root, tmp_path)
+    train_cache, test_cache = (load_split(cfg, taxonomy, s, progress=False) for s in ("train", "test"))
+    base = build_datasets(cfg, taxonomy, train_cache, test_cache)
+    ids = test_cache.index.annotation_id.to_numpy()[[3, 10, 20]]
+    pd.DataFrame({"annotation_id": ids, "concept_name": ["Octopus rubescens", "Porifera", "Sebastes"]}).to_csv(
+        tmp_path / "pl.csv", index=False)
+    cfg2 = _cfg(tiny_root, tmp_path, f"data.pseudo_labels={tmp_path / 'pl.csv'}")
+    data = build_datasets(cfg2, taxonomy, train_cache, test_cache)
+    assert len(data.train) == len(base.train) + 3
+    pseudo_part = data.train.datasets[-1]
+    assert [pseudo_part[i][1] for i in range(3)] == [taxonomy.index(n) for n in
+                                                     ("Octopus rubescens", "Porifera", "Sebastes")]
+    pd.DataFrame({"annotation_id": [ids[0]], "concept_name": ["Nessie"]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match="unknown concept"):
+        build_datasets(_cfg(tiny_root, tmp_path, f"data.pseudo_labels={tmp_path / 'bad.csv'}"), taxonomy,
+                       train_cache, test_cache)
+
+
+def test_missing_data_names_the_fetch_commands(tmp_path):
+    with pytest.raises(DataMissingError, match="src.data.fetch --competition fathomnet-2025"):
+        train(_cfg(tmp_path / "nowhere", tmp_path))
+
+
+def test_main_reports_missing_data_and_bad_keys(tmp_path):
+    env = {**os.environ, "PYTHONPATH": REPO}
+    run = lambda *a: subprocess.run([sys.executable, "main.py", *a], cwd=REPO, capture_output=True, text=True,  # noqa: E731
+                                    env=env, timeout=120)
+    missing = run("cfg/wrn_dwce.yaml", f"data.root={tmp_path / 'fathomnet2025'}")
+    assert missing.returncode == 1 and "python -m src.data.download" in missing.stderr
+    bad = run("cfg/demo_tiny.yaml", "optim.lrate=1")
+    assert bad.returncode == 2 and "valid keys here" in bad.stderr and "weight_decay" in bad.stderr
+
+
+def test_metrics_pure_functions():
+    D = np.array([[0, 2, 8], [2, 0, 8], [8, 8, 0]])
+    probs = np.array([[0.4, 0.35, 0.25], [0.1, 0.1, 0.8]])
+    # argmax says class 0; expected distances: k=0: 0.7+2.0=2.7, k=1: 0.8+2.0=2.8, k=2: 3.2+2.8=6.0.
+    assert bayes_decode(probs, D).tolist() == [0, 2]
+    probs2 = np.array([[0.45, 0.1, 0.45 + 1e-3]])  # argmax 2, but 0 is closer to everything likely
+    assert bayes_decode(probs2, D).tolist() == [0]
+    rank = {"phylum": np.array([0, 0, 1]), "genus": np.array([0, 1, -1])}
+    m = classification_metrics(probs2, np.array([1]), D, rank)
+    assert m["accuracy"] == 0 and m["distance"] == 8 and m["distance_bayes"] == 2
+    assert m["acc_phylum"] == 0 and m["acc_genus"] == 0
+    assert config_differences({"a": {"b": 1}, "train": {"resume": False}}, {"a": {"b": 2}, "train": {"resume": True}}) \
+        == ["a.b"]
+
+
+def test_torchrun_two_processes_gloo(tiny_root, tmp_path):
+    env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "main.py",
+           "cfg/demo_tiny.yaml", f"data.root={tiny_root}", f"output.dir={tmp_path}", "train.epochs=1",
+           "train.device=cpu"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "demo_tiny"
+    assert (run / "done.json").exists()
+    assert np.load(run / "test_probs.npz")["probs"].shape == (2, 79, 79)
+    assert len(pd.read_csv(run / "metrics.csv")) == 1
+
+
+def test_context_views_with_attention_fusion(tiny_root, tmp_path):
+    cfg = _cfg(tiny_root, tmp_path, "data.views=[roi,ctx3]", "model.fusion=attention", "train.epochs=1",
+               "data.val_fraction=0")
+    run = train(cfg)
+    assert np.load(run / "test_probs.npz")["probs"].shape == (2, 79, 79)
+    assert not (run / "val_probs.npz").exists()
