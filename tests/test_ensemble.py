@@ -135,9 +135,11 @@ def test_taxonomy_graph_is_one_tree_with_concepts_under_their_own_taxon():
     g = taxonomy_graph(tax)
     V = g.adjacency.shape[0]
     assert g.adjacency.sum() / 2 == V - 1 and connected_components(g.adjacency)[0] == 1
-    genus = g.num_concepts + g.taxa.index(("genus", "Sebastes"))
-    for name in ("Sebastes", "Sebastes diploproa"):
-        assert g.adjacency[tax.index(name), genus] == 1
+    node = {taxon: g.num_concepts + i for i, taxon in enumerate(g.taxa)}
+    genus, species = node[("genus", "Sebastes")], node[("species", "Sebastes diploproa")]
+    assert g.adjacency[tax.index("Sebastes"), genus] == 1  # the concept is a pendant on its own taxon
+    assert g.adjacency[tax.index("Sebastes diploproa"), species] == 1
+    assert g.adjacency[species, genus] == 1
     # a non-standard concept hangs under the deepest set taxon of its lineage
     caridea = tax.index("Caridea")
     assert g.adjacency[caridea].sum() == 1

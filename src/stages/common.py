@@ -1,0 +1,250 @@
+"""What the stages share: the CLI skeleton, member training configs, loading and decoding an ensemble."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from src.config import ConfigError, deep_merge, load_yaml, parse_overrides, validate_config
+from src.ensemble import (
+    apply_temperature, decode_argmax, decode_bayes, diffuse, diffusion_operator, fit_temperature, gmu,
+    member_labels_and_u, taxonomy_graph, vote,
+)
+from src.stages.pipeline_config import PipelineConfig, load_pipeline_config
+from src.submission import read_label_csv
+from src.taxonomy import Taxonomy, distance_matrix, load_taxonomy
+
+
+class StageError(RuntimeError):
+    """A stage cannot run (missing inputs, inconsistent artefacts); the message says why."""
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def stage_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m src.stages.{prog}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="pipeline config YAML (e.g. cfg/pipeline_demo.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the pipeline config")
+    return parser
+
+
+def run_cli(parser: argparse.ArgumentParser, body: Callable[[PipelineConfig, argparse.Namespace], object],
+            argv: list[str] | None = None) -> int:
+    """Parse, load the pipeline config, run `body`; one-line errors and exit code 2 on known failures."""
+    args = parser.parse_intermixed_args(argv)  # overrides may come after options
+    try:
+        cfg = load_pipeline_config(args.config, args.overrides)
+        body(cfg, args)
+    except (ConfigError, StageError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- training
+def train_member(config) -> Path:
+    """src.train.train, imported late so the ensemble-only stages do not load torch."""
+    from src.train import train
+
+    return Path(train(config))
+
+
+def member_config(cfg: PipelineConfig, r: int, seed: int, pseudo_labels: Path | None = None,
+                  init_checkpoint: Path | None = None, resume: bool = False):
+    """The training Config of one member: the training YAML, the pipeline's train_overrides, its place in the run."""
+    from src.config import Config
+
+    run_dir = cfg.layout.member_dir(r, seed)
+    base = load_yaml(cfg.train_config) if cfg.train_config else {}
+    overrides = [f"seed={seed}", f"data.split_seed={cfg.split_seed}", f"data.root={cfg.data_root}",
+                 f"output.dir={run_dir.parent}", f"output.run_name={run_dir.name}"]
+    if pseudo_labels is not None:
+        overrides.append(f"data.pseudo_labels={pseudo_labels}")
+    if cfg.solution:
+        overrides.append(f"data.solution={cfg.solution}")
+    if init_checkpoint is not None:
+        overrides.append(f"model.pretrained_path={init_checkpoint}")
+    if resume:
+        overrides.append("train.resume=true")
+    tree = deep_merge(deep_merge(base, cfg.train_overrides), parse_overrides(overrides))
+    return validate_config(Config, tree, source=f"{cfg.train_config or 'training defaults'} + train_overrides")
+
+
+def train_round(cfg: PipelineConfig, r: int, pseudo_labels: Path | None = None, warm_from: int | None = None,
+                trainer: Callable | None = None, member_index: int | None = None) -> list[Path]:
+    """Train (sequentially) every seed's member of round r, or only seeds[member_index] (a SLURM array task);
+    members with done.json are skipped, an interrupted one resumes from its checkpoint."""
+    trainer = trainer or train_member
+    if member_index is not None and not 0 <= member_index < len(cfg.seeds):
+        raise StageError(f"member index {member_index} out of range for {len(cfg.seeds)} seeds")
+    dirs = []
+    for i, seed in enumerate(cfg.seeds):
+        if member_index is not None and i != member_index:
+            continue
+        run_dir = cfg.layout.member_dir(r, seed)
+        if (run_dir / "done.json").is_file():
+            print(f"  member seed {seed} ({i + 1}/{len(cfg.seeds)}): done, skipped", flush=True)
+            dirs.append(run_dir)
+            continue
+        init = None
+        if warm_from is not None:
+            init = cfg.layout.member_dir(warm_from, seed) / "checkpoint.pt"
+            if not init.is_file():
+                raise StageError(f"warm start: {init} does not exist")
+        start = time.time()
+        print(f"  member seed {seed} ({i + 1}/{len(cfg.seeds)}): training -> {run_dir}", flush=True)
+        trainer(member_config(cfg, r, seed, pseudo_labels, init, resume=(run_dir / "checkpoint.pt").is_file()))
+        if not (run_dir / "done.json").is_file():
+            raise StageError(f"training of {run_dir} returned without writing done.json")
+        print(f"  member seed {seed}: finished in {time.time() - start:.0f} s", flush=True)
+        dirs.append(run_dir)
+    return dirs
+
+
+def sbatch_hint(config_path: str, overrides: list[str], stage: str, n_members: int, extra: str = "") -> str:
+    """The SLURM job-array command that trains the same members in parallel (one task per seed)."""
+    args = " ".join([config_path, *overrides])
+    return (f"sbatch --array=0-{n_members - 1} --wrap 'python -m src.stages.{stage} {args}{extra} "
+            f"--member-index $SLURM_ARRAY_TASK_ID'")
+
+
+# ------------------------------------------------------------------------------- ensemble loading
+@dataclass
+class EnsemblePredictions:
+    """Saved predictions of M members on one split, aligned by annotation id."""
+
+    annotation_id: np.ndarray  # (N,)
+    members: list[np.ndarray]  # M arrays (H_m, N, C) of per-head softmax
+    labels: np.ndarray | None  # (N,) true class index (validation) or None
+
+    @property
+    def member_means(self) -> np.ndarray:
+        """(M, N, C) each member's mean over its heads."""
+        return np.stack([m.mean(axis=0) for m in self.members])
+
+    @property
+    def mean(self) -> np.ndarray:
+        """(N, C) the ensemble prediction: mean over members of their head means."""
+        return self.member_means.mean(axis=0)
+
+
+def load_predictions(member_dirs: list[Path], split: str, taxonomy: Taxonomy) -> EnsemblePredictions | None:
+    """Read `<split>_probs.npz` of every member (split 'test' or 'val'); None when no member has the file."""
+    files = [Path(d) / f"{split}_probs.npz" for d in member_dirs]
+    present = [f.is_file() for f in files]
+    if not any(present):
+        return None
+    if not all(present):
+        raise StageError(f"{files[present.index(False)]} is missing while other members have it")
+    ids, members, labels = None, [], None
+    for f in files:
+        with np.load(f, allow_pickle=False) as z:
+            if tuple(z["classes"].tolist()) != taxonomy.names:
+                raise StageError(f"{f}: class order differs from the taxonomy's canonical order")
+            probs = z["probs"]
+            probs = probs[None] if probs.ndim == 2 else probs
+            order = np.argsort(z["annotation_id"], kind="stable")
+            these = z["annotation_id"][order]
+            if ids is None:
+                ids = these
+                labels = z["labels"][order].astype(np.int64) if "labels" in z.files else None
+            elif not np.array_equal(ids, these):
+                raise StageError(f"{f}: annotation ids differ from the first member's (different {split} split?)")
+            members.append(probs[:, order].astype(np.float32, copy=False))
+    return EnsemblePredictions(ids, members, labels)
+
+
+# -------------------------------------------------------------------------------------- decoding
+@dataclass
+class Decoding:
+    """Decoded labels per decoder plus what the decoders learnt (temperature)."""
+
+    labels: dict[str, np.ndarray]
+    temperature: float | None
+    skipped: dict[str, str]
+
+
+def decode_ensemble(preds: EnsemblePredictions, decoders: list[str], taxonomy: Taxonomy, sigma: str,
+                    alpha: float, temperature: float | None = None) -> Decoding:
+    """Decode an ensemble with every named decoder.
+
+    argmax: argmax of the ensemble mean; vote: mode of the members' labels, ties by each member's own U
+    (GMU over its heads); bayes: least expected distance under the ensemble mean; bayes_cal: the same
+    after temperature scaling (T fitted on validation, passed in); diffusion: argmax after taxonomy
+    diffusion of the ensemble mean."""
+    D = distance_matrix(taxonomy)
+    mean = preds.mean
+    out, skipped = {}, {}
+    for name in decoders:
+        if name == "argmax":
+            out[name] = decode_argmax(mean)
+        elif name == "vote":
+            labels, u = member_labels_and_u(preds.members, sigma=sigma)
+            out[name] = vote(labels, u, num_classes=len(taxonomy))[0]
+        elif name == "bayes":
+            out[name] = decode_bayes(mean, D)
+        elif name == "bayes_cal":
+            if temperature is None:
+                skipped[name] = "no validation predictions to fit a temperature on"
+                continue
+            out[name] = decode_bayes(apply_temperature(mean, temperature), D)
+        elif name == "diffusion":
+            graph = taxonomy_graph(taxonomy)
+            out[name] = diffuse(mean, graph, alpha, diffusion_operator(graph, alpha)).argmax(axis=1)
+        else:
+            raise StageError(f"unknown decoder {name!r}")
+    return Decoding(out, temperature, skipped)
+
+
+def fit_validation_temperature(val: EnsemblePredictions | None) -> float | None:
+    """Temperature of the ensemble mean fitted on validation NLL, or None without labelled validation."""
+    if val is None or val.labels is None or (val.labels < 0).all():
+        return None
+    keep = val.labels >= 0
+    return fit_temperature(val.mean[keep], val.labels[keep])
+
+
+def ensemble_u(preds: EnsemblePredictions, sigma: str) -> np.ndarray:
+    """(N,) U over the members' head means (the ensemble-level certainty used for thresholds)."""
+    return gmu(preds.member_means, sigma=sigma)[1]
+
+
+def read_solution_indices(path: str | Path, annotation_id: np.ndarray, taxonomy: Taxonomy) -> np.ndarray:
+    """True class index per annotation id from a solution CSV (StageError when ids are missing)."""
+    solution = read_label_csv(path, name_columns=("concept_name", "name"))
+    truth = solution.set_index("annotation_id")["concept_name"].reindex(annotation_id)
+    if truth.isna().any():
+        raise StageError(f"{path}: lacks {int(truth.isna().sum())} of the test annotation ids")
+    return taxonomy.indices(truth.to_numpy())
+
+
+def mean_distance(truth: np.ndarray, pred: np.ndarray, D: np.ndarray) -> float:
+    return float(D[truth, pred].mean()) if len(truth) else float("nan")
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    """A markdown table of `rows` (floats to 3 decimals, missing cells blank)."""
+    def cell(v):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return ""
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def load_taxonomy_and_distance() -> tuple[Taxonomy, np.ndarray]:
+    taxonomy = load_taxonomy()
+    return taxonomy, distance_matrix(taxonomy)
+
+
+def labels_frame(annotation_id: np.ndarray, labels: np.ndarray, taxonomy: Taxonomy) -> pd.DataFrame:
+    return pd.DataFrame({"annotation_id": annotation_id.astype(np.int64),
+                         "concept_name": np.asarray(taxonomy.names, dtype=object)[labels]})

@@ -1,0 +1,128 @@
+"""The whole method from one config: prepare -> train_ensemble -> (pseudo_label -> retrain) x R -> submit.
+
+    python -m src.stages.pipeline CONFIG.yaml [overrides]
+
+Resumable: every finished step is recorded in output_root/name/state.json (written atomically), and
+a re-run after a kill skips those steps; inside a training step, finished members are skipped and an
+interrupted one resumes from its checkpoint. The state also records a fingerprint of the pipeline
+config and the training config file: a run cannot be continued with a different config (choose a new
+`name` instead). At the end a summary table (per round: pseudo-label count and accuracy when the
+solution is known, validation/test mean distance per decoder; plus the time of each step) is printed
+and saved as summary.md and summary.json in the run folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from src.artifacts import atomic_write_json, atomic_write_text
+from src.config import config_to_yaml
+from src.stages.common import StageError, format_table, run_cli, stage_parser
+from src.stages.pipeline_config import PipelineConfig
+from src.stages.prepare import prepare
+from src.stages.pseudo_label import make_pseudo_labels
+from src.stages.retrain import retrain
+from src.stages.submit import evaluate_round, submit
+from src.stages.train_ensemble import train_ensemble
+
+
+def config_fingerprint(cfg: PipelineConfig) -> str:
+    """Hash of the resolved pipeline config and the training config file's text."""
+    text = config_to_yaml(cfg) + (Path(cfg.train_config).read_text() if cfg.train_config else "")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def pipeline_steps(cfg: PipelineConfig, trainer: Callable | None = None) -> list[tuple[str, Callable[[], object]]]:
+    """The ordered (step name, action) list of a run."""
+    steps = [("prepare", lambda: prepare(cfg)), ("train_ensemble", lambda: train_ensemble(cfg, trainer))]
+    for r in range(1, cfg.rounds + 1):
+        steps.append((f"pseudo_label_{r}", lambda r=r: make_pseudo_labels(cfg, r)))
+        steps.append((f"retrain_{r}", lambda r=r: retrain(cfg, r, trainer)))
+    steps.append(("submit", lambda: submit(cfg)))
+    return steps
+
+
+def load_state(cfg: PipelineConfig) -> dict:
+    """The run's state file, or a fresh one; StageError when the run was started with another config."""
+    fingerprint = config_fingerprint(cfg)
+    path = cfg.layout.state
+    if not path.is_file():
+        return {"config_fingerprint": fingerprint, "finished": {}}
+    state = json.loads(path.read_text())
+    if state.get("config_fingerprint") != fingerprint:
+        raise StageError(f"{path}: this run was started with a different config; give the run a new name "
+                         f"(name=...) or remove {cfg.layout.root}")
+    return state
+
+
+def run_pipeline(cfg: PipelineConfig, trainer: Callable | None = None) -> dict:
+    """Run (or continue) every step, then write and print the summary; returns the summary."""
+    layout = cfg.layout
+    state = load_state(cfg)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(layout.root / "pipeline.yaml", config_to_yaml(cfg))
+    steps = pipeline_steps(cfg, trainer)
+    for i, (name, action) in enumerate(steps, 1):
+        prefix = f"[pipeline {cfg.name}] step {i}/{len(steps)} {name}"
+        if name in state["finished"]:
+            print(f"{prefix}: already done ({state['finished'][name]['seconds']:.0f} s), skipped", flush=True)
+            continue
+        print(f"{prefix}: running", flush=True)
+        start = time.time()
+        action()
+        seconds = time.time() - start
+        state["finished"][name] = {"seconds": round(seconds, 2),
+                                   "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        atomic_write_json(layout.state, state)
+        print(f"{prefix}: done in {seconds:.1f} s", flush=True)
+    summary = summarise(cfg, state)
+    print(summary["markdown"])
+    return summary
+
+
+def summarise(cfg: PipelineConfig, state: dict) -> dict:
+    """Per-round table (pseudo-labels, val/test mean distance per decoder) and step times, saved as md + json."""
+    rounds = []
+    for r in range(cfg.rounds + 1):
+        row: dict = {"round": r}
+        stats_path = cfg.layout.round_dir(r) / "stats.json"
+        if stats_path.is_file():
+            stats = json.loads(stats_path.read_text())
+            row.update(pseudo_labels=stats["count"], pseudo_accuracy=stats.get("accuracy"),
+                       pseudo_distance=stats.get("mean_distance"), added=stats["added"], dropped=stats["dropped"],
+                       changed=stats["changed"])
+        evaluation = evaluate_round(cfg, r)
+        evaluation.pop("_test_labels")
+        row["temperature"] = evaluation["temperature"]
+        row.update({f"val_{k}": v for k, v in evaluation["val"].items()})
+        row.update({f"test_{k}": v for k, v in evaluation["test"].items()})
+        rounds.append(row)
+    first = ["round", "pseudo_labels", "pseudo_accuracy", "pseudo_distance", "added", "dropped", "changed", "temperature"]
+    present = [key for row in rounds for key in row]
+    columns = [c for c in first if c in present] + [c for c in dict.fromkeys(present) if c not in first]
+    times = [{"step": name, "seconds": info["seconds"]} for name, info in state["finished"].items()]
+    total = sum(t["seconds"] for t in times)
+    time_rows = [{"step": t["step"], "seconds": f"{t['seconds']:.1f}"} for t in times + [{"step": "total", "seconds": total}]]
+    markdown = (f"# Pipeline {cfg.name}: {len(cfg.seeds)} members, {cfg.rounds} self-training rounds, "
+                f"min_votes {cfg.pseudo.min_votes}, U >= {cfg.pseudo.u_threshold}\n\n"
+                "Mean hierarchical distance (0 best, 12 worst) per decoder; val = frame-grouped validation split, "
+                "test = generated/known test solution.\n\n"
+                + format_table(rounds, columns) + "\n\n## Time per step\n\n"
+                + format_table(time_rows, ["step", "seconds"]) + "\n")
+    summary = {"rounds": rounds, "times": times, "total_seconds": total, "markdown": markdown}
+    atomic_write_text(cfg.layout.root / "summary.md", markdown)
+    atomic_write_json(cfg.layout.root / "summary.json", {k: v for k, v in summary.items() if k != "markdown"})
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser("pipeline", __doc__)
+    return run_cli(parser, lambda cfg, args: run_pipeline(cfg), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""Stage: train round R's ensemble on the training annotations plus round R's pseudo-labels.
+
+    python -m src.stages.retrain CONFIG.yaml [overrides] --round R [--print-sbatch]
+
+Each member reads round_R/pseudo_labels.csv through data.pseudo_labels (the training annotations are
+never modified); with warm_start, member seed s starts from round R-1's checkpoint of seed s.
+Finished members (done.json) are skipped.
+"""
+from __future__ import annotations
+
+from src.stages.common import StageError, run_cli, sbatch_hint, stage_parser, train_round
+from src.stages.pipeline_config import PipelineConfig
+
+
+def retrain(cfg: PipelineConfig, r: int, trainer=None, member_index: int | None = None) -> list:
+    """Train round r (>= 1) on train + round r's pseudo-labels; returns the member run folders."""
+    if r < 1:
+        raise StageError("retrain is for rounds >= 1; round 0 is train_ensemble")
+    pseudo = cfg.layout.pseudo_labels(r)
+    if not pseudo.is_file():
+        raise StageError(f"{pseudo} not found: run the pseudo_label stage for round {r} first")
+    return train_round(cfg, r, pseudo_labels=pseudo.resolve(), warm_from=r - 1 if cfg.warm_start else None,
+                       trainer=trainer, member_index=member_index)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser("retrain", __doc__)
+    parser.add_argument("--round", type=int, default=1, help="self-training round to train (>= 1)")
+    parser.add_argument("--print-sbatch", action="store_true", help="print the SLURM job-array command and exit")
+    parser.add_argument("--member-index", type=int, default=None, help="train only seeds[i] (one SLURM array task)")
+
+    def body(cfg, args):
+        hint = sbatch_hint(args.config, args.overrides, "retrain", len(cfg.seeds), f" --round {args.round}")
+        if args.print_sbatch:
+            print(hint)
+            return
+        if args.member_index is None:
+            print(f"training {len(cfg.seeds)} members one after another; on SLURM, in parallel: {hint}")
+        retrain(cfg, args.round, member_index=args.member_index)
+
+    return run_cli(parser, body, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""Stage: decode the final ensemble into submission CSVs, one per decoder, validated and scored.
+
+    python -m src.stages.submit CONFIG.yaml [overrides] [--round R] [--kaggle-submit [--decoder D] [--message M]]
+
+Writes submissions/<name>_<decoder>.csv (every test annotation once, names checked), and under the run
+folder submit/scores.{json,md}: per decoder the validation mean distance (when members have a
+validation split) and, when `solution` is configured, the local-leaderboard score of the test CSV.
+Decoders: argmax, vote, bayes (least expected distance), bayes_cal (after temperature scaling fitted
+on validation), diffusion (taxonomy graph diffusion, a = diffusion_alpha).
+`--kaggle-submit` uploads one CSV with the kaggle API (needs credentials and internet).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+from src.artifacts import atomic_write_json, atomic_write_text
+from src.score import score_frames
+from src.stages.common import (
+    StageError, decode_ensemble, fit_validation_temperature, format_table, labels_frame, load_predictions,
+    load_taxonomy_and_distance, mean_distance, read_solution_indices, run_cli, stage_parser,
+)
+from src.stages.pipeline_config import PipelineConfig
+from src.submission import coco_annotation_ids, read_label_csv, validate_submission, write_submission
+
+
+def evaluate_round(cfg: PipelineConfig, r: int) -> dict:
+    """Validation and (when the solution is known) test mean distance of round r's ensemble per decoder.
+
+    Returns {"round", "temperature", "val": {decoder: distance}, "test": {decoder: distance},
+    "skipped": {decoder: why}} and keeps the decoded test labels under "_test_labels" for submit."""
+    taxonomy, D = load_taxonomy_and_distance()
+    members = [cfg.layout.member_dir(r, s) for s in cfg.seeds]
+    unfinished = [str(m) for m in members if not (m / "done.json").is_file()]
+    if unfinished:
+        raise StageError(f"round {r} members are not finished: {', '.join(unfinished)}")
+    val = load_predictions(members, "val", taxonomy)
+    test = load_predictions(members, "test", taxonomy)
+    if test is None:
+        raise StageError(f"round {r} members have no test_probs.npz")
+    temperature = fit_validation_temperature(val)
+    result = {"round": r, "temperature": temperature, "val": {}, "test": {}}
+    if val is not None and val.labels is not None:
+        keep = val.labels >= 0
+        decoded = decode_ensemble(val, cfg.decoders, taxonomy, cfg.pseudo.sigma, cfg.diffusion_alpha, temperature)
+        result["val"] = {k: mean_distance(val.labels[keep], v[keep], D) for k, v in decoded.labels.items()}
+    decoded = decode_ensemble(test, cfg.decoders, taxonomy, cfg.pseudo.sigma, cfg.diffusion_alpha, temperature)
+    result["skipped"] = decoded.skipped
+    if cfg.solution:
+        truth = read_solution_indices(cfg.solution, test.annotation_id, taxonomy)
+        result["test"] = {k: mean_distance(truth, v, D) for k, v in decoded.labels.items()}
+    result["_test_labels"] = (test.annotation_id, decoded.labels)
+    return result
+
+
+def submit(cfg: PipelineConfig, r: int | None = None) -> list[dict]:
+    """Write and validate one submission per decoder from round r (default: the last round); score them."""
+    r = cfg.rounds if r is None else r
+    taxonomy, _ = load_taxonomy_and_distance()
+    evaluation = evaluate_round(cfg, r)
+    ids, decoded = evaluation.pop("_test_labels")
+    expected = coco_annotation_ids(Path(cfg.data_root) / "dataset_test.json")
+    solution = read_label_csv(cfg.solution, name_columns=("concept_name", "name")) if cfg.solution else None
+    rows = []
+    for decoder, labels in decoded.items():
+        path = cfg.layout.submission(decoder)
+        frame = labels_frame(ids, labels, taxonomy)
+        write_submission(path, frame["annotation_id"], frame["concept_name"])
+        problems = validate_submission(path, expected, taxonomy)
+        if problems:
+            raise StageError(f"{path} is not a valid submission: {'; '.join(problems)}")
+        row = {"decoder": decoder, "file": str(path), "val_distance": evaluation["val"].get(decoder)}
+        if solution is not None:
+            scored = score_frames(solution, read_label_csv(path), taxonomy)
+            row.update(test_score=scored["score"], test_accuracy=scored["accuracy"])
+        rows.append(row)
+    for decoder, why in evaluation["skipped"].items():
+        rows.append({"decoder": decoder, "file": f"skipped: {why}"})
+    columns = ["decoder", "val_distance", "test_score", "test_accuracy", "file"]
+    table = format_table(rows, [c for c in columns if any(c in row for row in rows)])
+    header = f"# {cfg.name}: submissions from round {r} ({len(cfg.seeds)} members)\n\n"
+    if evaluation["temperature"] is not None:
+        header += f"temperature fitted on validation: {evaluation['temperature']:.3f}\n\n"
+    atomic_write_text(cfg.layout.submit_dir / "scores.md", header + table + "\n")
+    atomic_write_json(cfg.layout.submit_dir / "scores.json",
+                      {"round": r, "temperature": evaluation["temperature"], "rows": rows})
+    print(table)
+    return rows
+
+
+def kaggle_submit(path: Path, competition: str, message: str) -> None:
+    """Upload a CSV with the kaggle API, imported lazily; StageError offline or without credentials."""
+    quiet = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            from kaggle.api.kaggle_api_extended import KaggleApi
+
+            api = KaggleApi()
+            api.authenticate()
+    except ImportError as err:
+        raise StageError(f"the kaggle package is not importable ({err}); pip install kaggle six") from None
+    except SystemExit:  # kaggle exits instead of raising when no credentials are configured
+        raise StageError("kaggle credentials not found: save an API token as ~/.kaggle/access_token "
+                         "(or kaggle.json, or set KAGGLE_API_TOKEN)") from None
+    try:
+        api.competition_submit(str(path), message, competition)
+    except Exception as err:  # network and API errors come in many types: report the first line
+        raise StageError(f"kaggle upload of {path} failed (offline?): {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    print(f"uploaded {path} to {competition}: {message!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser("submit", __doc__)
+    parser.add_argument("--round", type=int, default=None, help="ensemble round to decode (default: the last)")
+    parser.add_argument("--kaggle-submit", action="store_true", help="upload one submission with the kaggle API")
+    parser.add_argument("--decoder", default=None, help="which decoder's CSV to upload (default: bayes if configured)")
+    parser.add_argument("--message", default=None, help="submission message (default from kaggle.message)")
+
+    def body(cfg, args):
+        rows = submit(cfg, args.round)
+        if args.kaggle_submit:
+            written = [row["decoder"] for row in rows if not str(row["file"]).startswith("skipped")]
+            decoder = args.decoder or ("bayes" if "bayes" in written else written[0])
+            if decoder not in written:
+                raise StageError(f"no submission for decoder {decoder!r}; written: {', '.join(written)}")
+            message = args.message or cfg.kaggle.message.format(name=cfg.name, decoder=decoder)
+            kaggle_submit(cfg.layout.submission(decoder), cfg.kaggle.competition, message)
+
+    return run_cli(parser, body, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
