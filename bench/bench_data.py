@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
@@ -20,6 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from bench.common import timed
 from src.data.cache import load_or_build_crop_cache
 from src.data.coco import load_coco
 from src.data.dataset import CropCacheDataset, PngRoiDataset
@@ -56,9 +56,7 @@ def write_simple_dataset(root: Path, n_frames: int, boxes_per_frame: int, width:
 
 def rate(fn, n_items: int) -> tuple[float, float]:
     """(items per second, seconds) of one call of fn()."""
-    start = time.perf_counter()
-    fn()
-    seconds = time.perf_counter() - start
+    _, seconds = timed(fn)
     return n_items / seconds, seconds
 
 
@@ -72,7 +70,7 @@ def consume(dataset, n: int, workers: int = 0, batch_size: int = 64) -> None:
         pass
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, help="dataset folder (default: generate one in a temp folder)")
     parser.add_argument("--split", default="train", help="split to use with --root (default train)")
@@ -155,6 +153,10 @@ def main(argv=None) -> None:
     raw = by_name["cache read only (memmap), 1 process"] / by_name["PNG decode only (PIL), 1 process"]
     print(f"\nratio cache+aug / PNG+torchvision: {cached / png:.2f}x (1 process), {cached_dl / png_dl:.2f}x "
           f"({args.workers} workers); raw read {raw:.1f}x")
+    return {"rois": n, "frames": len(coco.images), "size": args.size, "workers": args.workers,
+            "crops_per_s": by_name, "ratio_1_process": cached / png, "ratio_workers": cached_dl / png_dl,
+            "ratio_raw_read": raw, "png_1_process": png, "cache_1_process": cached, "png_workers": png_dl,
+            "cache_workers": cached_dl}
 
 
 if __name__ == "__main__":

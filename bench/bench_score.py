@@ -6,24 +6,14 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from bench.common import timed
 from src.score import score_files, score_frames
 from src.taxonomy import distance, distance_matrix, load_taxonomy
-
-
-def timed(fn, repeats: int = 1):
-    """(result, best wall time over `repeats` calls)."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return result, best
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,0 +1,85 @@
+"""Benchmark machinery: the timing helper, target verdicts, and the accuracy -> RESULTS.md path on the tiny preset."""
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.accuracy import VARIANTS, Plan, collect, run
+from bench.common import format_speed_row, machine_info, target_check, timed
+from bench.report import speed_markdown, speed_rows, write_report
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_timed_counts_calls_and_picks_min_or_median():
+    calls = []
+    result, seconds = timed(lambda: calls.append(1) or len(calls), repeats=3, warmup=2)
+    assert len(calls) == 5 and result == 5 and seconds >= 0
+    with pytest.raises(ValueError, match="stat"):
+        timed(lambda: None, stat="mean")
+
+
+def test_target_check_directions():
+    assert target_check(5.2, 5.0) == "met" and target_check(4.9, 5.0) == "not met"
+    assert target_check(1.4, 1.5, higher_is_better=False) == "met"
+    assert target_check(1.6, 1.5, higher_is_better=False) == "not met"
+    assert target_check(2.0, None) == "no target"
+
+
+def fake_speed() -> dict:
+    return {
+        "quick": True, "load_average_start": [1.0, 1.0, 1.0], "load_average_end": [1.5, 1.0, 1.0],
+        "data": {"cache_1_process": 3000.0, "png_1_process": 500.0, "ratio_1_process": 6.0, "workers": 2,
+                 "cache_workers": 4000.0, "png_workers": 1000.0, "ratio_workers": 4.0},
+        "train": {"threads": 2, "heads": [{"F": 128, "H": 100, "B": 64, "batched_ms": 2.0, "loop_ms": 10.0,
+                                           "loop_over_batched": 5.0}],
+                  "loss": {"dwce_ms": 0.3, "ce_ms": 0.1, "dwce_over_ce": 3.0},
+                  "demo_model": {"img_per_s": 500.0}},
+        "score": {"rows": 100000, "vectorised_s": 0.01, "loop_s": 2.0, "speedup": 200.0},
+        "ensemble": {"total GMU + vote + Bayes": 0.2, "total_peak_bytes": 300 * 2 ** 20, "input_bytes": 200 * 2 ** 20},
+        "scaling": {"workers": {"img_per_s": {"0": 100.0, "1": 120.0, "2": 150.0}, "batches": 5, "batch": 64,
+                                "threads": 2}},
+    }
+
+
+def test_speed_rows_verdicts_follow_the_issue_targets():
+    rows = {r["measurement"].split(" (")[0].split(",")[0]: r for r in speed_rows(fake_speed())}
+    verdicts = [r["verdict"] for r in speed_rows(fake_speed())]
+    assert verdicts == ["met", "not met", "met", "not met", "met", "met", "no target"]
+    assert "200.00x" in speed_markdown(fake_speed())
+    line = format_speed_row(speed_rows(fake_speed())[0])
+    assert "ratio 6.00x" in line and "target >= 5x: met" in line
+    assert rows  # names parse
+
+
+def test_accuracy_run_and_report_on_tiny_preset(tmp_path):
+    """Train 2 variants x 2 seeds + 1 self-training round on the tiny preset (1 epoch), then write RESULTS.md."""
+    from src.data.download import download_split
+    from src.data.synthetic import generate_benchmark
+
+    root = generate_benchmark(tmp_path / "tiny", "tiny", seed=0, progress=False)
+    for split in ("train", "test"):
+        assert download_split(root / f"dataset_{split}.json", root / split, progress=False) == 0
+    variants = tuple(v for v in VARIANTS if v.name in ("ce", "dwce_team"))
+    plan = Plan(root=root, out=tmp_path / "acc", seeds=[0, 1], epochs=1, rounds=1, min_votes=1,
+                train_config=str(REPO / "cfg" / "demo_tiny.yaml"), recipe_overrides={}, variants=variants)
+    result = run(plan, part="all", shared=True)
+
+    assert set(result["single"]) == {"ce", "dwce_team"}
+    for entry in result["single"].values():
+        assert set(entry["runs"]) == {"0", "1"}
+        for m in entry["runs"].values():
+            assert 0 <= m["argmax_distance"] <= 12 and 0 <= m["bayes_accuracy"] <= 1
+    assert set(result["ensemble_rounds"]) == {"0", "1"}
+    assert result["pseudo_labels"]["1"]["count"] > 0 and result["pseudo_labels"]["1"]["curves"]
+    assert result["test_rois"] == 79
+    saved = json.loads((plan.out / "accuracy.json").read_text())
+    assert saved["single"].keys() == result["single"].keys()
+    assert collect(plan)["ensemble_rounds"] == result["ensemble_rounds"]  # a re-collection gives the same numbers
+
+    out = tmp_path / "RESULTS.md"
+    text = write_report(out, fake_speed(), result, "python -m bench.report", machine_info(), "python -m bench.accuracy")
+    assert out.read_text() == text
+    assert (tmp_path / "results_accuracy.png").stat().st_size > 1000
+    for needle in ("git commit", "| CE (`ce`) |", "+- ", "(n=2)", "### Claims", "not met", "generated"):
+        assert needle in text, needle
