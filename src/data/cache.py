@@ -133,14 +133,16 @@ def _fill_frame(crops: np.ndarray, rows: list[int], frame_path: Path, coco: Coco
 
 def build_crop_cache(coco_json, images_dir, out_dir, size: int, views=("roi",), taxonomy: Taxonomy | None = None,
                      fill: int = DEFAULT_FILL, key: str = "", workers: int | None = None,
-                     progress: bool = True) -> CropCache:
-    """Decode every annotation's views into out_dir/crops.npy + index.csv + meta.json (meta last)."""
+                     progress: bool = True, coco: Coco | None = None) -> CropCache:
+    """Decode every annotation's views into out_dir/crops.npy + index.csv + meta.json (meta last).
+
+    `coco`: the already parsed `coco_json`, when the caller has it (saves parsing it twice)."""
     coco_json, images_dir, out_dir = Path(coco_json), Path(images_dir), Path(out_dir)
     views = tuple(views)
     for v in views:
         parse_view(v)
     taxonomy = taxonomy or load_taxonomy()
-    coco = load_coco(coco_json)
+    coco = coco if coco is not None else load_coco(coco_json)
     index = _build_index(coco, taxonomy)
     by_image: dict[int, list[int]] = defaultdict(list)
     for row, ann in enumerate(coco.annotations):
@@ -214,7 +216,8 @@ def load_or_build_crop_cache(coco_json, images_dir, cache_dir, size: int, views=
     meta_path = folder / "meta.json"
     if meta_path.is_file() and json.loads(meta_path.read_text()).get("key") == key:
         return open_crop_cache(folder)
-    cache = build_crop_cache(coco_json, images_dir, folder, size, views, taxonomy, fill, key, progress=progress)
+    cache = build_crop_cache(coco_json, images_dir, folder, size, views, taxonomy, fill, key, progress=progress,
+                             coco=coco)
     _remove_superseded(cache_dir, prefix, folder, coco_json)
     return cache
 
