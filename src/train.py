@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from src.artifacts import atomic_save_npz, atomic_write_json, atomic_write_text, atomic_write_with
 from src.config import Config, config_to_yaml
+from src.ensemble import decode_bayes
 from src.losses import build_loss
 from src.models import build_model
 from src.schedule import build_scheduler
@@ -192,11 +193,6 @@ def seed_everything(seed: int) -> None:
 # ----------------------------------------------------------------------------------------------------
 # metrics (pure functions: arrays in, numbers out)
 
-def bayes_decode(probs: np.ndarray, D: np.ndarray) -> np.ndarray:
-    """argmin_k sum_j D[k, j] p_j: the label with the least expected distance, per row of probs (N, C)."""
-    return (probs @ D.T.astype(probs.dtype)).argmin(axis=1)
-
-
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, D: np.ndarray,
                            rank_labels: dict[str, np.ndarray]) -> dict[str, float]:
     """accuracy, mean distance (argmax and Bayes decoding), per-rank accuracy of probs (N, C) vs labels (N,).
@@ -206,7 +202,7 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, D: np.ndarray,
     pred = probs.argmax(axis=1)
     out = {"accuracy": float((pred == labels).mean()),
            "distance": float(D[labels, pred].mean()),
-           "distance_bayes": float(D[labels, bayes_decode(probs, D)].mean())}
+           "distance_bayes": float(D[labels, decode_bayes(probs, D)].mean())}
     for rank, table in rank_labels.items():
         truth = table[labels]
         known = truth >= 0
@@ -334,7 +330,7 @@ def write_predictions(run_dir: Path, stem: str, annotation_ids: np.ndarray, prob
         arrays["labels"] = labels.astype(np.int64)
     atomic_save_npz(run_dir / f"{stem}_probs.npz", **arrays)
     mean = probs.mean(axis=0)
-    pred = bayes_decode(mean, D) if decode == "bayes" else mean.argmax(axis=1)
+    pred = decode_bayes(mean, D) if decode == "bayes" else mean.argmax(axis=1)
     table = pd.DataFrame({"annotation_id": annotation_ids.astype(np.int64),
                           "concept_name": np.array(classes)[pred],
                           "confidence": mean[np.arange(len(pred)), pred]})

@@ -10,8 +10,9 @@ import torch
 
 import src.train as train_module
 from src.config import Config, load_config
+from src.ensemble import decode_bayes
 from src.taxonomy import load_taxonomy
-from src.train import (DataMissingError, TrainingDiverged, bayes_decode, build_datasets, classification_metrics,
+from src.train import (DataMissingError, TrainingDiverged, build_datasets, classification_metrics,
                        config_differences, load_split, train)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,9 +155,9 @@ def test_metrics_pure_functions():
     D = np.array([[0, 2, 8], [2, 0, 8], [8, 8, 0]])
     probs = np.array([[0.4, 0.35, 0.25], [0.1, 0.1, 0.8]])
     # argmax says class 0; expected distances: k=0: 0.7+2.0=2.7, k=1: 0.8+2.0=2.8, k=2: 3.2+2.8=6.0.
-    assert bayes_decode(probs, D).tolist() == [0, 2]
+    assert decode_bayes(probs, D).tolist() == [0, 2]
     probs2 = np.array([[0.45, 0.1, 0.45 + 1e-3]])  # argmax 2, but 0 is closer to everything likely
-    assert bayes_decode(probs2, D).tolist() == [0]
+    assert decode_bayes(probs2, D).tolist() == [0]
     rank = {"phylum": np.array([0, 0, 1]), "genus": np.array([0, 1, -1])}
     m = classification_metrics(probs2, np.array([1]), D, rank)
     assert m["accuracy"] == 0 and m["distance"] == 8 and m["distance_bayes"] == 2
