@@ -142,6 +142,7 @@ class ModelConfig(StrictModel):
     aux_ranks: list[str] = Field([], description="auxiliary heads per rank, e.g. [phylum, class, order]")
     drop_rate: float = Field(0.0, ge=0, lt=1, description="dropout before the heads (timm drop_rate)")
     channels_last: bool = Field(True, description="channels_last memory format (faster convs on GPU)")
+    avgk_head: bool = Field(False, description="add the average-K sigmoid set head (output 'avgk'; loss.avgk_*)")
 
     @field_validator("aux_ranks")
     @classmethod
@@ -156,12 +157,23 @@ class ModelConfig(StrictModel):
 class LossConfig(StrictModel):
     """Training loss (see src/losses.py)."""
 
-    name: Literal["ce", "dwce", "ce_expdist", "soft_labels"] = Field("dwce", description="loss function")
+    name: Literal["ce", "dwce", "ce_expdist", "soft_labels", "hxe"] = Field("dwce", description="loss function")
     dwce_weights: Literal["team", "paper"] = Field("team", description="team: (D+I)/rowsum; paper: (D+1)/rowsum")
     expdist_lambda: float = Field(0.1, ge=0, description="weight of the expected distance (ce_expdist)")
     soft_beta: float = Field(1.0, gt=0, description="soft labels softmax(-beta * D[i]) (soft_labels)")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing (ce)")
     aux_weight: float = Field(0.1, ge=0, description="weight of each auxiliary rank head's CE")
+    hxe_alpha: float = Field(0.1, ge=0, description="HXE: lambda(node) = exp(-alpha * h(node)); 0 is plain CE (hxe)")
+    hxe_weighting: Literal["height", "depth"] = Field(
+        "height", description="HXE h: height above the leaves (largest weight at the leaves) or depth below the "
+        "root (largest weight near the root, as Bertinetto et al.'s code) (hxe)")
+    fierce_lambda: float = Field(0.0, ge=0, description="FIERCE: loss - lambda * H(batch-mean anchor softmax); 0: off")
+    fierce_tau: float = Field(0.1, gt=0, description="FIERCE softmax temperature of the feature-anchor cosines")
+    fierce_anchors: Optional[int] = Field(None, ge=2, description="FIERCE number of fixed random anchors "
+                                          "(None: train.batch_size)")
+    avgk_k: float = Field(2.0, ge=1, description="average-K set head: mean set size K it is trained for")
+    avgk_alpha: float = Field(0.5, ge=0, description="average-K: BCE weight of the (K-1)|B| pseudo-positives")
+    avgk_weight: float = Field(1.0, ge=0, description="average-K: weight of the set head's BCE in the loss")
 
 
 class OptimConfig(StrictModel):

@@ -8,6 +8,9 @@ float32 whatever the input dtype (bf16/fp16 autocast outputs are upcast first).
 - `CrossEntropy`: plain CE (optional label smoothing)
 - `CEExpectedDistance(D, lam)`: CE + lam * sum_j p_j D[i,j]
 - `SoftLabelCE(D, beta)`: CE against the soft target softmax(-beta * D[i])
+- `HierarchicalCE(tree, alpha)`: HXE, -sum over the path root->y of lambda(v) log(p(v) / p(parent(v)))
+- `SetTargetLoss(base, table)`: set NLL -log sum_{c in S} p_c for coarse targets, `base` for concepts
+- `avgk_loss`: BCE of the average-K set head; `FeatureEntropy`: the FIERCE regulariser H(q)
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from src.taxonomy import Taxonomy, distance_matrix, dwce_weights_paper, dwce_weights_team
+from src.taxonomy import Taxonomy, TaxonomyTree, distance_matrix, dwce_weights_paper, dwce_weights_team, taxonomy_tree
 
 LOG_HALF = -math.log(2.0)
 
@@ -117,8 +120,161 @@ class SoftLabelCE(nn.Module):
         return -(self.soft_targets[targets] * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
 
 
+def masked_log_mass(log_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log sum_{c in mask} p_c from log-probabilities (..., C) and a bool mask broadcastable to them.
+
+    A logsumexp over the kept entries: finite however small the mass (a sum of probabilities would
+    underflow to log 0 for a confidently wrong model). Every mask row must keep at least one class."""
+    return torch.logsumexp(log_probs.masked_fill(~mask, float("-inf")), dim=-1)
+
+
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+HXE_WEIGHTINGS = ("height", "depth")
+
+
+def hxe_path_terms(tree: TaxonomyTree, alpha: float, weighting: str = "height") -> tuple[np.ndarray, np.ndarray]:
+    """HXE as a weighted sum of node log-masses: (masks (C, L, C) bool, coefs (C, L) float64) with
+    HXE(y) = -sum_l coefs[y, l] * log p(masks[y, l]).
+
+    HXE(y) = -sum over the nodes v of the path root->y (root excluded) of lambda(v) log(p(v) / p(parent(v))),
+    lambda(v) = exp(-alpha * h(v)); h = `height` (edges down to the deepest leaf below v; leaves 0) or
+    `depth` (edges from the root), the convention of Bertinetto et al.'s released code, which weights the
+    edges near the root most. Telescoping gives the coefficient of log p(v): lambda(v) - lambda(child of v on
+    the path) (lambda(leaf) for the leaf; log p(root) = 0). Consecutive path nodes over the same concepts
+    have equal p (single-child chains such as species -> its concept leaf) and are merged, their
+    coefficients added; sets of all concepts (p = 1) are dropped. Unused slots hold all-True masks with
+    coefficient 0. alpha = 0 leaves only log p(leaf) with coefficient 1: plain CE.
+    """
+    if weighting not in HXE_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {HXE_WEIGHTINGS}, got {weighting!r}")
+    h = (tree.height if weighting == "height" else tree.depth).astype(np.float64)
+    lam = np.exp(-alpha * h)
+    C = tree.num_concepts
+    per_class = []
+    for y in range(C):
+        path = tree.path(y)
+        terms: list[list] = []  # [mask, coefficient], root excluded
+        for i, v in enumerate(path[1:], start=1):
+            coef = lam[v] - (lam[path[i + 1]] if i + 1 < len(path) else 0.0)
+            if terms and (tree.member[v] == terms[-1][0]).all():
+                terms[-1][1] += coef
+            else:
+                terms.append([tree.member[v], coef])
+        per_class.append([t for t in terms if not t[0].all()])
+    L = max(len(t) for t in per_class)
+    masks, coefs = np.ones((C, L, C), dtype=bool), np.zeros((C, L))
+    for y, terms in enumerate(per_class):
+        for l, (mask, coef) in enumerate(terms):
+            masks[y, l], coefs[y, l] = mask, coef
+    return masks, coefs
+
+
+class HierarchicalCE(nn.Module):
+    """Hierarchical cross-entropy (HXE, Bertinetto et al. 2020) over a `TaxonomyTree`; see `hxe_path_terms`.
+
+    Each target's path nodes are gathered as (N, L, C) masks (L = 6 for the 79 concepts), so memory grows
+    with L * C per row, not with the number of tree nodes."""
+
+    def __init__(self, tree: TaxonomyTree, alpha: float = 0.1, weighting: str = "height"):
+        super().__init__()
+        masks, coefs = hxe_path_terms(tree, alpha, weighting)
+        self.register_buffer("path_masks", torch.as_tensor(masks))
+        self.register_buffer("path_coefs", torch.as_tensor(coefs))  # float64: exact weights, cast per call
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits, targets = _flatten_heads(logits, targets)
+        log_probs = F.log_softmax(logits, dim=-1)
+        node_log_mass = masked_log_mass(log_probs[:, None, :], self.path_masks[targets])  # (N, L)
+        return -(self.path_coefs[targets].to(log_probs.dtype) * node_log_mass).sum(dim=-1).mean()
+
+
+def set_nll(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Set NLL -log sum_{c in S} p_c, mean over rows (and heads): logits (B, C) or (H, B, C), masks (B, C) bool.
+
+    A singleton set is plain CE; the set of the concepts under a taxon trains on "somewhere under T"."""
+    return -masked_log_mass(F.log_softmax(_upcast(logits), dim=-1), masks).mean()
+
+
+class SetTargetLoss(nn.Module):
+    """A loss for batches mixing concept targets and coarse (set) targets, encoded as one integer per row.
+
+    Targets < C are concepts and go through `base` (the configured loss); a target C + v means "the
+    concepts under node v of the taxonomy tree" (`TaxonomyTree.target_table` row C + v) and goes through
+    `set_nll`. The result is the row-weighted mean of both parts, so an all-concept batch gives `base`."""
+
+    def __init__(self, base: nn.Module, target_table):
+        super().__init__()
+        self.base = base
+        self.register_buffer("target_table", torch.as_tensor(np.asarray(target_table, dtype=bool)))
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        is_set = targets >= logits.shape[-1]
+        n_set, n = int(is_set.sum()), len(targets)
+        if n_set == 0:
+            return self.base(logits, targets)
+        coarse = set_nll(logits[..., is_set, :], self.target_table[targets[is_set]])
+        if n_set == n:
+            return coarse
+        plain = ~is_set
+        return ((n - n_set) * self.base(logits[..., plain, :], targets[plain]) + n_set * coarse) / n
+
+
+def avgk_loss(set_logits: torch.Tensor, ce_logits: torch.Tensor, targets: torch.Tensor, k: float,
+              alpha: float) -> torch.Tensor:
+    """BCE of the average-K set head (Garcin et al.), summed over classes, mean over the batch.
+
+    set_logits (B, C): the sigmoid head; ce_logits (B, C) or (H, B, C): the CE head(s), whose head-mean
+    softmax picks the pseudo-positives without gradient; targets (B,) concept indices or (B, C) bool
+    (a set target: all its concepts are positives). Positives get target 1 and weight 1; the batch's
+    round((k - 1) * B) largest non-positive softmax entries are pseudo-positives with target 1 and
+    weight alpha; every other entry is a negative (target 0, weight 1)."""
+    set_logits = _upcast(set_logits)
+    B, C = set_logits.shape
+    positive = targets if targets.dtype == torch.bool else F.one_hot(targets, C).bool()
+    with torch.no_grad():
+        probs = _upcast(ce_logits.detach()).softmax(dim=-1)
+        probs = probs.mean(dim=0) if probs.dim() == 3 else probs
+        n_pseudo = min(int(round((k - 1) * B)), int((~positive).sum()))
+        top = probs.masked_fill(positive, -1.0).flatten().topk(n_pseudo).indices
+        pseudo = torch.zeros(B * C, dtype=torch.bool, device=set_logits.device).index_fill_(0, top, True).view(B, C)
+    target = (positive | pseudo).to(set_logits.dtype)
+    weight = torch.where(pseudo, torch.as_tensor(alpha, dtype=set_logits.dtype, device=set_logits.device),
+                         torch.ones((), dtype=set_logits.dtype, device=set_logits.device))
+    bce = F.binary_cross_entropy_with_logits(set_logits, target, weight=weight, reduction="none")
+    return bce.sum(dim=-1).mean()
+
+
+def feature_entropy(features: torch.Tensor, anchors: torch.Tensor, tau: float) -> torch.Tensor:
+    """H(q), q = batch mean of softmax_e(cos(feature_b, anchor_e) / tau) over E anchors (the FIERCE term).
+
+    Large when the batch's features spread over the anchors' directions, log E at most."""
+    f = F.normalize(_upcast(features), dim=-1)
+    a = F.normalize(anchors.to(f.dtype), dim=-1)
+    q = torch.softmax(f @ a.T / tau, dim=-1).mean(dim=0)
+    return -(q * torch.log(q.clamp_min(torch.finfo(q.dtype).tiny))).sum()
+
+
+class FeatureEntropy(nn.Module):
+    """FIERCE regulariser: `feature_entropy` against E fixed random unit anchors drawn from a seeded
+    generator (the same anchors on every rank and after a resume). Training subtracts lambda * H(q)."""
+
+    def __init__(self, num_features: int, num_anchors: int, tau: float = 0.1, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("anchors", F.normalize(torch.randn(num_anchors, num_features, generator=generator), dim=-1))
+        self.tau = tau
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return feature_entropy(features, self.anchors, self.tau)
+
+
 def build_loss(cfg, taxonomy: Taxonomy) -> nn.Module:
-    """The loss named by a `LossConfig` (cfg.name in ce | dwce | ce_expdist | soft_labels)."""
+    """The loss named by a `LossConfig` (cfg.name in ce | dwce | ce_expdist | soft_labels | hxe)."""
+    if cfg.fierce_lambda > 0:  # refuse rather than train silently without it
+        raise NotImplementedError("loss.fierce_lambda > 0: the training loop does not apply FeatureEntropy yet")
     D = distance_matrix(taxonomy)
     if cfg.name == "ce":
         return CrossEntropy(cfg.label_smoothing)
@@ -129,4 +285,6 @@ def build_loss(cfg, taxonomy: Taxonomy) -> nn.Module:
         return CEExpectedDistance(D, cfg.expdist_lambda)
     if cfg.name == "soft_labels":
         return SoftLabelCE(D, cfg.soft_beta)
-    raise ValueError(f"unknown loss {cfg.name!r}; valid: ce, dwce, ce_expdist, soft_labels")
+    if cfg.name == "hxe":
+        return HierarchicalCE(taxonomy_tree(taxonomy), cfg.hxe_alpha, cfg.hxe_weighting)
+    raise ValueError(f"unknown loss {cfg.name!r}; valid: ce, dwce, ce_expdist, soft_labels, hxe")

@@ -148,3 +148,114 @@ def dwce_weights_paper(D: np.ndarray) -> np.ndarray:
     """DW-CE weights as the paper's text reads: (D + 1) / rowsum(D + 1)."""
     W = D.astype(np.float64) + 1.0
     return W / W.sum(axis=1, keepdims=True)
+
+
+ROOT_NAME = "<root>"
+
+
+@dataclass(frozen=True)
+class TaxonomyTree:
+    """The taxonomy as one rooted tree over every taxon of the lineages, with one leaf per concept.
+
+    Node 0 is a virtual root; then every taxon (rank, name) that some lineage sets, its parent being the
+    nearest set taxon above it in the lineage (the root for a kingdom); then the C concept leaves, leaf c
+    at node `leaf[c]`. A concept's leaf hangs under its anchor taxon: its own (rank, name) node when it is
+    named at one of the seven ranks (so the concept 'Porifera' is the leaf child "Porifera itself" of the
+    phylum Porifera, beside the class Hexactinellida, and 'Sebastes' sits beside 'Sebastes diploproa'
+    under the genus Sebastes), or, for the five concepts at a rank outside the seven (Caridea,
+    Acanthascinae, Actinopterygii, Zoantharia, Tunicata), the deepest taxon their lineage sets (Caridea
+    under the order Decapoda, Tunicata under the phylum Chordata). This is the convention of
+    `src.ensemble.taxonomy_graph`. p(node) = sum of the probabilities of the concepts under it
+    (`member`), so every concept's probability mass lies in exactly one leaf.
+    """
+
+    names: tuple[str, ...]  # (V,) '<root>', taxon names, then the concept names
+    ranks: tuple[str, ...]  # (V,) 'root', one of RANKS, or 'concept' for the leaves
+    parent: np.ndarray  # (V,) int64 parent node, -1 for the root
+    member: np.ndarray  # (V, C) bool: concept c lies under node v
+    leaf: np.ndarray  # (C,) int64 leaf node of each concept
+
+    @property
+    def num_concepts(self) -> int:
+        return self.member.shape[1]
+
+    @cached_property
+    def depth(self) -> np.ndarray:
+        """(V,) edges from the root (root 0)."""
+        depth = np.zeros(len(self.parent), dtype=np.int64)
+        for v in range(1, len(self.parent)):  # parents precede children
+            depth[v] = depth[self.parent[v]] + 1
+        return depth
+
+    @cached_property
+    def height(self) -> np.ndarray:
+        """(V,) edges of the longest way down to a leaf (leaves 0)."""
+        height = np.zeros(len(self.parent), dtype=np.int64)
+        for v in range(len(self.parent) - 1, 0, -1):  # children follow parents
+            height[self.parent[v]] = max(height[self.parent[v]], height[v] + 1)
+        return height
+
+    def path(self, concept: int) -> list[int]:
+        """Nodes from the root down to the concept's leaf."""
+        nodes = [int(self.leaf[concept])]
+        while self.parent[nodes[-1]] >= 0:
+            nodes.append(int(self.parent[nodes[-1]]))
+        return nodes[::-1]
+
+    @cached_property
+    def target_table(self) -> np.ndarray:
+        """(C + V, C) bool training targets: row c < C is the concept c alone, row C + v the concepts under
+        node v (`src.losses.SetTargetLoss` reads a target id t as row t)."""
+        return np.concatenate([np.eye(self.num_concepts, dtype=bool), self.member])
+
+    def target_rank_labels(self, rank_labels: np.ndarray) -> np.ndarray:
+        """(C + V,) a rank's label for every target id of `target_table`, from the concepts' (C,) labels
+        (`Taxonomy.rank_labels`): the label all the target's concepts share, -1 where they do not (a set
+        above that rank, or concepts above it), so per-rank auxiliary heads can train on set targets too."""
+        rank_labels = np.asarray(rank_labels, dtype=np.int64)
+        values = np.where(self.target_table, rank_labels[None, :], -1)
+        low = np.where(self.target_table, rank_labels[None, :], np.iinfo(np.int64).max).min(axis=1)
+        return np.where(low == values.max(axis=1), low, -1)
+
+    def taxon_node(self, name: str) -> int:
+        """The node of a taxon name (a taxon, not a concept leaf); KeyError naming it if unknown."""
+        nodes = [v for v, (n, r) in enumerate(zip(self.names, self.ranks)) if n == name and r in RANKS]
+        if len(nodes) != 1:
+            raise KeyError(f"{name!r} is not a taxon of the taxonomy" if not nodes
+                           else f"taxon name {name!r} is ambiguous (several ranks)")
+        return nodes[0]
+
+
+def taxonomy_tree(taxonomy: Taxonomy) -> TaxonomyTree:
+    """Build the `TaxonomyTree` of a taxonomy (raises if a taxon's parent differs between lineages)."""
+    taxa: dict[tuple[str, str], int] = {}
+    parent: list[int] = [-1]
+    for lineage in taxonomy.lineages:
+        above = 0
+        for rank, name in zip(RANKS, lineage):
+            if name is None:
+                continue
+            node = taxa.get((rank, name))
+            if node is None:
+                node = taxa[(rank, name)] = len(parent)
+                parent.append(above)
+            elif parent[node] != above:
+                raise ValueError(f"taxon {rank} {name!r} has different parents in different lineages")
+            above = node
+    C = len(taxonomy)
+    first_leaf = len(parent)
+    for name, lineage in zip(taxonomy.names, taxonomy.lineages):
+        rank = taxonomy.rank_of(name)
+        anchor = (rank, name) if rank != "other" else [(r, t) for r, t in zip(RANKS, lineage) if t is not None][-1]
+        parent.append(taxa[anchor])
+    parent_arr = np.array(parent, dtype=np.int64)
+    member = np.zeros((len(parent), C), dtype=bool)
+    leaf = np.arange(first_leaf, first_leaf + C)
+    for c, v in enumerate(leaf):
+        while v >= 0:
+            member[v, c] = True
+            v = parent_arr[v]
+    ordered = sorted(taxa.items(), key=lambda item: item[1])
+    return TaxonomyTree(names=(ROOT_NAME, *(n for (_, n), _ in ordered), *taxonomy.names),
+                        ranks=("root", *(r for (r, _), _ in ordered), *("concept",) * C),
+                        parent=parent_arr, member=member, leaf=leaf)

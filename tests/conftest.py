@@ -13,3 +13,19 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data/fathomnet2025 is not beside the repository")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_taxonomy():
+    """Six concepts covering the tree's cases: a genus concept with a species below it, a phylum concept
+    above other concepts, a concept at a rank outside the seven, and a second phylum."""
+    from src.taxonomy import Taxonomy
+    lineages = {
+        "A a": ("K", "P1", "C1", "O1", "F1", "A", "A a"),
+        "A": ("K", "P1", "C1", "O1", "F1", "A", None),
+        "B b": ("K", "P1", "C1", "O1", "F1", "B", "B b"),
+        "P1": ("K", "P1", None, None, None, None, None),
+        "Odd": ("K", "P1", "C2", None, None, None, None),  # like Zoantharia: named at no standard rank
+        "Q q": ("K", "P2", "C3", "O3", "F3", "Q", "Q q"),
+    }
+    return Taxonomy(names=tuple(lineages), category_ids=tuple(range(1, 7)), lineages=tuple(lineages.values()))

@@ -1,4 +1,6 @@
 """Small WRNs in timm, batched heads vs the loop reference, view fusion, aux heads, weight loading."""
+import math
+
 import pytest
 import timm
 import torch
@@ -112,3 +114,15 @@ def test_pretrained_path_checkpoint_and_backbone_state(tmp_path):
 def test_classifier_rejects_bad_setup():
     with pytest.raises(ValueError, match="fusion"):
         Classifier([create_backbone("wrn10_1")], 2, 10, fusion="sum")
+
+
+def test_features_in_output_and_optional_avgk_head():
+    x = torch.randn(3, 3, 32, 32)
+    plain = build_model(_cfg(num_heads=2), 79).eval()
+    out = plain(x)
+    assert "avgk" not in out and plain.avgk is None
+    assert torch.allclose(out["features"], plain.features(x)) and out["features"].shape == (3, plain.num_features)
+    model = Classifier([create_backbone("wrn10_1")], 1, 79, avgk_head=True).eval()
+    out = model(x)
+    assert out["avgk"].shape == (3, 79) and torch.allclose(model.avgk.bias, torch.full((79,), -math.log(78)))
+    assert torch.allclose(out["avgk"], model.avgk(out["features"]))

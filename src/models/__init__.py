@@ -82,11 +82,13 @@ def build_model(cfg, num_classes: int, aux_classes: dict[str, int] | None = None
 
     aux_classes: {rank: number of taxa} for the auxiliary per-rank heads (cfg.model.aux_ranks)."""
     m = cfg.model
+    if m.avgk_head:  # refuse rather than build a head that nothing trains
+        raise NotImplementedError("model.avgk_head: the training loop does not train the set head (avgk_loss) yet")
     num_views = len(cfg.data.views)
     n_backbones = 1 if m.shared_backbone else num_views
     backbones = [create_backbone(m.backbone, m.pretrained, m.drop_rate) for _ in range(n_backbones)]
     model = Classifier(backbones, num_views, num_classes, m.num_heads, m.head_hidden, m.fusion,
-                       aux_classes, channels_last=m.channels_last)
+                       aux_classes, channels_last=m.channels_last, avgk_head=m.avgk_head)
     if m.pretrained_path:
         load_pretrained_path(model, m.pretrained_path)
     return model

@@ -1,9 +1,12 @@
 """The classifier: backbone(s) over V views of each ROI, view fusion, H heads, optional per-rank heads.
 
 Input x: (B, V, 3, S, S) (view 0 is the ROI, the others its context windows) or (B, 3, S, S) for one
-view. Output: {'logits': (H, B, C), 'aux': {rank: (B, n_taxa)}}.
+view. Output: {'logits': (H, B, C), 'aux': {rank: (B, n_taxa)}, 'features': (B, F)} and, with the
+average-K set head, 'avgk': (B, C) logits of its per-concept sigmoids.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -27,11 +30,11 @@ class AttentionFusion(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Backbone(s) + fusion + MultiHead (+ aux heads per rank)."""
+    """Backbone(s) + fusion + MultiHead (+ aux heads per rank, + the average-K set head)."""
 
     def __init__(self, backbones: list[nn.Module], num_views: int, num_classes: int, num_heads: int = 1,
                  head_hidden: int | None = None, fusion: str = "concat",
-                 aux_classes: dict[str, int] | None = None, channels_last: bool = False):
+                 aux_classes: dict[str, int] | None = None, channels_last: bool = False, avgk_head: bool = False):
         super().__init__()
         if len(backbones) not in (1, num_views):
             raise ValueError("give one shared backbone or one per view")
@@ -50,6 +53,9 @@ class Classifier(nn.Module):
         self.num_features = fused
         self.heads = MultiHead(fused, num_classes, num_heads, head_hidden)
         self.aux = nn.ModuleDict({rank: nn.Linear(fused, n) for rank, n in (aux_classes or {}).items()})
+        self.avgk = nn.Linear(fused, num_classes) if avgk_head else None
+        if self.avgk is not None:  # start at the prior log-odds of 1/C: the BCE over C sigmoids starts near CE's scale
+            nn.init.constant_(self.avgk.bias, -math.log(num_classes - 1))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, V, 3, S, S) -> per-view features (B, V, F)."""
@@ -82,4 +88,7 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict:
         f = self.features(x)
-        return {"logits": self.heads(f), "aux": {rank: head(f) for rank, head in self.aux.items()}}
+        out = {"logits": self.heads(f), "aux": {rank: head(f) for rank, head in self.aux.items()}, "features": f}
+        if self.avgk is not None:
+            out["avgk"] = self.avgk(f)
+        return out
