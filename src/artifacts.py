@@ -1,6 +1,7 @@
 """Atomic artefact writing: write to a temporary file in the same folder, then rename.
 
-A crash or Ctrl-C therefore never leaves a half-written file under the final name.
+A crash or Ctrl-C therefore never leaves a half-written file under the final name; what a killed run
+leaves is a `.<name>.<random>.tmp` file, which `remove_stale_temps` clears when the run is resumed.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import io
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -17,6 +19,7 @@ import numpy as np
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+TEMP_PATTERN = ".*.tmp"  # the names atomic_path gives its temporary files: .<name>.<random>.tmp
 
 
 @contextlib.contextmanager
@@ -24,7 +27,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path`, else removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # TEMP_PATTERN
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -61,3 +64,22 @@ def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def remove_stale_temps(folder: str | Path, pattern: str = TEMP_PATTERN, min_age_s: float = 0.0) -> int:
+    """Delete the temporary files a killed run left in `folder` (not in sub-folders); returns how many.
+
+    Only files matching the glob `pattern` and last modified at least `min_age_s` seconds ago are removed.
+    Call it when resuming, while no other process writes to `folder` (a live writer's temp file would go)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed, now = 0, time.time()
+    for path in folder.glob(pattern):
+        try:
+            if path.is_file() and now - path.stat().st_mtime >= min_age_s:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass  # gone meanwhile
+    return removed

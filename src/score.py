@@ -26,10 +26,37 @@ def pair_distances(truth_idx: np.ndarray, pred_idx: np.ndarray, D: np.ndarray) -
     return padded[truth_idx, pred_idx]  # index -1 is the last column: the unknown-name column
 
 
-def bootstrap_interval(values: np.ndarray, n_resamples: int, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values`."""
+BOOTSTRAP_CHUNK = 1 << 22  # resampled indices held at once (32 MB of int64), whatever N and the row count
+
+
+def bootstrap_means(values: np.ndarray, n_resamples: int, seed: int = 0,
+                    chunk_elements: int = BOOTSTRAP_CHUNK) -> np.ndarray:
+    """Means of `n_resamples` resamples (with replacement) of `values`, drawn a few rows at a time.
+
+    The draws are those of one `rng.integers(0, n, size=(n_resamples, n))` call, so a seed gives the same
+    means (bit for bit while a resample fits in a chunk, and for integer distances always), but memory
+    stays at about `chunk_elements` indices instead of n_resamples x n."""
+    n = len(values)
     rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n_resamples, len(values)))].mean(axis=1)
+    means = np.empty(n_resamples)
+    if n <= chunk_elements:  # whole resamples per chunk: each row's mean is computed exactly as in one call
+        rows = max(1, chunk_elements // max(n, 1))
+        for start in range(0, n_resamples, rows):
+            stop = min(start + rows, n_resamples)
+            means[start:stop] = values[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+        return means
+    for r in range(n_resamples):  # a resample larger than a chunk: summed piece by piece
+        total = 0.0
+        for start in range(0, n, chunk_elements):
+            total += values[rng.integers(0, n, size=min(chunk_elements, n - start))].sum()
+        means[r] = total / n
+    return means
+
+
+def bootstrap_interval(values: np.ndarray, n_resamples: int, seed: int = 0, level: float = 0.95,
+                       chunk_elements: int = BOOTSTRAP_CHUNK) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (memory bounded: see bootstrap_means)."""
+    means = bootstrap_means(values, n_resamples, seed, chunk_elements)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)
@@ -77,13 +104,25 @@ def score_files(solution_path: str | Path, submission_path: str | Path, taxonomy
     return score_frames(solution, submission, taxonomy)
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.score", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("solution", help="solution CSV: annotation_id,concept_name (or the answer key with a name column)")
     parser.add_argument("submission", help="submission CSV: annotation_id,concept_name")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    parser.add_argument("--bootstrap", type=int, default=0, metavar="N", help="also a 95%% bootstrap interval from N resamples")
+    parser.add_argument("--bootstrap", type=non_negative_int, default=0, metavar="N",
+                        help="also a 95%% bootstrap interval from N resamples (memory does not grow with N)")
     args = parser.parse_args(argv)
     try:
         result = score_files(args.solution, args.submission)

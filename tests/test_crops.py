@@ -14,7 +14,8 @@ def test_clip_box_rounds_outwards_and_clips_to_frame():
 
 @pytest.mark.parametrize("bbox, reason", [
     ([10, 10, 0, 5], "zero-area"),
-    ([10, 10, 5, -1], "zero-area"),
+    ([10, 10, 5, -1], "negative size"),
+    ([10, 10, -3, 4], "negative size"),
     ([200, 10, 5, 5], "outside"),
     ([-20, -20, 10, 10], "outside"),
     ([1, 2, 3], "4 numbers"),

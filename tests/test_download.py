@@ -1,21 +1,29 @@
 """The frame downloader and ROI cutter end to end, against a real HTTP server on 127.0.0.1."""
+import hashlib
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from src.data.coco import image_filename, load_coco
-from src.data.crops import clip_box
-from src.data.download import FetchOptions, download_split, main
+from src.data.crops import clip_box, view_pixels
+from src.data.download import FetchOptions, download_complete, download_split, main
 
 FAST = FetchOptions(timeout=0.4, retries=2, backoff=0.01)
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
@@ -35,10 +43,15 @@ def frame(seed: int, w: int = 64, h: int = 48) -> np.ndarray:
 
 
 class FaultyServer:
-    """Serves `files` (path -> bytes); per-path faults for the first requests: 500, slow, truncated."""
+    """Serves `files` (path -> bytes) with ETag and Last-Modified, GET and HEAD.
 
-    def __init__(self, files: dict, faults: dict):
-        self.files, self.faults, self.hits = files, faults, Counter()
+    Per-path faults for the first GET requests: 500, slow (headers after 1 s), truncated, drip (the body
+    at `drip_rate` bytes/s); `delay` seconds before every GET response. GETs are counted in `hits`,
+    HEADs in `heads`; replacing a body with `update` changes its validators."""
+
+    def __init__(self, files: dict, faults: dict, delay: float = 0.0, drip_rate: float = 20_000):
+        self.files, self.faults, self.hits, self.heads = files, faults, Counter(), Counter()
+        self.delay, self.drip_rate, self.modified = delay, drip_rate, {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,11 +64,29 @@ class FaultyServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up on a slow response: expected here
 
+            def do_HEAD(self):
+                server.heads[self.path] += 1
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.validators(body)
+                self.end_headers()
+
+            def validators(self, body):
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("ETag", '"%s"' % hashlib.md5(body).hexdigest())
+                self.send_header("Last-Modified", formatdate(server.modified.get(self.path, 1e9), usegmt=True))
+
             def serve(self):
                 server.hits[self.path] += 1
                 n = server.hits[self.path]
                 kind, times = server.faults.get(self.path, ("", 0))
                 body = server.files.get(self.path)
+                if server.delay:
+                    time.sleep(server.delay)
                 if body is None:
                     self.send_error(404)
                     return
@@ -66,14 +97,19 @@ class FaultyServer:
                 if failing and kind == "slow":
                     time.sleep(1.0)  # longer than the client's timeout
                 self.send_response(200)
-                self.send_header("Content-Type", "image/png")
                 if failing and kind == "truncate_nolength":
                     self.send_header("Connection", "close")
                     self.end_headers()
                     self.wfile.write(body[: len(body) // 2])
                     return
-                self.send_header("Content-Length", str(len(body)))
+                self.validators(body)
                 self.end_headers()
+                if failing and kind == "drip":
+                    for start in range(0, len(body), 1000):
+                        self.wfile.write(body[start:start + 1000])
+                        self.wfile.flush()
+                        time.sleep(1000 / server.drip_rate)
+                    return
                 self.wfile.write(body[: len(body) // 2] if failing and kind == "truncate" else body)
                 if failing and kind == "truncate":
                     self.close_connection = True
@@ -82,6 +118,10 @@ class FaultyServer:
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def update(self, path: str, body: bytes) -> None:
+        """Replace a file as a server would: new body, new ETag, Last-Modified now."""
+        self.files[path], self.modified[path] = body, time.time()
 
     def __enter__(self):
         self.thread.start()
@@ -92,8 +132,10 @@ class FaultyServer:
         self.httpd.server_close()
 
 
-def write_coco(path: Path, urls: dict[int, str], boxes: dict[int, list], labelled: bool = True) -> Path:
-    images = [{"id": i, "file_name": f"frame_{i}.png", "width": 64, "height": 48, "coco_url": url}
+def write_coco(path: Path, urls: dict[int, str], boxes: dict[int, list], labelled: bool = True,
+               names: dict[int, str] | None = None) -> Path:
+    names = names or {}
+    images = [{"id": i, "file_name": names.get(i, f"frame_{i}.png"), "width": 64, "height": 48, "coco_url": url}
               for i, url in urls.items()]
     annotations, next_id = [], 1
     for image_id, bbs in boxes.items():
@@ -171,7 +213,7 @@ def test_file_urls_bad_images_and_context(tmp_path):
     jpeg = io.BytesIO()
     Image.fromarray(base).save(jpeg, "JPEG")
     truncated = jpeg.getvalue()[: len(jpeg.getvalue()) * 2 // 3]
-    (source / "truncated.jpg").write_bytes(truncated)  # passes the cheap check, fails to decode
+    (source / "truncated.jpg").write_bytes(truncated)  # passes PIL's verify(), fails to decode: refused
     (source / "garbage.png").write_bytes(b"not an image at all")
     names = ["rgb.png", "grey.png", "palette.png", "alpha.png", "greyalpha.png", "truncated.jpg", "garbage.png"]
     urls = {i: (source / n).as_uri() for i, n in enumerate(names, 1)}
@@ -183,7 +225,7 @@ def test_file_urls_bad_images_and_context(tmp_path):
 
     status = main([str(coco), str(out), "-n", "3", "--retries", "1", "--backoff", "0.01", "--context",
                    "--full-frame", "--context-size", "32", "--no-progress"])
-    assert status == 1  # truncated.jpg is undecodable; garbage.png and absent.png cannot be fetched
+    assert status == 1  # truncated.jpg and garbage.png are not whole images, absent.png is absent
     table = pd.read_csv(out / "annotations.csv", keep_default_na=False).set_index("annotation_id")
     assert (table["label"] == "").all() and (table["category_id"] == "").all()
     for image_id in (1, 2, 3, 4, 5):
@@ -196,11 +238,11 @@ def test_file_urls_bad_images_and_context(tmp_path):
     assert (red == (250, 10, 10)).all()
     assert "zero-area" in table.loc[2, "problem"] and "outside" in table.loc[3, "problem"]
     assert table.loc[4, "problem"] == "" and Image.open(out / table.loc[4, "path"]).size == (4, 4)
-    assert table.loc[table["image_id"] == 6, "problem"].iloc[0].startswith("undecodable frame")
+    assert table.loc[table["image_id"] == 6, "problem"].iloc[0] == "frame not downloaded"
     failures = pd.read_csv(out / "failures.csv", keep_default_na=False)
     reported = set(zip(failures["kind"], failures["id"]))
-    assert {("image", 7), ("image", 8), ("annotation", 2), ("annotation", 3)} <= reported
-    assert ("annotation", table.index[table["image_id"] == 6][0]) in reported
+    assert reported == {("image", 6), ("image", 7), ("image", 8), ("annotation", 2), ("annotation", 3)}
+    assert "truncated" in failures.set_index(["kind", "id"]).loc[("image", 6), "error"]
     assert "no such file" in failures.set_index(["kind", "id"]).loc[("image", 8), "error"]
     assert not list((out / "images").glob(".*"))  # no temp files left behind
 
@@ -237,3 +279,261 @@ def test_clean_run_exits_zero_and_resume_fetches_nothing(tmp_path, capsys):
     assert main([str(coco), str(tmp_path / "out"), "--no-progress"]) == 0
     assert "0 fetched, 1 already present" in capsys.readouterr().out.splitlines()[-1]
     assert len(pd.read_csv(tmp_path / "out" / "failures.csv")) == 0
+
+
+# ---------------------------------------------------------------- issue 12: nothing silently wrong
+
+BOX = [30, 20, 20, 15]  # random pixels (not the red object every frame has), so the crops of two frames differ
+
+
+def roi_of(seed: int) -> np.ndarray:
+    return frame(seed)[20:35, 30:50]
+
+
+def read_png(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def file_coco(tmp_path: Path, seeds: dict[int, int], boxes: dict[int, list] | None = None) -> Path:
+    """A COCO file whose frames are file:// URLs of frame(seed) written under tmp_path/src."""
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    for image_id, seed in seeds.items():
+        (src / f"{image_id}.png").write_bytes(png_bytes(frame(seed)))
+    urls = {i: (src / f"{i}.png").as_uri() for i in seeds}
+    return write_coco(tmp_path / "c.json", urls, boxes or {i: [BOX] for i in seeds})
+
+
+def run_quiet(coco: Path, out: Path, *extra: str) -> int:
+    return main([str(coco), str(out), "--no-progress", "--retries", "0", *extra])
+
+
+def test_a_regenerated_source_frame_is_fetched_again(tmp_path, capsys):
+    # case 2a: regenerating a benchmark in place must not leave the old frames (and their crops) in use
+    coco, out = file_coco(tmp_path, {1: 1, 2: 2}), tmp_path / "out"
+    assert run_quiet(coco, out) == 0
+    (tmp_path / "src" / "2.png").write_bytes(png_bytes(frame(22)))
+    assert run_quiet(coco, out) == 0
+    assert "1 fetched, 1 already present" in capsys.readouterr().out.splitlines()[-1]
+    np.testing.assert_array_equal(read_png(out / "images" / "frame_2.png"), frame(22))
+    np.testing.assert_array_equal(read_png(out / "rois" / "2_2.png"), roi_of(22))
+    np.testing.assert_array_equal(read_png(out / "rois" / "1_1.png"), roi_of(1))
+    # a source that is gone: its old copy is not kept under the frame's name
+    (tmp_path / "src" / "1.png").unlink()
+    assert run_quiet(coco, out) == 1
+    assert not (out / "images" / "frame_1.png").exists()
+    table = pd.read_csv(out / "annotations.csv", keep_default_na=False).set_index("annotation_id")
+    assert table.loc[1, "problem"] == "frame not downloaded" and table.loc[1, "path"] == ""
+
+
+def test_an_http_frame_is_reused_only_while_its_validators_match(tmp_path):
+    files = {f"/img/{i}.png": png_bytes(frame(i)) for i in (1, 2)}
+    with FaultyServer(files, {}) as server:
+        coco = write_coco(tmp_path / "c.json", {i: f"{server.url}/img/{i}.png" for i in (1, 2)},
+                          {i: [BOX] for i in (1, 2)})
+        out = tmp_path / "out"
+        assert download_split(coco, out, options=FAST, progress=False) == 0
+        assert download_split(coco, out, options=FAST, progress=False) == 0
+        assert dict(server.hits) == {"/img/1.png": 1, "/img/2.png": 1}  # checked with HEAD, not fetched
+        assert server.heads["/img/1.png"] == server.heads["/img/2.png"] == 1
+        server.update("/img/2.png", png_bytes(frame(22)))
+        assert download_split(coco, out, options=FAST, progress=False) == 0
+        assert dict(server.hits) == {"/img/1.png": 1, "/img/2.png": 2}
+    np.testing.assert_array_equal(read_png(out / "rois" / "2_2.png"), roi_of(22))
+    np.testing.assert_array_equal(read_png(out / "rois" / "1_1.png"), roi_of(1))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["frames"]["2"]["source"]["etag"] == '"%s"' % hashlib.md5(files["/img/2.png"]).hexdigest()
+
+
+def test_a_changed_box_is_cut_again(tmp_path):
+    # case 2b: annotations.csv and rois/<id>.png must agree after the COCO file changes
+    coco, out = file_coco(tmp_path, {1: 1}, {1: [[10, 10, 20, 10]]}), tmp_path / "out"
+    assert run_quiet(coco, out, "--context", "3", "--context-size", "0") == 0
+    data = json.loads(coco.read_text())
+    data["annotations"][0]["bbox"] = BOX
+    coco.write_text(json.dumps(data))
+    assert run_quiet(coco, out, "--context", "3", "--context-size", "0") == 0
+    table = pd.read_csv(out / "annotations.csv", keep_default_na=False)
+    assert table.loc[0, ["bbox_x", "bbox_y", "bbox_w", "bbox_h"]].tolist() == BOX
+    np.testing.assert_array_equal(read_png(out / "rois" / "1_1.png"), roi_of(1))
+    np.testing.assert_array_equal(read_png(out / "context" / "1_1_ctx3.png"),
+                                  view_pixels(frame(1), clip_box(BOX, 64, 48), "ctx3"))
+
+
+def test_file_names_differing_only_by_folder_get_two_local_frames(tmp_path):
+    # case 2c: cam1/x.png and cam2/x.png are two images
+    urls = {}
+    for i in (1, 2):
+        (tmp_path / f"cam{i}").mkdir()
+        (tmp_path / f"cam{i}" / "x.png").write_bytes(png_bytes(frame(i)))
+        urls[i] = (tmp_path / f"cam{i}" / "x.png").as_uri()
+    coco = write_coco(tmp_path / "c.json", urls, {1: [BOX], 2: [BOX]}, names={1: "cam1/x.png", 2: "cam2/x.png"})
+    out = tmp_path / "out"
+    assert run_quiet(coco, out) == 0
+    names = load_coco(coco).frame_names
+    assert len(set(names.values())) == 2 and len(list((out / "images").iterdir())) == 2
+    np.testing.assert_array_equal(read_png(out / "rois" / "1_1.png"), roi_of(1))
+    np.testing.assert_array_equal(read_png(out / "rois" / "2_2.png"), roi_of(2))
+
+
+def test_local_frame_names_are_unique():
+    from src.data.coco import local_frame_names
+
+    images = {1: {"id": 1, "file_name": "a/x.png"}, 2: {"id": 2, "file_name": "b/X.png"},
+              3: {"id": 3, "file_name": "y.png"}, 4: {"id": 4, "file_name": "d/y.png"},
+              7: {"id": 7, "file_name": "4_y.png"}, 6: {"id": 6, "file_name": "z.png"}}
+    names = local_frame_names(images)
+    assert names[6] == "z.png" and names[7] == "4_y.png"  # unique names are kept: existing downloads stay valid
+    assert names[3] == "3_y.png" and names[4] == "4_4_y.png"  # 4_y.png is 7's
+    assert len({n.lower() for n in names.values()}) == 6  # also on case-insensitive file systems
+
+
+def truncated_jpeg(seed: int) -> tuple[bytes, bytes]:
+    buffer = io.BytesIO()
+    Image.fromarray(frame(seed)).save(buffer, "JPEG", quality=95)
+    whole = buffer.getvalue()
+    return whole, whole[: len(whole) * 2 // 3]
+
+
+def test_a_truncated_jpeg_is_refused_then_fetched_once_fixed(tmp_path):
+    # case 4: PIL's verify() does not decode JPEG data; the frame must be decoded before it is accepted
+    whole, truncated = truncated_jpeg(1)
+    (tmp_path / "a.jpg").write_bytes(truncated)
+    coco = write_coco(tmp_path / "c.json", {1: (tmp_path / "a.jpg").as_uri()}, {1: [BOX]}, names={1: "a.jpg"})
+    out = tmp_path / "out"
+    assert run_quiet(coco, out) == 1
+    failures = pd.read_csv(out / "failures.csv", keep_default_na=False)
+    assert failures[["kind", "id"]].values.tolist() == [["image", 1]]
+    error = failures.loc[0, "error"]
+    assert "invalid image" in error and "a.jpg" in error and ".tmp" not in error  # case 12: the frame's name
+    assert not (out / "images" / "a.jpg").exists()
+    (tmp_path / "a.jpg").write_bytes(whole)
+    assert run_quiet(coco, out) == 0
+    assert (out / "rois" / "1_1.png").is_file()
+
+
+def test_an_undecodable_local_frame_is_fetched_again(tmp_path):
+    # a truncated JPEG saved by an earlier version (only verify()d), with a good source now
+    whole, truncated = truncated_jpeg(1)
+    (tmp_path / "a.jpg").write_bytes(whole)
+    coco = write_coco(tmp_path / "c.json", {1: (tmp_path / "a.jpg").as_uri()}, {1: [BOX]}, names={1: "a.jpg"})
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "a.jpg").write_bytes(truncated)
+    assert run_quiet(coco, out) == 0
+    assert (out / "images" / "a.jpg").read_bytes() == whole
+    # a frame that stops decoding although size and time look unchanged: reported, then fetched again
+    local = out / "images" / "a.jpg"
+    stat = local.stat()
+    local.write_bytes(b"garbage!" + whole[8:])
+    os.utime(local, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    (out / "rois" / "1_1.png").unlink()
+    assert run_quiet(coco, out) == 1
+    assert run_quiet(coco, out) == 0
+    assert local.read_bytes() == whole and (out / "rois" / "1_1.png").is_file()
+
+
+def test_timeout_is_a_deadline_for_the_whole_transfer(tmp_path):
+    # case 12: the limit was checked between 64 KB chunks only (1 s became 3.5 s at 20 KB/s)
+    body = png_bytes(frame(1, 400, 300))  # about 360 KB: 18 s at 20 KB/s
+    with FaultyServer({"/a.png": body}, {"/a.png": ("drip", 99)}) as server:
+        coco = write_coco(tmp_path / "c.json", {1: f"{server.url}/a.png"}, {1: [BOX]})
+        start = time.monotonic()
+        status = download_split(coco, tmp_path / "out", options=FetchOptions(timeout=0.5, retries=0), progress=False)
+        elapsed = time.monotonic() - start
+    assert status == 1 and elapsed < 2.0
+    assert "0.5 s" in pd.read_csv(tmp_path / "out" / "failures.csv")["error"][0]
+
+
+def test_ctrl_c_stops_at_once_saves_what_is_done_and_resumes(tmp_path):
+    # case 6: a SIGINT used to let every queued frame be fetched, then end in a traceback
+    files = {f"/img/{i}.png": png_bytes(frame(i)) for i in range(1, 41)}
+    with FaultyServer(files, {}, delay=0.4) as server:
+        coco = write_coco(tmp_path / "c.json", {i: f"{server.url}/img/{i}.png" for i in range(1, 41)},
+                          {i: [BOX] for i in range(1, 41)})
+        out = tmp_path / "out"
+        process = subprocess.Popen([sys.executable, "-m", "src.data.download", str(coco), str(out), "-n", "2",
+                                    "--no-progress"], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        wait_until = time.monotonic() + 60
+        while sum(server.hits.values()) < 6 and time.monotonic() < wait_until and process.poll() is None:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, err = process.communicate(timeout=60)
+        stopped_after = time.monotonic() - sent
+        assert process.returncode == 130, err
+        assert stopped_after < 3.0  # the 34 frames left take about 7 s
+        assert "Traceback" not in err and "resume" in err and "src.data.download" in err
+        table = pd.read_csv(out / "annotations.csv", keep_default_na=False)
+        assert len(table) == 40
+        done = table[table["problem"] == ""]
+        assert 3 <= len(done) < 40
+        for row in done.itertuples():
+            np.testing.assert_array_equal(read_png(out / row.path), roi_of(row.image_id))
+        assert json.loads((out / "manifest.json").read_text())["complete"] is False and not download_complete(out)
+        before = dict(server.hits)
+        server.delay = 0
+        assert download_split(coco, out, options=FAST, progress=False) == 0
+        assert all(server.hits[f"/img/{i}.png"] == before[f"/img/{i}.png"] for i in done["image_id"])
+    assert len(pd.read_csv(out / "annotations.csv").query("problem == problem")) == 0  # every ROI cut
+    assert download_complete(out) and not list(out.rglob(".*.tmp"))
+
+
+def test_a_resumed_download_removes_stale_temp_files(tmp_path):
+    # case 9: a killed run leaves .<name>.<random>.tmp files behind
+    coco, out = file_coco(tmp_path, {1: 1}), tmp_path / "out"
+    assert run_quiet(coco, out) == 0
+    stale = [out / "images" / ".frame_1.png.k2j3h4.tmp", out / "rois" / ".1_1.png.abcdef.tmp",
+             out / ".annotations.csv.zzz.tmp"]
+    for path in stale:
+        path.write_bytes(b"partial")
+    (out / "images" / ".keep").write_text("")
+    assert run_quiet(coco, out) == 0
+    assert not any(p.exists() for p in stale) and (out / "images" / ".keep").exists()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("image without id", "images[1] has no integer 'id'"),
+    ("annotation without image_id", "annotations[0] has no integer 'image_id'"),
+    ("folder", "is a folder"),
+    ("binary", "not valid JSON"),
+])
+def test_bad_coco_files_are_one_line_errors_before_any_fetch(tmp_path, capsys, case, message):
+    coco = file_coco(tmp_path, {1: 1, 2: 2})
+    data = json.loads(coco.read_text())
+    if case == "image without id":
+        del data["images"][1]["id"]
+    if case == "annotation without image_id":
+        del data["annotations"][0]["image_id"]
+    coco.write_text(json.dumps(data))
+    if case == "folder":
+        coco = tmp_path / "src"
+    if case == "binary":
+        coco.write_bytes(bytes(range(256)) * 4)
+    assert run_quiet(coco, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "images").exists()  # nothing was fetched
+
+
+def test_an_unwritable_output_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    coco = file_coco(tmp_path, {1: 1})
+    (tmp_path / "a_file").write_text("")
+    assert run_quiet(coco, tmp_path / "a_file" / "out") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "a_file" in err and len(err.strip().splitlines()) == 1
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    if os.access(read_only, os.W_OK):  # root writes anyway: answer as the kernel would for others
+
+        def refuse(*args, dir=None, **kwargs):
+            raise PermissionError(13, "Permission denied", str(dir))
+
+        monkeypatch.setattr("src.data.download.tempfile.TemporaryFile", refuse)
+    assert run_quiet(coco, read_only) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {read_only}: Permission denied\n"
+    assert not (read_only / "manifest.json").exists()

@@ -82,7 +82,8 @@ def test_bootstrap_interval_brackets_mean():
     ("annotation_id,concept_name\n", "no rows"),
     ("annotation_id,concept_name\n1,Sebastes\n2,Porifera\n3,Porifera\n", "not in the solution"),
     ("annotation_id,concept_name\n1,Sebastes\n", "lacks 1"),
-    ("\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "not a readable CSV"),
+    ("\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "binary file"),
+    ("annotation_id,concept_name\n\xff\xfe,Sebastes\n", "not a readable CSV"),
 ])
 def test_bad_submissions_give_one_line_error(tmp_path, capsys, content, message):
     sol = write(tmp_path, "sol.csv", "annotation_id,concept_name\n1,Sebastes\n2,Porifera\n")
@@ -99,3 +100,68 @@ def test_answer_key_layout_accepted(tmp_path):
     assert score_files(sol, sub)["score"] == 0.0
     with pytest.raises(LabelFileError, match="unknown concept"):
         score_files(write(tmp_path, "bad.csv", "annotation_id,name\n1,Nessie\n"), sub)
+
+
+# ---------------------------------------------------------------- issue 12: bootstrap memory, input checks
+
+def bootstrap_reference(values, n_resamples, seed=0, level=0.95):
+    """The earlier one-shot version: an (N, rows) index array."""
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_resamples, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return tuple(float(v) for v in np.percentile(means, [tail, 100 - tail]))
+
+
+@pytest.mark.parametrize("n_rows, chunk_elements", [(788, 1000), (1001, 50), (5, 1 << 22)])
+def test_chunked_bootstrap_gives_the_one_shot_interval(n_rows, chunk_elements):
+    values = np.random.default_rng(3).integers(0, 13, n_rows).astype(np.float64)
+    for seed in (0, 7):
+        assert bootstrap_interval(values, 300, seed=seed, chunk_elements=chunk_elements) == \
+            bootstrap_reference(values, 300, seed=seed)
+
+
+def test_bootstrap_memory_is_bounded_by_the_chunk():
+    import tracemalloc
+
+    values = np.random.default_rng(1).integers(0, 13, 20_000).astype(np.float64)
+    tracemalloc.start()
+    try:
+        bootstrap_interval(values, 200, chunk_elements=1 << 14)  # one shot: 200 x 20,000 x 8 B = 32 MB
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bootstrap", "-5"], "--bootstrap"),
+])
+def test_bad_options_are_one_line_errors(tmp_path, capsys, args, message):
+    sol = write(tmp_path, "sol.csv", "annotation_id,concept_name\n1,Sebastes\n")
+    with pytest.raises(SystemExit) as stop:
+        main([str(sol), str(sol), *args])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and message in err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("annotation_id,concept_name\ninf,Sebastes\n", "plain integer, got 'inf'"),
+    ("annotation_id,concept_name\n4.0,Sebastes\n", "plain integer, got '4.0'"),
+    ("annotation_id,concept_name\n 1 ,Sebastes\n", "plain integer, got ' 1 '"),
+    ("annotation_id,concept_name\n9223372036854775808,Sebastes\n", "9223372036854775808 is out of range"),
+    ("annotation_id,concept_name,concept_name\n1,Sebastes,Porifera\n", "duplicated column name(s): concept_name"),
+    pytest.param("\0" * 64, "binary file", id="NUL bytes"),
+])
+def test_scorer_input_errors_are_one_line(tmp_path, capsys, content, message):
+    sol = write(tmp_path, "sol.csv", "annotation_id,concept_name\n1,Sebastes\n")
+    sub = write(tmp_path, "sub.csv", content)
+    assert main([str(sol), str(sub)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "\0" not in err
+
+
+def test_a_folder_is_not_called_missing(tmp_path, capsys):
+    sol = write(tmp_path, "sol.csv", "annotation_id,concept_name\n1,Sebastes\n")
+    assert main([str(sol), str(tmp_path)]) == 2
+    assert "is a folder, not a CSV file" in capsys.readouterr().err

@@ -29,7 +29,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from src.artifacts import atomic_path, atomic_write_json, atomic_write_with
-from src.data.coco import Coco, ImageDecodeError, image_filename, load_coco, read_rgb
+from src.data.coco import Coco, ImageDecodeError, load_coco, read_rgb
 from src.data.crops import DEFAULT_FILL, BadBoxError, clip_box, extract_views, fit_square, parse_view
 from src.taxonomy import Taxonomy, load_taxonomy
 
@@ -88,7 +88,7 @@ def cache_key(coco_json: Path, images_dir: Path, coco: Coco, size: int, views, f
     digest.update(f"v{CACHE_VERSION}|{size}|{','.join(views)}|{fill}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     digest.update("|".join(classes).encode())
     for image_id in sorted(coco.images):
-        path = images_dir / image_filename(coco.images[image_id])
+        path = images_dir / coco.frame_name(image_id)
         try:
             s = path.stat()
             digest.update(f"|{image_id}:{s.st_size}:{s.st_mtime_ns}".encode())
@@ -161,7 +161,7 @@ def build_crop_cache(coco_json, images_dir, out_dir, size: int, views=("roi",), 
                 if image is None:
                     updates.update({r: {"problem": "image_id not in images"} for r in rows})
                     continue
-                frame_path = images_dir / image_filename(image)
+                frame_path = images_dir / coco.frame_name(image_id)
                 futures.append(pool.submit(_fill_frame, crops, rows, frame_path, coco, size, views, fill))
             bar = tqdm(as_completed(futures), total=len(futures), desc=f"cache {coco_json.stem} {size}px",
                        unit="img", disable=not progress)

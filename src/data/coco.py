@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
@@ -21,33 +22,68 @@ class Coco:
     images: dict[int, dict]  # image id -> image record (file_name, coco_url, width, height)
     annotations: list[dict]  # sorted by annotation id
     categories: dict[int, str]  # category id -> concept name
+    frame_names: dict[int, str] = field(default_factory=dict)  # image id -> local file name (see local_frame_names)
 
     def label_name(self, annotation: dict) -> str:
         """The annotation's concept name ('' when the category is null, as in the test file)."""
         category_id = annotation.get("category_id")
         return "" if category_id is None else self.categories.get(int(category_id), "")
 
+    def frame_name(self, image_id: int) -> str:
+        """Local file name of a frame, unique within this COCO file."""
+        return self.frame_names.get(image_id) or image_filename(self.images[image_id])
+
+
+def _int_field(records, key: str, where: str, path: Path) -> list[int]:
+    """record[key] of every record as int; ValueError naming the first record without one."""
+    values = []
+    for i, record in enumerate(records):
+        value = record.get(key) if isinstance(record, dict) else None
+        try:
+            if isinstance(value, bool) or value is None:
+                raise TypeError
+            values.append(int(value))
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: {where}[{i}] has no integer {key!r} (found {value!r})") from None
+    return values
+
 
 def load_coco(path: str | Path) -> Coco:
-    """Read a COCO JSON (train or test layout); ValueError naming the file when it is not one."""
+    """Read a COCO JSON (train or test layout); ValueError naming the file when it is not one.
+
+    Every image needs an integer id and every annotation an integer id and image_id (checked here, so
+    a bad file stops a download before anything is fetched); ids must be unique."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, not a COCO file")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: COCO file not found") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
-    missing = [k for k in ("images", "annotations") if k not in data]
+    missing = [k for k in ("images", "annotations") if not isinstance(data, dict) or k not in data]
     if missing:
         raise ValueError(f"{path}: not a COCO file, missing {missing}")
-    images = {int(im["id"]): im for im in data["images"]}
+    for key in ("images", "annotations"):
+        if not isinstance(data[key], list):
+            raise ValueError(f"{path}: not a COCO file, {key!r} is not a list")
+    image_ids = _int_field(data["images"], "id", "images", path)
+    annotation_ids = _int_field(data["annotations"], "id", "annotations", path)
+    _int_field(data["annotations"], "image_id", "annotations", path)
+    for ids, where in ((image_ids, "image"), (annotation_ids, "annotation")):
+        duplicate, count = Counter(ids).most_common(1)[0] if ids else (None, 0)
+        if count > 1:
+            raise ValueError(f"{path}: {where} id {duplicate} appears {count} times")
+    images = dict(zip(image_ids, data["images"]))
     annotations = sorted(data["annotations"], key=lambda a: int(a["id"]))
     categories = {int(c["id"]): c["name"] for c in data.get("categories", [])}
-    return Coco(images=images, annotations=annotations, categories=categories)
+    return Coco(images=images, annotations=annotations, categories=categories,
+                frame_names=local_frame_names(images))
 
 
 def image_filename(image: dict) -> str:
-    """Local file name of a frame: the record's file_name (folders stripped), else the URL's last part."""
+    """File name of a frame: the record's file_name (folders stripped), else the URL's last part."""
     name = PurePosixPath(str(image.get("file_name") or "")).name
     if not name:
         url_name = PurePosixPath(unquote(urlparse(str(image.get("coco_url", ""))).path)).name
@@ -55,13 +91,37 @@ def image_filename(image: dict) -> str:
     return name
 
 
-def verify_image_file(path: str | Path) -> None:
-    """Cheap integrity check (headers and PNG chunk CRCs, no full decode); ImageDecodeError if bad."""
+def local_frame_names(images: dict[int, dict]) -> dict[int, str]:
+    """Image id -> local file name, distinct for distinct images (also ignoring case).
+
+    A frame keeps its image_filename when no other image has the same one; images whose names clash
+    (e.g. cam1/x.png and cam2/x.png) are prefixed with their id: 1_x.png, 2_x.png."""
+    base = {image_id: image_filename(image) for image_id, image in images.items()}
+    counts = Counter(name.lower() for name in base.values())
+    taken = {name.lower() for name in base.values() if counts[name.lower()] == 1}
+    names = {}
+    for image_id in sorted(base):
+        name = base[image_id]
+        if counts[name.lower()] > 1:
+            name = f"{image_id}_{name}"
+            while name.lower() in taken:
+                name = f"{image_id}_{name}"
+            taken.add(name.lower())
+        names[image_id] = name
+    return names
+
+
+def decode_check(path: str | Path, shown_name: str | None = None) -> None:
+    """Check that an image file is whole: chunk checksums (PIL verify()) and a full decode (verify()
+    alone passes a truncated JPEG). ImageDecodeError naming `shown_name` (default: the path) if not."""
     try:
         with Image.open(path) as im:
             im.verify()
+        with Image.open(path) as im:
+            im.load()
     except Exception as e:  # PIL raises many types for bad files
-        raise ImageDecodeError(f"{path}: not a valid image ({e})") from None
+        reason = str(e).replace(str(path), shown_name or str(path))
+        raise ImageDecodeError(f"{shown_name or path}: cannot decode ({reason})") from None
 
 
 def to_rgb(im: Image.Image) -> np.ndarray:

@@ -3,7 +3,8 @@
 Geometry policy (shared by the ROI files written by `src.data.download` and the crop cache):
 
 - A COCO bbox [x, y, w, h] (float pixels) becomes the integer box [floor(x), floor(y), ceil(x+w),
-  ceil(y+h)) clipped to the frame. A box with no area left inside the frame is rejected (BadBoxError).
+  ceil(y+h)) clipped to the frame. A box with a negative or zero size, or no area left inside the frame,
+  is rejected (BadBoxError).
 - View 'roi' is the clipped box's own pixels. Written to disk as they are; squared for the cache by
   padding the short side with a constant fill (centred), never by stretching.
 - View 'ctx<k>' (e.g. 'ctx3', 'ctx5') is a square window of side k * max(box w, box h) centred on the box
@@ -39,7 +40,9 @@ def clip_box(bbox, frame_w: int, frame_h: int) -> Box:
         raise BadBoxError(f"bbox is not 4 numbers: {bbox!r}") from None
     if not all(math.isfinite(v) for v in (x, y, w, h)):
         raise BadBoxError(f"bbox has non-finite values: {bbox!r}")
-    if w <= 0 or h <= 0:
+    if w < 0 or h < 0:
+        raise BadBoxError(f"bbox {bbox!r} has a negative size")
+    if w == 0 or h == 0:
         raise BadBoxError(f"zero-area bbox {bbox!r}")
     x0, y0 = max(math.floor(x), 0), max(math.floor(y), 0)
     x1, y1 = min(math.ceil(x + w), frame_w), min(math.ceil(y + h), frame_h)

@@ -1,0 +1,30 @@
+"""Atomic writes and the clean-up of temp files that killed runs left behind (src.artifacts)."""
+import os
+import time
+
+from src.artifacts import TEMP_PATTERN, atomic_path, atomic_write_text, remove_stale_temps
+
+
+def test_remove_stale_temps_removes_only_old_temps_of_this_folder(tmp_path):
+    stale = [tmp_path / ".frame.png.k2j3h4.tmp", tmp_path / ".curves.png.abc.tmp"]
+    for path in stale:
+        path.write_text("partial")
+        os.utime(path, (time.time() - 100, time.time() - 100))
+    fresh = tmp_path / ".live.csv.xyz.tmp"
+    fresh.write_text("being written")
+    kept = [tmp_path / "result.tmp", tmp_path / ".hidden", tmp_path / "sub" / ".deep.png.q.tmp"]
+    kept[2].parent.mkdir()
+    for path in kept:
+        path.write_text("keep")
+    assert remove_stale_temps(tmp_path, min_age_s=10) == 2
+    assert not any(p.exists() for p in stale) and fresh.exists() and all(p.exists() for p in kept)
+    assert remove_stale_temps(tmp_path) == 1 and not fresh.exists()
+    assert remove_stale_temps(tmp_path / "absent") == 0
+
+
+def test_atomic_temps_match_the_clean_up_pattern(tmp_path):
+    with atomic_path(tmp_path / "a.csv") as tmp:
+        tmp.write_text("x")
+        assert list(tmp_path.glob(TEMP_PATTERN)) == [tmp]  # what a killed run would leave
+    atomic_write_text(tmp_path / "b.txt", "y")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.txt"]
