@@ -15,6 +15,7 @@ machine the probabilities match the run's test_probs.npz and the decoded labels 
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +24,58 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from src.artifacts import atomic_save_npz, atomic_write_with
+from src.checkpoint import CHECKPOINT_FILE
 from src.config import Config, load_yaml, validate_config
-from src.stages.common import EnsemblePredictions, decode_ensemble, labels_frame
+from src.ensemble import EnsemblePredictions, decode_bayes, decode_ensemble
+from src.submission import labels_frame
 from src.taxonomy import Taxonomy, load_taxonomy
 
 MODEL_FILE = "model.pt"  # slim weights written by src.stages.package
-CHECKPOINT_FILE = "checkpoint.pt"  # full training checkpoint written by src.train
+
+
+# ------------------------------------------------------------------------ forward passes and artefacts
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of train.amp on this device (None: full precision; CPU always runs float32)."""
+    if device.type != "cuda" or amp == "off":
+        return None
+    return torch.float16 if amp == "fp16" else torch.bfloat16
+
+
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, loader, device: torch.device, dtype) -> np.ndarray:
+    """Logits (H, N, C) float32 of every item of the loader, in order."""
+    model.eval()
+    chunks = []
+    for x, _ in loader:
+        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
+            chunks.append(model(x.to(device, non_blocking=True))["logits"].float().cpu())
+    return torch.cat(chunks, dim=1).numpy()
+
+
+def softmax_np(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, float32 (computed by torch, as in training)."""
+    return torch.from_numpy(logits).softmax(dim=-1).numpy().astype(np.float32)
+
+
+def write_predictions(run_dir: Path, stem: str, annotation_ids: np.ndarray, probs: np.ndarray,
+                      classes: tuple[str, ...], D: np.ndarray, decode: str, labels: np.ndarray | None = None):
+    """<stem>_probs.npz (probs (H, N, C) per head) and the predictions CSV of the head-mean; returns the labels."""
+    arrays = {"annotation_id": annotation_ids.astype(np.int64), "probs": probs, "classes": np.array(classes)}
+    if labels is not None:
+        arrays["labels"] = labels.astype(np.int64)
+    atomic_save_npz(run_dir / f"{stem}_probs.npz", **arrays)
+    mean = probs.mean(axis=0)
+    pred = decode_bayes(mean, D) if decode == "bayes" else mean.argmax(axis=1)
+    table = pd.DataFrame({"annotation_id": annotation_ids.astype(np.int64),
+                          "concept_name": np.array(classes)[pred],
+                          "confidence": mean[np.arange(len(pred)), pred]})
+    name = "predictions.csv" if stem == "test" else f"{stem}_predictions.csv"
+    atomic_write_with(run_dir / name, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6f"))
+    return pred
+
+
+# ------------------------------------------------------------------------------------ trained members
 
 
 @dataclass
@@ -60,7 +107,7 @@ def weights_file(run_dir: str | Path) -> Path:
     raise FileNotFoundError(f"{run_dir}: neither {MODEL_FILE} nor {CHECKPOINT_FILE} found (not a trained member)")
 
 
-def member_config(run_dir: str | Path) -> Config:
+def load_member_config(run_dir: str | Path) -> Config:
     """The member's saved training config, with weight loading switched off (the weights come from the file)."""
     path = Path(run_dir) / "config.yaml"
     tree = load_yaml(path)
@@ -83,7 +130,7 @@ def load_member(run_dir: str | Path, taxonomy: Taxonomy | None = None,
 
     run_dir = Path(run_dir)
     taxonomy = taxonomy or load_taxonomy()
-    cfg = member_config(run_dir)
+    cfg = load_member_config(run_dir)
     path = weights_file(run_dir)
     state = torch.load(path, map_location="cpu", weights_only=False)
     classes = tuple(state["classes"])
@@ -107,7 +154,6 @@ def predict_crops(member: Member, crops: np.ndarray, batch_size: int | None = No
 
     from src.data.dataset import CropCacheDataset
     from src.data.transforms import build_eval_transform
-    from src.train import amp_dtype, predict_logits, softmax_np
 
     cfg = member.config
     if crops.ndim != 5 or crops.shape[1] != len(member.views):
@@ -181,7 +227,7 @@ def predict_ensemble(member_dirs, coco_json: str | Path, cache_dir: str | Path,
         raise ValueError("no members given")
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, d in enumerate(member_dirs):
-        cfg = member_config(d)
+        cfg = load_member_config(d)
         groups[(cfg.data.cache_size or cfg.data.image_size, tuple(cfg.data.views))].append(i)
     ids, probs = None, [None] * len(member_dirs)
     for (size, views), indices in groups.items():

@@ -100,7 +100,7 @@ def test_packaged_predictions_reproduce_every_decoder(tiny_run, tmp_path):
     for ours, theirs in zip(preds.members, saved.members):
         assert (ours == theirs).all()  # bit-identical probabilities
     distinct = set()
-    for decoder in cfg.decoders:
+    for decoder in cfg.decoding.decoders:
         rows = decode_predictions(preds, decoder, manifest["decoding"], taxonomy)
         path = write_submission(tmp_path / f"{decoder}.csv", rows["annotation_id"], rows["concept_name"])
         assert path.read_bytes() == cfg.layout.submission(decoder).read_bytes(), decoder

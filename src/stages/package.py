@@ -26,9 +26,8 @@ from pathlib import Path
 
 from src.artifacts import atomic_write_json, atomic_write_text
 from src.config import config_to_yaml
-from src.stages.common import (
-    StageError, fit_validation_temperature, load_predictions, run_cli, stage_parser,
-)
+from src.ensemble import fit_validation_temperature
+from src.stages.common import StageError, load_predictions, run_cli, stage_parser
 from src.stages.pipeline_config import PipelineConfig
 from src.taxonomy import DEFAULT_TAXONOMY_PATH, load_taxonomy
 
@@ -56,7 +55,7 @@ def slim_weights(checkpoint: Path, out: Path) -> None:
 
 
 def default_decoder(cfg: PipelineConfig) -> str:
-    return "bayes" if "bayes" in cfg.decoders else cfg.decoders[0]
+    return "bayes" if "bayes" in cfg.decoding.decoders else cfg.decoding.decoders[0]
 
 
 def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder: str | None = None,
@@ -67,8 +66,8 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
     decoder = decoder or default_decoder(cfg)
     if out.exists():
         raise StageError(f"{out} already exists: choose a new folder (a package is never overwritten)")
-    if decoder not in cfg.decoders:
-        raise StageError(f"decoder {decoder!r} is not among the configured decoders {cfg.decoders}")
+    if decoder not in cfg.decoding.decoders:
+        raise StageError(f"decoder {decoder!r} is not among the configured decoders {cfg.decoding.decoders}")
     if kaggle_id is not None and kaggle_id.count("/") != 1:
         raise StageError(f"--kaggle-id must look like USER/dataset-slug, got {kaggle_id!r}")
     taxonomy = load_taxonomy()
@@ -106,8 +105,8 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "members": entries, "classes_file": "classes.json",
             "taxonomy_file": f"src/{DEFAULT_TAXONOMY_PATH.name}", "pipeline_config": "pipeline.yaml",
-            "decoder": decoder, "decoders": list(cfg.decoders),
-            "decoding": {"sigma": cfg.pseudo.sigma, "diffusion_alpha": cfg.diffusion_alpha,
+            "decoder": decoder, "decoders": list(cfg.decoding.decoders),
+            "decoding": {"sigma": cfg.decoding.sigma, "diffusion_alpha": cfg.decoding.diffusion_alpha,
                          "temperature": temperature},
         }
         atomic_write_json(tmp / MANIFEST, manifest)
