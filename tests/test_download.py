@@ -159,7 +159,7 @@ def test_downloads_through_faults_then_resumes(tmp_path):
         assert (out / "rois" / "1_1.png").is_file() and (out / "rois" / "6_11.png").is_file()
 
 
-def test_file_urls_bad_images_and_context(tmp_path):
+def test_file_urls_and_bad_images(tmp_path):
     source = tmp_path / "frames"
     source.mkdir()
     base = frame(1)
@@ -181,8 +181,7 @@ def test_file_urls_bad_images_and_context(tmp_path):
     coco = write_coco(tmp_path / "test.json", urls, boxes, labelled=False)
     out = tmp_path / "test"
 
-    status = main([str(coco), str(out), "-n", "3", "--retries", "1", "--backoff", "0.01", "--context",
-                   "--full-frame", "--context-size", "32", "--no-progress"])
+    status = main([str(coco), str(out), "-n", "3", "--retries", "1", "--backoff", "0.01", "--no-progress"])
     assert status == 1  # truncated.jpg is undecodable; garbage.png and absent.png cannot be fetched
     table = pd.read_csv(out / "annotations.csv", keep_default_na=False).set_index("annotation_id")
     assert (table["label"] == "").all() and (table["category_id"] == "").all()
@@ -190,8 +189,6 @@ def test_file_urls_bad_images_and_context(tmp_path):
         row = table[(table["image_id"] == image_id)].iloc[0]
         roi = Image.open(out / row["path"])
         assert roi.mode == "RGB" and roi.size == (20, 10)
-        assert (out / row["ctx3_path"]).is_file() and Image.open(out / row["ctx5_path"]).size == (32, 32)
-        assert Image.open(out / row["frame_path"]).size == (32, 32)
     red = np.asarray(Image.open(out / table.loc[1, "path"]))
     assert (red == (250, 10, 10)).all()
     assert "zero-area" in table.loc[2, "problem"] and "outside" in table.loc[3, "problem"]

@@ -1,15 +1,15 @@
 """Fetch the frames of a COCO file and cut one ROI crop per annotation.
 
-    python -m src.data.download ROOT/dataset_train.json ROOT/train [-n 16] [--context 3 5 --full-frame]
+    python -m src.data.download ROOT/dataset_train.json ROOT/train [-n 16]
 
 Writes, under OUT_DIR:
   images/<file_name>                        every frame's coco_url (http, https or file://)
   rois/<image_id>_<annotation_id>.png       the clipped box pixels (native size and aspect)
-  context/<image_id>_<annotation_id>_ctx<k>.png, context/<image_id>_frame.png   with --context/--full-frame
   annotations.csv                           one row per annotation (problem column says why a row has no crop)
   failures.csv                              every frame or annotation that failed, by id
 
-Resumable: a frame is written under a temporary name and renamed once complete and verified, so a file
+Context views (3x, 5x the box, the full frame) are cut from the frames by the crop cache
+(src.data.cache), not written here. Resumable: a frame is written under a temporary name and renamed once complete and verified, so a file
 under its final name is whole; existing valid frames and crops are not fetched or cut again.
 Exit status 1 when a frame could not be fetched or decoded; boxes that cannot be cropped (zero area,
 outside the frame) are listed in failures.csv but do not fail the run.
@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from src.artifacts import atomic_path, atomic_write_bytes, atomic_write_with
 from src.data.coco import Coco, ImageDecodeError, image_filename, load_coco, read_rgb, verify_image_file
-from src.data.crops import BadBoxError, clip_box, fit_square, resize_max_side, view_pixels
+from src.data.crops import BadBoxError, clip_box, view_pixels
 
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 CHUNK = 1 << 16
@@ -193,9 +193,8 @@ def _image_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def crop_frame(out_dir: Path, image_id: int, image: dict, annotations: list[dict], coco: Coco,
-               context: tuple[float, ...] = (), full_frame: bool = False, context_size: int = 256) -> list[dict]:
-    """Cut ROI (and context) crops of one frame's annotations; one annotations.csv row per annotation.
+def crop_frame(out_dir: Path, image_id: int, image: dict, annotations: list[dict], coco: Coco) -> list[dict]:
+    """Cut the ROI crops of one frame's annotations; one annotations.csv row per annotation.
 
     Never raises for bad data: an undecodable frame or a bad box is reported in the row's `problem`."""
     frame_path = out_dir / "images" / image_filename(image)
@@ -213,17 +212,11 @@ def crop_frame(out_dir: Path, image_id: int, image: dict, annotations: list[dict
             row["problem"] = "frame not downloaded"
         return rows
 
-    def outputs(row) -> dict[str, Path]:
-        stem = f"{image_id}_{row['annotation_id']}"
-        paths = {"path": out_dir / "rois" / f"{stem}.png"}
-        for k in context:
-            paths[f"ctx{k:g}_path"] = out_dir / "context" / f"{stem}_ctx{k:g}.png"
-        if full_frame:
-            paths["frame_path"] = out_dir / "context" / f"{image_id}_frame.png"
-        return paths
+    def roi_path(row) -> Path:
+        return out_dir / "rois" / f"{image_id}_{row['annotation_id']}.png"
 
     rgb = None
-    if all(p.is_file() for row in rows for p in outputs(row).values()):
+    if all(roi_path(row).is_file() for row in rows):
         size = _image_size(frame_path)  # resume: nothing to cut, only the true frame size is needed
     else:
         try:
@@ -243,30 +236,19 @@ def crop_frame(out_dir: Path, image_id: int, image: dict, annotations: list[dict
         except BadBoxError as e:
             row["problem"] = str(e)
             continue
-        for column, path in outputs(row).items():
-            row[column] = path.relative_to(out_dir).as_posix()
-            if path.is_file() or rgb is None:
-                continue
-            if column == "path":
-                crop = view_pixels(rgb, box, "roi")
-            elif column == "frame_path":
-                crop = fit_square(rgb, context_size) if context_size else rgb
-            else:
-                crop = view_pixels(rgb, box, column[:-len("_path")])
-                crop = resize_max_side(crop, context_size) if context_size else crop
-            _write_png(path, crop)
+        path = roi_path(row)
+        row["path"] = path.relative_to(out_dir).as_posix()
+        if not path.is_file() and rgb is not None:
+            _write_png(path, view_pixels(rgb, box, "roi"))
     return rows
 
 
-def crop_all(coco: Coco, out_dir: Path, context: tuple[float, ...] = (), full_frame: bool = False,
-             context_size: int = 256, workers: int | None = None, progress: bool = True) -> pd.DataFrame:
+def crop_all(coco: Coco, out_dir: Path, workers: int | None = None, progress: bool = True) -> pd.DataFrame:
     """Cut the crops of every annotation (threads over frames); returns the annotations table."""
     by_image: dict[int, list[dict]] = defaultdict(list)
     for ann in coco.annotations:
         by_image[int(ann["image_id"])].append(ann)
     (out_dir / "rois").mkdir(parents=True, exist_ok=True)
-    if context or full_frame:
-        (out_dir / "context").mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -278,14 +260,12 @@ def crop_all(coco: Coco, out_dir: Path, context: tuple[float, ...] = (), full_fr
                              "label": coco.label_name(a), "category_id": a.get("category_id"),
                              "problem": "image_id not in images"} for a in annotations)
                 continue
-            futures.append(pool.submit(crop_frame, out_dir, image_id, image, annotations, coco,
-                                       context, full_frame, context_size))
+            futures.append(pool.submit(crop_frame, out_dir, image_id, image, annotations, coco))
         for future in tqdm(as_completed(futures), total=len(futures), desc="crops", unit="img",
                            disable=not progress):
             rows.extend(future.result())
     columns = ["annotation_id", "image_id", "path", "label", "category_id", "bbox_x", "bbox_y", "bbox_w",
                "bbox_h", "frame_w", "frame_h", "problem"]
-    columns += [f"ctx{k:g}_path" for k in context] + (["frame_path"] if full_frame else [])
     table = pd.DataFrame(rows, columns=columns).sort_values("annotation_id", kind="stable")
     table["category_id"] = table["category_id"].astype("Int64")
     return table.reset_index(drop=True)
@@ -307,13 +287,12 @@ def failures_table(fetches: list[FetchResult], table: pd.DataFrame) -> pd.DataFr
 
 
 def download_split(coco_json: str | Path, out_dir: str | Path, concurrency: int = 8,
-                   options: FetchOptions = FetchOptions(), context: tuple[float, ...] = (),
-                   full_frame: bool = False, context_size: int = 256, progress: bool = True) -> int:
+                   options: FetchOptions = FetchOptions(), progress: bool = True) -> int:
     """Fetch the frames, cut the crops, write annotations.csv and failures.csv; returns the exit status."""
     out_dir = Path(out_dir)
     coco = load_coco(coco_json)
     fetches = download_images(coco, out_dir / "images", concurrency, options, progress)
-    table = crop_all(coco, out_dir, context, full_frame, context_size, progress=progress)
+    table = crop_all(coco, out_dir, progress=progress)
     atomic_write_with(out_dir / "annotations.csv", lambda p: table.to_csv(p, index=False))
     failures = failures_table(fetches, table)
     atomic_write_with(out_dir / "failures.csv", lambda p: failures.to_csv(p, index=False))
@@ -331,7 +310,7 @@ def download_split(coco_json: str | Path, out_dir: str | Path, concurrency: int 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m src.data.download",
-        description="Download the frames of a COCO file (http, https, file://) and cut ROI/context crops.")
+        description="Download the frames of a COCO file (http, https, file://) and cut ROI crops.")
     parser.add_argument("coco_json", help="dataset_train.json or dataset_test.json")
     parser.add_argument("out_dir", help="split folder to fill, e.g. inputs/fathomnet2025/train")
     parser.add_argument("-n", "--concurrency", type=int, default=8, help="parallel downloads (default 8)")
@@ -339,20 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retries", type=int, default=4, help="retries per frame (default 4)")
     parser.add_argument("--backoff", type=float, default=1.0,
                         help="seconds before the first retry, doubled each time (default 1)")
-    parser.add_argument("--context", type=float, nargs="*", default=None, metavar="K",
-                        help="also write square context crops of K x the box size (--context alone: 3 5)")
-    parser.add_argument("--full-frame", action="store_true", help="also write each frame squared by padding")
-    parser.add_argument("--context-size", type=int, default=256,
-                        help="shrink context/frame crops to at most this side in pixels (0: native; default 256)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    context = tuple(args.context) if args.context else ((3.0, 5.0) if args.context is not None else ())
-    if any(k <= 0 for k in context):
-        parser.error("--context factors must be positive")
     try:
         return download_split(args.coco_json, args.out_dir, args.concurrency,
-                              FetchOptions(args.timeout, args.retries, args.backoff), context,
-                              args.full_frame, args.context_size, progress=not args.no_progress)
+                              FetchOptions(args.timeout, args.retries, args.backoff), progress=not args.no_progress)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
