@@ -15,7 +15,8 @@ from src.predict import load_member, predict_crops
 from src.stages import package as package_stage
 from src.ensemble import fit_validation_temperature
 from src.stages.common import StageError, load_predictions
-from src.stages.package import find_manifest, package, read_package
+from src.manifest import find_manifest, read_package
+from src.stages.package import package
 from src.stages.pipeline_config import PipelineConfig, load_pipeline_config
 from src.taxonomy import load_taxonomy
 
