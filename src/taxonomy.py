@@ -1,7 +1,7 @@
 """The 79 FathomNet 2025 concepts, their taxonomy, and the competition's hierarchical distance.
 
 The canonical class order everywhere in the project is the competition's category ids 1..79
-(index = category_id - 1). The distance rule is the official metric's (see DESIGN.md section 1):
+(index = category_id - 1). The distance rule is the official metric's (docs/method.md section 1):
 per rank, +2 if both lineages are set and differ, +1 if exactly one is set; +1 for each side of a
 differing pair that sits at a rank outside the seven; an unknown predicted name scores 12.
 """

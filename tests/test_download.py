@@ -224,7 +224,7 @@ def test_real_test_json_structure(shared_data):
         image = coco.images[a["image_id"]]
         x0, y0, x1, y1 = clip_box(a["bbox"], image["width"], image["height"])
         widths.append(x1 - x0)
-    assert 40 <= np.median(widths) <= 70  # DESIGN.md: median test box width 54 px
+    assert 40 <= np.median(widths) <= 70  # the real test set: median box width 54 px
 
 
 def test_clean_run_exits_zero_and_resume_fetches_nothing(tmp_path, capsys):
