@@ -84,7 +84,8 @@ class Plan:
         return PipelineConfig(name=PIPELINE_NAME, train_config=self.train_config, train_overrides=self.recipe(),
                               data_root=str(self.root), solution=str(self.solution), seeds=self.seeds,
                               split_seed=0, rounds=self.rounds, pseudo={"min_votes": self.min_votes},
-                              decoding={"decoders": ["argmax", "vote", "bayes"]}, output_root=str(self.out / "pipeline"),
+                              decoding={"decoders": ["argmax", "vote", "bayes"]},
+                              output_root=str(self.out / "pipeline"),
                               submissions_dir=str(self.out / "submissions"))
 
     def run_dir(self, variant: str, seed: int) -> Path:

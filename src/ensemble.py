@@ -309,7 +309,8 @@ def ensemble_u(preds: EnsemblePredictions, sigma: str) -> np.ndarray:
     return gmu(preds.member_means, sigma=sigma)[1]
 
 
-def taxon_probabilities(probs: np.ndarray, taxonomy: Taxonomy, rank: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def taxon_probabilities(probs: np.ndarray, taxonomy: Taxonomy,
+                        rank: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """The most probable taxon at `rank` per ROI and its probability.
 
     A taxon's probability is the sum of the probabilities of the concepts under it (concepts with no

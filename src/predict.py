@@ -427,9 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     table = prediction_table(preds.mean, taxonomy, distance_matrix(taxonomy), args.confidence)
     table.insert(0, id_column, preds.annotation_id)
     atomic_write_with(Path(args.out), lambda tmp: table.to_csv(tmp, index=False, float_format="%.6f"))
-    sure = table["deepest_sure_rank"].value_counts().reindex(list(RANK_COLUMNS), fill_value=0)
-    print(f"{len(table)} ROIs, {len(members)} member(s) -> {args.out}; deepest rank with p >= {args.confidence}: "
-          + ", ".join(f"{rank} {n}" for rank, n in sure.items()) + f", none {int((table['deepest_sure_rank'] == '').sum())}")
+    sure = table["deepest_sure_rank"].value_counts().reindex([*RANK_COLUMNS, ""], fill_value=0)
+    counts = ", ".join(f"{rank or 'none'} {n}" for rank, n in sure.items())
+    print(f"{len(table)} ROIs, {len(members)} member(s) -> {args.out}; deepest rank with p >= {args.confidence}: {counts}")
     return 0
 
 

@@ -84,3 +84,14 @@ def test_pipeline_help_documents_every_key():
     for key in ("data_root (required)", "seeds = [0, 1, 2]", "pseudo.min_votes", "decoding.decoders",
                 "decoding.sigma", "decoding.diffusion_alpha", "kaggle.competition"):
         assert key in out.stdout, key
+
+
+def test_pipeline_decoders_come_from_one_tuple():
+    from src.ensemble import DECODERS
+    from src.stages.pipeline_config import DecodingConfig, PipelineConfig
+
+    assert tuple(DecodingConfig().decoders) == DECODERS
+    with pytest.raises(ConfigError, match="decoding.decoders"):
+        load_config(PipelineConfig, None, ["data_root=x", "decoding.decoders=[argmax,median]"])
+    with pytest.raises(ConfigError, match="unknown key 'pseudo.sigma'; valid keys here: min_votes, u_threshold"):
+        load_config(PipelineConfig, None, ["data_root=x", "pseudo.sigma=top2_sigma"])

@@ -73,7 +73,8 @@ def test_round_needs_a_pipeline_config(tmp_path):
 def test_stages_print_the_train_model_command():
     for stage, extra, expected in (
             ("train_ensemble", [], "sbatch --array=0-7 train_model.sh cfg/pipeline_wrn_dwce.yaml rounds=3"),
-            ("retrain", ["--round", "2"], "sbatch --array=0-7 train_model.sh cfg/pipeline_wrn_dwce.yaml --round 2 rounds=3")):
+            ("retrain", ["--round", "2"],
+             "sbatch --array=0-7 train_model.sh cfg/pipeline_wrn_dwce.yaml --round 2 rounds=3")):
         out = subprocess.run([sys.executable, "-m", f"src.stages.{stage}", "cfg/pipeline_wrn_dwce.yaml", "rounds=3",
                               *extra, "--print-sbatch"], cwd=REPO, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and out.stdout.strip() == expected, out.stderr

@@ -9,10 +9,10 @@ Writes, under OUT_DIR:
   failures.csv                              every frame or annotation that failed, by id
 
 Context views (3x, 5x the box, the full frame) are cut from the frames by the crop cache
-(src.data.cache), not written here. Resumable: a frame is written under a temporary name and renamed once complete and verified, so a file
-under its final name is whole; existing valid frames and crops are not fetched or cut again.
-Exit status 1 when a frame could not be fetched or decoded; boxes that cannot be cropped (zero area,
-outside the frame) are listed in failures.csv but do not fail the run.
+(src.data.cache), not written here. Resumable: a frame is written under a temporary name and renamed
+once complete and verified, so a file under its final name is whole; existing valid frames and crops
+are not fetched or cut again. Exit status 1 when a frame could not be fetched or decoded; boxes that
+cannot be cropped (zero area, outside the frame) are listed in failures.csv but do not fail the run.
 """
 from __future__ import annotations
 

@@ -155,4 +155,3 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
 def load_taxonomy_and_distance() -> tuple[Taxonomy, np.ndarray]:
     taxonomy = load_taxonomy()
     return taxonomy, distance_matrix(taxonomy)
-

@@ -51,7 +51,8 @@ class PseudoLabelConfig(StrictModel):
 class DecodingConfig(StrictModel):
     """How an ensemble's probabilities become labels (submit, the Kaggle package, src.predict)."""
 
-    decoders: list[Decoder] = Field(list(DECODERS), description=f"decoders to write submissions for: {', '.join(DECODERS)}")
+    decoders: list[Decoder] = Field(list(DECODERS),
+                                    description=f"decoders to write submissions for: {', '.join(DECODERS)}")
     sigma: Sigma = Field("top2_sigma", description="GMU spread: top2_sigma (the team's code) or sigma_at_top2_mu; "
                          "used for the vote decoder's ties and the pseudo-label U")
     diffusion_alpha: float = Field(0.3, ge=0.0, lt=1.0, description="a of the taxonomy diffusion decoder")

@@ -6,8 +6,9 @@ Reads round R-1's members' test_probs.npz and writes round_R/pseudo_labels.csv (
 concept_name, votes, agreement = votes / members, U), stats.json and pseudo_labels.png. Each member's
 label is the argmax of its own head mean; the ensemble label is the mode, ties broken by the members'
 own U; a ROI is kept when at least pseudo.min_votes members agree and the ensemble U (GMU over the
-members' head means, spread convention decoding.sigma) is >= pseudo.u_threshold. Every round is made afresh from the latest ensemble, so a ROI that
-stops passing is dropped and a changed label is updated; the training annotations are never written.
+members' head means, spread convention decoding.sigma) is >= pseudo.u_threshold. Every round is made
+afresh from the latest ensemble, so a ROI that stops passing is dropped and a changed label is updated;
+the training annotations are never written.
 """
 from __future__ import annotations
 
