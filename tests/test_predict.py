@@ -107,3 +107,14 @@ def test_cli_errors(tiny_run, tmp_path, capsys):
     assert main([str(cfg.layout.round_dir(0)), str(tmp_path / "missing.json"), "--out", str(tmp_path / "x.csv")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.parametrize("module", ["src/predict.py", "src/ensemble.py", "src/score.py", "src/manifest.py"])
+def test_the_library_imports_no_application_layer(module):
+    """Inference and ensemble code sit below the stages and the training loop (imports anywhere in the file)."""
+    import ast
+
+    tree = ast.parse((Path(__file__).resolve().parents[1] / module).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {m for m in imported if m and (m == "src.train" or m.startswith("src.stages"))}
