@@ -1,4 +1,7 @@
-"""Train one model from a YAML config: `python main.py CONFIG.yaml [dotted.key=value ...]`."""
+"""Train one model from a YAML config: `python main.py CONFIG.yaml [dotted.key=value ...]`.
+
+Exit codes: 0 done; 2 a bad config or override, missing data, or a run folder that already holds a run
+(the same code as the stages and the scorer use for problems with their inputs)."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +20,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                "  python main.py cfg/wrn_dwce.yaml seed=3 output.run_name=wrn_s3\n"
                "  python main.py cfg/demo_ce.yaml train.epochs=2 train.resume=true\n"
                "  torchrun --nproc_per_node=4 main.py cfg/wrn_dwce.yaml\n\n"
+               "A config file may extend another: `base: demo_wrn_dwce.yaml` (relative to its folder) plus the "
+               "keys that differ.\nExit codes: 0 done; 2 bad config, missing data, or a run folder already in use.\n\n"
                "config keys (section.key = default  # meaning):\n" + describe_config(Config),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML config file (see cfg/)")
@@ -31,12 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from src.train import DataMissingError, train  # torch import after argument checks: fast --help
+    from src.data.training import DataMissingError  # torch import after argument checks: fast --help
+    from src.train import train
     try:
         run_dir = train(cfg)
     except (DataMissingError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     if os.environ.get("RANK", "0") == "0":  # torchrun: one line, from rank 0
         print(run_dir)
     return 0

@@ -7,16 +7,22 @@
 #SBATCH --time=12:00:00
 #SBATCH --requeue
 #
-# Train one model on SLURM (run from the repository root; `mkdir -p outputs/logs` once, SLURM needs it):
-#   sbatch train_model.sh cfg/wrn_dwce.yaml [dotted.key=value ...]
-#   sbatch --array=0-7 train_model.sh cfg/wrn_dwce.yaml      8 seeds: seed=<index>, run <name>_s<index>
-#   sbatch --gres=gpu:4 train_model.sh cfg/wrn_dwce.yaml     several GPUs: torchrun, one process per GPU
-# Runs always pass train.resume=true, so a requeued or re-submitted job continues its run.
+# Train on SLURM (run from the repository root; `mkdir -p outputs/logs` once, SLURM needs it).
+# With a pipeline config (src/stages/pipeline_config.py), array task i trains member seeds[i] of a round
+# exactly where the stages read it, outputs/pipeline/<name>/round_<R>/members/seed_<s>/:
+#   sbatch --array=0-7 train_model.sh cfg/pipeline_wrn_dwce.yaml              round 0 (train_ensemble)
+#   sbatch --array=0-7 train_model.sh cfg/pipeline_wrn_dwce.yaml --round 1    round 1 (retrain; pseudo_label first)
+# (without --array the round's members train one after another). With a training config (src/config.py):
+#   sbatch train_model.sh cfg/wrn_dwce.yaml [dotted.key=value ...]           one model
+#   sbatch --array=0-7 train_model.sh cfg/wrn_dwce.yaml                      8 seeds: seed=<i>, run <name>_s<i>
+# Either way: --gres=gpu:4 runs torchrun, one process per GPU; a requeued or re-submitted job continues
+# (finished members are skipped, an interrupted run resumes from its checkpoint).
 # DRY_RUN=1 bash train_model.sh ... prints the command instead of running it (no SLURM needed).
 # PYTHON overrides the interpreter (default: .venv/bin/python when present).
 set -euo pipefail
 
-usage="usage: sbatch [--array=0-N] train_model.sh CONFIG.yaml [dotted.key=value ...]"
+usage="usage: sbatch [--array=0-N] train_model.sh PIPELINE.yaml [--round R] [dotted.key=value ...]
+       sbatch [--array=0-N] train_model.sh TRAINING.yaml [dotted.key=value ...]"
 if [[ $# -lt 1 || "$1" == -h || "$1" == --help ]]; then
     echo "$usage" >&2
     exit 2
@@ -30,18 +36,57 @@ if [[ ! -f "$config" ]]; then
     exit 2
 fi
 
-overrides=("train.resume=true" "$@")
-if [[ -n "${SLURM_ARRAY_TASK_ID:-}" ]]; then
-    # One seed per array task; the run name gets the seed so the members do not share a folder.
-    run_name=$(basename "$config" .yaml)
-    for arg in "$@"; do
-        [[ "$arg" == output.run_name=* ]] && run_name=${arg#output.run_name=}
-    done
-    overrides+=("seed=$SLURM_ARRAY_TASK_ID" "output.run_name=${run_name}_s${SLURM_ARRAY_TASK_ID}")
+# A pipeline config has top-level keys a training config never has (following `base:` files).
+is_pipeline() {
+    grep -qE '^(name|train_config|train_overrides|data_root|solution|seeds|split_seed|rounds|warm_start|prepare|pseudo|decoding|output_root|submissions_dir|kaggle):' "$1" && return 0
+    local base
+    base=$(sed -nE 's/^base:[[:space:]]*["'\'']?([^"'\''#[:space:]]+).*/\1/p' "$1")
+    [[ -z "$base" ]] && return 1
+    [[ "$base" == /* ]] || base="$(dirname "$1")/$base"
+    [[ -f "$base" ]] && is_pipeline "$base"
+}
+
+round=""
+overrides=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --round) [[ $# -ge 2 ]] || { echo "error: --round needs a number" >&2; exit 2; }; round=$2; shift 2 ;;
+        --round=*) round=${1#--round=}; shift ;;
+        *) overrides+=("$1"); shift ;;
+    esac
+done
+if [[ -n "$round" && ! "$round" =~ ^[0-9]+$ ]]; then
+    echo "error: --round must be a round number, got '$round'" >&2
+    exit 2
 fi
 
 python=${PYTHON:-python}
 [[ -z "${PYTHON:-}" && -x .venv/bin/python ]] && python=.venv/bin/python
+
+if is_pipeline "$config"; then
+    if [[ "${round:-0}" -eq 0 ]]; then
+        target=(-m src.stages.train_ensemble "$config")
+    else
+        target=(-m src.stages.retrain "$config" --round "$round")
+    fi
+    target+=(${overrides[@]+"${overrides[@]}"})
+    [[ -n "${SLURM_ARRAY_TASK_ID:-}" ]] && target+=(--member-index "$SLURM_ARRAY_TASK_ID")
+else
+    if [[ -n "$round" ]]; then
+        echo "error: --round needs a pipeline config; $config is a training config" >&2
+        exit 2
+    fi
+    args=("train.resume=true" ${overrides[@]+"${overrides[@]}"})
+    if [[ -n "${SLURM_ARRAY_TASK_ID:-}" ]]; then
+        # One seed per array task; the run name gets the seed so the runs do not share a folder.
+        run_name=$(basename "$config" .yaml)
+        for arg in ${overrides[@]+"${overrides[@]}"}; do
+            [[ "$arg" == output.run_name=* ]] && run_name=${arg#output.run_name=}
+        done
+        args+=("seed=$SLURM_ARRAY_TASK_ID" "output.run_name=${run_name}_s${SLURM_ARRAY_TASK_ID}")
+    fi
+    target=(main.py "$config" "${args[@]}")
+fi
 
 # GPUs of this job: SLURM's count, else the visible devices.
 gpus=${SLURM_GPUS_ON_NODE:-}
@@ -50,9 +95,9 @@ if [[ -z "$gpus" && -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
     gpus=${#devices[@]}
 fi
 if [[ "${gpus:-0}" -gt 1 ]]; then
-    cmd=("$python" -m torch.distributed.run --standalone "--nproc_per_node=$gpus" main.py "$config" "${overrides[@]}")
+    cmd=("$python" -m torch.distributed.run --standalone "--nproc_per_node=$gpus" "${target[@]}")
 else
-    cmd=("$python" main.py "$config" "${overrides[@]}")
+    cmd=("$python" "${target[@]}")
 fi
 
 if [[ -n "${DRY_RUN:-}" ]]; then

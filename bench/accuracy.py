@@ -28,8 +28,9 @@ import numpy as np
 
 from src.artifacts import atomic_write_json, atomic_write_text
 from src.config import Config, deep_merge, load_yaml, parse_overrides, validate_config
-from src.ensemble import decode_argmax, decode_bayes
-from src.stages.common import decode_ensemble, load_predictions, read_solution_indices
+from src.ensemble import decode_argmax, decode_bayes, decode_ensemble
+from src.score import mean_distance, read_solution
+from src.stages.common import load_predictions
 from src.stages.pipeline_config import PipelineConfig
 from src.taxonomy import distance_matrix, load_taxonomy
 
@@ -83,7 +84,8 @@ class Plan:
         return PipelineConfig(name=PIPELINE_NAME, train_config=self.train_config, train_overrides=self.recipe(),
                               data_root=str(self.root), solution=str(self.solution), seeds=self.seeds,
                               split_seed=0, rounds=self.rounds, pseudo={"min_votes": self.min_votes},
-                              decoders=["argmax", "vote", "bayes"], output_root=str(self.out / "pipeline"),
+                              decoding={"decoders": ["argmax", "vote", "bayes"]},
+                              output_root=str(self.out / "pipeline"),
                               submissions_dir=str(self.out / "submissions"))
 
     def run_dir(self, variant: str, seed: int) -> Path:
@@ -108,13 +110,18 @@ def is_done(run_dir: Path) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- metrics
-def decode_metrics(probs: np.ndarray, truth: np.ndarray, D: np.ndarray) -> dict:
-    """Mean distance and accuracy of argmax and Bayes decoding of (N, C) probabilities."""
+def label_metrics(decoded: dict[str, np.ndarray], truth: np.ndarray, D: np.ndarray) -> dict:
+    """<decoder>_distance and <decoder>_accuracy of each decoder's labels (N,) against the truth (N,)."""
     out = {}
-    for name, pred in (("argmax", decode_argmax(probs)), ("bayes", decode_bayes(probs, D))):
-        out[f"{name}_distance"] = float(D[truth, pred].mean())
+    for name, pred in decoded.items():
+        out[f"{name}_distance"] = mean_distance(truth, pred, D)
         out[f"{name}_accuracy"] = float((truth == pred).mean())
     return out
+
+
+def decode_metrics(probs: np.ndarray, truth: np.ndarray, D: np.ndarray) -> dict:
+    """Mean distance and accuracy of argmax and Bayes decoding of (N, C) probabilities."""
+    return label_metrics({"argmax": decode_argmax(probs), "bayes": decode_bayes(probs, D)}, truth, D)
 
 
 def run_metrics(run_dir: Path, truth_of, taxonomy, D: np.ndarray) -> dict:
@@ -138,11 +145,7 @@ def ensemble_metrics(member_dirs: list[Path], truth_of, taxonomy, D: np.ndarray)
     preds = load_predictions(member_dirs, "test", taxonomy)
     truth = truth_of(preds.annotation_id)
     decoded = decode_ensemble(preds, ["argmax", "vote", "bayes"], taxonomy, "top2_sigma", 0.3)
-    out = {"members": len(member_dirs)}
-    for name, pred in decoded.labels.items():
-        out[f"{name}_distance"] = float(D[truth, pred].mean())
-        out[f"{name}_accuracy"] = float((truth == pred).mean())
-    return out
+    return {"members": len(member_dirs), **label_metrics(decoded.labels, truth, D)}
 
 
 def collect(plan: Plan) -> dict:
@@ -154,7 +157,7 @@ def collect(plan: Plan) -> dict:
     def truth_of(annotation_id: np.ndarray) -> np.ndarray:
         key = annotation_id.tobytes()
         if key not in cache:
-            cache[key] = read_solution_indices(plan.solution, annotation_id, taxonomy)
+            cache[key] = read_solution(plan.solution, annotation_id, taxonomy)
         return cache[key]
 
     singles = {}

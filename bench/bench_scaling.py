@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from bench.common import timed
 from src.config import Config, deep_merge, load_config, parse_overrides, validate_config
-from src.stages.common import member_config
+from src.stages.common import build_member_config
 from src.stages.pipeline_config import load_pipeline_config
 
 DEMO_RECIPE = "cfg/demo_wrn_dwce.yaml"
@@ -38,7 +38,8 @@ def worker_scaling(root: str, batches: int, workers=(0, 1, 2), threads: int = 2)
     from src.losses import build_loss
     from src.models import build_model
     from src.taxonomy import load_taxonomy
-    from src.train import build_datasets, build_optimizer, load_split
+    from src.data.training import build_datasets, load_split
+    from src.train import build_optimizer
 
     cfg = load_config(Config, DEMO_RECIPE, [f"data.root={root}", "data.val_fraction=0", "data.shifted_val=false"])
     torch.set_num_threads(threads)
@@ -77,7 +78,7 @@ def _pipeline_member(root: Path, out: Path, epochs: int = 1, extra: tuple[str, .
     """The first member's training Config of cfg/pipeline_demo.yaml on `root`, cut to `epochs`."""
     pipe = load_pipeline_config(PIPELINE, [f"data_root={root}", f"solution={root / 'solution.csv'}",
                                            f"output_root={out}"])
-    cfg = member_config(pipe, 0, pipe.seeds[0])
+    cfg = build_member_config(pipe, 0, pipe.seeds[0])
     tree = deep_merge(cfg.model_dump(mode="json"), parse_overrides([f"train.epochs={epochs}", "train.progress=false", *extra]))
     return pipe, validate_config(Config, tree, source="pipeline member")
 

@@ -1,8 +1,9 @@
 """Typed configuration: YAML files plus `dotted.key=value` command-line overrides.
 
-Every config section is a `StrictModel` (pydantic, unknown keys forbidden). `load_config` merges
-YAML and overrides, validates once, and turns pydantic's errors into one readable `ConfigError`
-that names the valid keys where a key is unknown or misspelt.
+Every config section is a `StrictModel` (pydantic, unknown keys forbidden). A config file may start
+from another one (`base: demo_wrn_dwce.yaml`, relative to its folder) and hold only what differs.
+`load_config` merges YAML and overrides, validates once, and turns pydantic's errors into one readable
+`ConfigError` that names the valid keys where a key is unknown or misspelt.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 T = TypeVar("T", bound="StrictModel")
+BASE_KEY = "base"  # a config file's key naming the file it extends
 
 
 class ConfigError(ValueError):
@@ -82,8 +84,7 @@ def validate_config(model_cls: type[T], data: dict[str, Any], source: str = "con
         raise ConfigError(f"{source}: " + "; ".join(lines)) from None
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -93,6 +94,30 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return data
+
+
+def config_sources(path: str | Path) -> list[Path]:
+    """The files a config file is made of: its `base:` chain, the deepest base first, the file last."""
+    chain = [Path(path)]
+    while (base := _read_yaml(chain[0]).get(BASE_KEY)) is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{chain[0]}: '{BASE_KEY}' must be a file name, got {base!r}")
+        base_path = chain[0].parent / base
+        if any(base_path.resolve() == p.resolve() for p in chain):
+            raise ConfigError(f"{chain[0]}: '{BASE_KEY}: {base}' makes a cycle")
+        chain.insert(0, base_path)
+    return chain
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file. A top-level `base: OTHER.yaml` (relative to the file's folder) is read
+    first, recursively, and the file's keys are merged over it, so a variant holds only what differs."""
+    tree: dict[str, Any] = {}
+    for source in config_sources(path):
+        data = _read_yaml(source)
+        data.pop(BASE_KEY, None)
+        tree = deep_merge(tree, data)
+    return tree
 
 
 def load_config(model_cls: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:
@@ -247,7 +272,6 @@ def describe_config(model_cls: type[BaseModel] = Config, prefix: str = "") -> st
             lines.append(f"{prefix}{name}:  {annotation.__doc__.strip().splitlines()[0]}")
             lines.append(describe_config(annotation, prefix + name + "."))
         else:
-            default = field.default
-            text = f"  {prefix}{name} = {default!r}"
+            text = f"  {prefix}{name} (required)" if field.is_required() else f"  {prefix}{name} = {field.default!r}"
             lines.append(text + (f"  # {field.description}" if field.description else ""))
     return "\n".join(lines)

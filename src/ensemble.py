@@ -1,7 +1,9 @@
 """Ensemble math on saved probability arrays: GMU, voting, decoders, calibration, taxonomy diffusion.
 
 Everything here is a pure function (arrays in, arrays out, no I/O), so pseudo-labelling and decoding
-run on the members' saved `test_probs.npz` in milliseconds (DESIGN.md sections 2, 3 and 5).
+run on the members' saved `test_probs.npz` in milliseconds (formulas: docs/method.md). The last
+section holds an ensemble's saved predictions (`EnsemblePredictions`) and decodes them with every
+decoder (`decode_ensemble`): the one decoding path of `submit`, the Kaggle notebook and `src.predict`.
 
 Shapes: M models (or heads), N ROIs, C classes in the canonical taxonomy order.
 """
@@ -12,9 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from src.taxonomy import RANKS, Taxonomy
+from src.taxonomy import RANKS, Taxonomy, distance_matrix
 
 SIGMA_CONVENTIONS = ("top2_sigma", "sigma_at_top2_mu")
+DECODERS = ("argmax", "vote", "bayes", "bayes_cal", "diffusion")  # every name decode_ensemble knows
 
 
 def _check_probs(probs: np.ndarray, ndim: int, name: str = "probs") -> np.ndarray:
@@ -57,11 +60,6 @@ def gmu(probs: np.ndarray, sigma: str = "top2_sigma", eps: float = 1e-12) -> tup
     return mu, mu1 * -np.expm1(-score)
 
 
-def member_means(head_probs: np.ndarray) -> np.ndarray:
-    """A model's prediction from its heads: (H, N, C) -> (N, C) mean over heads."""
-    return _check_probs(head_probs, 3, "head_probs").mean(axis=0)
-
-
 def member_labels_and_u(members: list[np.ndarray], sigma: str = "top2_sigma") -> tuple[np.ndarray, np.ndarray]:
     """Per model: label = argmax of its own head mean, U = GMU over its own heads.
 
@@ -79,7 +77,7 @@ def vote(labels: np.ndarray, scores: np.ndarray, num_classes: int | None = None)
     """Majority vote of M models per ROI, ties broken by U.
 
     labels (M, N) int class indices, scores (M, N) each model's own U for its label.
-    Returns (label (N,), agreement (N,) = number of models that voted for the winning label).
+    Returns (label (N,), votes (N,) = number of models that voted for the winning label).
     Tie rule (the paper's "ties broken by U", read as "take the most certain prediction"): among the
     classes with the most votes, the winner is the class whose best voter has the highest U, i.e. the
     max of U over the models voting for it. If that is tied too, the lowest class index wins
@@ -98,9 +96,9 @@ def vote(labels: np.ndarray, scores: np.ndarray, num_classes: int | None = None)
     np.add.at(counts, (rows, labels), 1)
     best_u = np.full((n, num_classes), -np.inf)
     np.maximum.at(best_u, (rows, labels), scores)
-    agreement = counts.max(axis=1)
-    tie_score = np.where(counts == agreement[:, None], best_u, -np.inf)
-    return tie_score.argmax(axis=1), agreement
+    votes = counts.max(axis=1)
+    tie_score = np.where(counts == votes[:, None], best_u, -np.inf)
+    return tie_score.argmax(axis=1), votes
 
 
 # ---------------------------------------------------------------------------------------- decoders
@@ -235,3 +233,94 @@ def diffuse(probs: np.ndarray, graph: TaxonomyGraph, alpha: float = 0.3, operato
 def decode_diffusion(probs: np.ndarray, graph: TaxonomyGraph, alpha: float = 0.3) -> np.ndarray:
     """(N, C) -> (N,) argmax of the diffused concept scores."""
     return diffuse(probs, graph, alpha).argmax(axis=1)
+
+
+# ------------------------------------------------------------------------------ decoding an ensemble
+@dataclass
+class EnsemblePredictions:
+    """Predictions of M members on one split, aligned by annotation id."""
+
+    annotation_id: np.ndarray  # (N,)
+    members: list[np.ndarray]  # M arrays (H_m, N, C) of per-head softmax
+    labels: np.ndarray | None  # (N,) true class index (validation) or None
+
+    @property
+    def member_means(self) -> np.ndarray:
+        """(M, N, C) each member's mean over its heads."""
+        return np.stack([m.mean(axis=0) for m in self.members])
+
+    @property
+    def mean(self) -> np.ndarray:
+        """(N, C) the ensemble prediction: mean over members of their head means."""
+        return self.member_means.mean(axis=0)
+
+
+@dataclass
+class Decoding:
+    """Decoded labels per decoder, the temperature bayes_cal used, and the decoders that could not run."""
+
+    labels: dict[str, np.ndarray]
+    temperature: float | None
+    skipped: dict[str, str]
+
+
+def decode_ensemble(preds: EnsemblePredictions, decoders, taxonomy: Taxonomy, sigma: str, alpha: float,
+                    temperature: float | None = None) -> Decoding:
+    """Decode an ensemble with every named decoder (names from DECODERS).
+
+    argmax: argmax of the ensemble mean; vote: mode of the members' labels, ties by each member's own U
+    (GMU over its heads); bayes: least expected distance under the ensemble mean; bayes_cal: the same
+    after temperature scaling (T fitted on validation, passed in); diffusion: argmax after taxonomy
+    diffusion of the ensemble mean (alpha)."""
+    unknown = [name for name in decoders if name not in DECODERS]
+    if unknown:
+        raise ValueError(f"unknown decoder(s) {unknown}; valid: {', '.join(DECODERS)}")
+    D = distance_matrix(taxonomy)
+    mean = preds.mean
+    out, skipped = {}, {}
+    for name in decoders:
+        if name == "argmax":
+            out[name] = decode_argmax(mean)
+        elif name == "vote":
+            labels, u = member_labels_and_u(preds.members, sigma=sigma)
+            out[name] = vote(labels, u, num_classes=len(taxonomy))[0]
+        elif name == "bayes":
+            out[name] = decode_bayes(mean, D)
+        elif name == "bayes_cal":
+            if temperature is None:
+                skipped[name] = "no validation predictions to fit a temperature on"
+                continue
+            out[name] = decode_bayes(apply_temperature(mean, temperature), D)
+        else:  # diffusion
+            out[name] = decode_diffusion(mean, taxonomy_graph(taxonomy), alpha)
+    return Decoding(out, temperature, skipped)
+
+
+def fit_validation_temperature(val: EnsemblePredictions | None) -> float | None:
+    """Temperature of the ensemble mean fitted on validation NLL, or None without labelled validation."""
+    if val is None or val.labels is None or (val.labels < 0).all():
+        return None
+    keep = val.labels >= 0
+    return fit_temperature(val.mean[keep], val.labels[keep])
+
+
+def ensemble_u(preds: EnsemblePredictions, sigma: str) -> np.ndarray:
+    """(N,) U over the members' head means (the ensemble-level certainty used for thresholds)."""
+    return gmu(preds.member_means, sigma=sigma)[1]
+
+
+def taxon_probabilities(probs: np.ndarray, taxonomy: Taxonomy,
+                        rank: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """The most probable taxon at `rank` per ROI and its probability.
+
+    A taxon's probability is the sum of the probabilities of the concepts under it (concepts with no
+    taxon at that rank, e.g. a genus at rank species, count for none). probs (N, C) ->
+    (taxon index (N,) into the returned taxa, probability (N,), taxa names sorted)."""
+    probs = _check_probs(probs, 2)
+    concept_taxon, taxa = taxonomy.rank_labels(rank)
+    member = np.zeros((probs.shape[1], len(taxa)))
+    has = concept_taxon >= 0
+    member[np.flatnonzero(has), concept_taxon[has]] = 1.0
+    mass = probs @ member  # (N, T)
+    best = mass.argmax(axis=1)
+    return best, mass[np.arange(len(mass)), best], taxa

@@ -4,7 +4,7 @@ Every loss takes logits of shape (B, C) or (H, B, C) (H heads of one model; the 
 over heads and batch) and integer targets (B,) in the canonical class order. All computations run in
 float32 whatever the input dtype (bf16/fp16 autocast outputs are upcast first).
 
-- `DistanceWeightedCE(weight)`: L = -sum_j W[i,j] * (log p_j if j == i else log(1 - p_j)) (DESIGN.md s.2)
+- `DistanceWeightedCE(weight)`: L = -sum_j W[i,j] * (log p_j if j == i else log(1 - p_j)) (docs/method.md, section 2)
 - `CrossEntropy`: plain CE (optional label smoothing)
 - `CEExpectedDistance(D, lam)`: CE + lam * sum_j p_j D[i,j]
 - `SoftLabelCE(D, beta)`: CE against the soft target softmax(-beta * D[i])
@@ -62,7 +62,7 @@ def _as_buffer(matrix) -> torch.Tensor:
 
 
 class DistanceWeightedCE(nn.Module):
-    """Distance-weighted cross-entropy with weight matrix W (C, C), row = true class (DESIGN.md s.2)."""
+    """Distance-weighted cross-entropy with weight matrix W (C, C), row = true class (docs/method.md, section 2)."""
 
     def __init__(self, weight):
         super().__init__()

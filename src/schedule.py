@@ -1,7 +1,7 @@
 """Learning-rate schedule stepped once per batch: linear warm-up, then cosine decay to a floor.
 
 The team's scheduler was sized in batches but stepped once per epoch, so their lr never left the
-warm-up (DESIGN.md s.2); here it is stepped per batch by construction.
+warm-up (docs/method.md section 5); here it is stepped per batch by construction.
 """
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from src.ensemble import decode_bayes
 from src.submission import LabelFileError, read_label_csv
 from src.taxonomy import RANKS, UNKNOWN_NAME_DISTANCE, Taxonomy, distance_matrix, load_taxonomy
 
@@ -24,6 +25,56 @@ def pair_distances(truth_idx: np.ndarray, pred_idx: np.ndarray, D: np.ndarray) -
     """Per-row distance D[truth, pred]; a prediction index of -1 (unknown name) scores 12."""
     padded = np.concatenate([D, np.full((len(D), 1), UNKNOWN_NAME_DISTANCE, dtype=D.dtype)], axis=1)
     return padded[truth_idx, pred_idx]  # index -1 is the last column: the unknown-name column
+
+
+def mean_distance(truth_idx: np.ndarray, pred_idx: np.ndarray, D: np.ndarray) -> float:
+    """The competition metric: mean of D[truth, pred] over the rows (NaN for no rows; pred -1 scores 12).
+
+    Every score of the project (training metrics, pipeline tables, benchmarks) goes through this."""
+    return float(pair_distances(truth_idx, pred_idx, D).mean()) if len(truth_idx) else float("nan")
+
+
+def read_solution(path: str | Path, annotation_id: np.ndarray, taxonomy: Taxonomy) -> np.ndarray:
+    """True class index per annotation id, from a solution CSV (annotation_id and concept_name or name).
+
+    The solution must hold exactly these ids: LabelFileError names the ids missing on either side
+    (a partial overlap is never scored silently), and any unknown concept in the solution."""
+    solution = read_label_csv(path, name_columns=("concept_name", "name"))
+    truth = solution.set_index("annotation_id")["concept_name"]
+    wanted = pd.Index(np.asarray(annotation_id, dtype=np.int64))
+    missing, extra = wanted.difference(truth.index), truth.index.difference(wanted)
+    if len(missing) or len(extra):
+        raise LabelFileError(f"{path}: the solution's annotation ids differ from the {len(wanted)} predicted ones "
+                             f"({len(missing)} missing, e.g. {missing[:3].tolist()}; {len(extra)} extra, "
+                             f"e.g. {extra[:3].tolist()})")
+    idx = taxonomy.indices(truth.reindex(wanted).to_numpy())
+    if (idx < 0).any():
+        raise LabelFileError(f"{path}: the solution names an unknown concept {truth.reindex(wanted)[idx < 0].iloc[0]!r}")
+    return idx
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray, D: np.ndarray,
+                           rank_labels: dict[str, np.ndarray]) -> dict[str, float]:
+    """accuracy, mean distance (argmax and Bayes decoding), per-rank accuracy of probs (N, C) vs labels (N,).
+
+    Per-rank accuracy: predicted and true concepts share the ancestor at that rank, over the samples
+    whose true concept has that rank set."""
+    pred = probs.argmax(axis=1)
+    out = {"accuracy": float((pred == labels).mean()),
+           "distance": mean_distance(labels, pred, D),
+           "distance_bayes": mean_distance(labels, decode_bayes(probs, D), D)}
+    for rank, table in rank_labels.items():
+        truth = table[labels]
+        known = truth >= 0
+        out[f"acc_{rank}"] = float((table[pred][known] == truth[known]).mean()) if known.any() else float("nan")
+    return out
+
+
+def chance_metrics(labels: np.ndarray, D: np.ndarray) -> dict[str, float]:
+    """What guessing scores on these labels: uniform random guess, and the best constant label."""
+    return {"chance_accuracy": 1.0 / len(D),
+            "chance_distance": float(D[labels].mean()),
+            "best_constant_distance": float(D[labels].mean(axis=0).min())}
 
 
 BOOTSTRAP_CHUNK = 1 << 22  # resampled indices held at once (32 MB of int64), whatever N and the row count

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 
 from src.artifacts import atomic_write_with
@@ -104,6 +105,12 @@ def write_submission(path: str | Path, annotation_ids, concept_names) -> Path:
         raise ValueError("write_submission: duplicated annotation ids")
     frame = frame.astype({"annotation_id": "int64"}).sort_values("annotation_id")
     return atomic_write_with(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def labels_frame(annotation_id, labels, taxonomy: Taxonomy) -> pd.DataFrame:
+    """Submission rows (annotation_id, concept_name) of class indices in the taxonomy's order."""
+    return pd.DataFrame({"annotation_id": np.asarray(annotation_id).astype(np.int64),
+                         "concept_name": np.asarray(taxonomy.names, dtype=object)[labels]})
 
 
 def validate_submission(submission: str | Path | pd.DataFrame, expected_ids: Iterable[int] | None = None,

@@ -1,7 +1,7 @@
 """The 79 FathomNet 2025 concepts, their taxonomy, and the competition's hierarchical distance.
 
 The canonical class order everywhere in the project is the competition's category ids 1..79
-(index = category_id - 1). The distance rule is the official metric's (see DESIGN.md section 1):
+(index = category_id - 1). The distance rule is the official metric's (docs/method.md section 1):
 per rank, +2 if both lineages are set and differ, +1 if exactly one is set; +1 for each side of a
 differing pair that sits at a rank outside the seven; an unknown predicted name scores 12.
 """
@@ -63,9 +63,6 @@ class Taxonomy:
         return concepts.get_indexer(pd.Index(np.asarray(list(names) if not hasattr(names, "__len__") else names,
                                                         dtype=object))).astype(np.int64, copy=False)
 
-    def lineage(self, name: str) -> dict[str, str | None]:
-        return dict(zip(RANKS, self.lineages[self.index(name)]))
-
     def ancestor(self, name: str, rank: str) -> str | None:
         """The concept's taxon at `rank` (None where unset)."""
         return self.lineages[self.index(name)][RANKS.index(rank)]
@@ -87,13 +84,6 @@ class Taxonomy:
         taxa = tuple(sorted({t for t in column if t is not None}))
         lookup = {t: i for i, t in enumerate(taxa)}
         return np.array([lookup.get(t, -1) if t else -1 for t in column], dtype=np.int64), taxa
-
-    def parent(self, name: str) -> str | None:
-        """The nearest ancestor taxon above the concept itself (None for a kingdom)."""
-        lineage = self.lineages[self.index(name)]
-        deepest = lineage.index(name) if name in lineage else len(RANKS)
-        above = [t for t in lineage[:deepest] if t is not None]
-        return above[-1] if above else None
 
 
 def load_taxonomy(path: str | Path = DEFAULT_TAXONOMY_PATH) -> Taxonomy:

@@ -1,4 +1,5 @@
-"""Shared test fixtures: the repository root and the real competition data beside it (optional)."""
+"""Shared test fixtures: the repository root, the real competition data beside it (optional), and a tiny
+finished pipeline run with its Kaggle package."""
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,26 @@ def tiny_taxonomy():
         "Q q": ("K", "P2", "C3", "O3", "F3", "Q", "Q q"),
     }
     return Taxonomy(names=tuple(lineages), category_ids=tuple(range(1, 7)), lineages=tuple(lineages.values()))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished tiny pipeline run and its package, nested like a Kaggle input folder (made once per session).
+
+    The 'tiny' generated benchmark, cfg/demo_tiny.yaml (WRN-10-1, 16 px, 2 heads) for 2 epochs, 2 seeds,
+    1 self-training round, every decoder. Returns (PipelineConfig, the package's parent folder)."""
+    from src.stages.package import package
+    from src.stages.pipeline import run_pipeline
+    from src.stages.pipeline_config import PipelineConfig
+
+    base = tmp_path_factory.mktemp("tiny_pipeline")
+    data = base / "data"
+    cfg = PipelineConfig(
+        name="tiny", train_config=str(REPO_ROOT / "cfg" / "demo_tiny.yaml"),
+        train_overrides={"train": {"epochs": 2, "progress": False}},
+        data_root=str(data), solution=str(data / "solution.csv"),
+        prepare={"synthetic_preset": "tiny", "synthetic_seed": 0}, seeds=[0, 1], rounds=1, pseudo={"min_votes": 1},
+        output_root=str(base / "out"), submissions_dir=str(base / "submissions"))
+    run_pipeline(cfg)
+    package(cfg, base / "kaggle_input" / "fathomnet-ensemble" / "package", decoder="argmax")
+    return cfg, base / "kaggle_input" / "fathomnet-ensemble"

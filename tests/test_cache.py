@@ -62,9 +62,6 @@ def test_views_layout_and_index(tmp_path):
     assert (ctx3[:7] == 60).all()
     assert (frame[:3] == 0).all() and (frame[4:20, 1:23] != 0).any()  # 4:3 frame padded to a square
     np.testing.assert_array_equal(cache.crops[0, 2], cache.crops[1, 2])  # same frame view for both boxes
-    assert cache.view_indices(["frame", "roi"]) == [2, 0]
-    with pytest.raises(ValueError, match="not in the cache"):
-        cache.view_indices(["ctx5"])
 
 
 def test_rebuilds_when_inputs_or_parameters_change(tmp_path):

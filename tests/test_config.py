@@ -36,6 +36,10 @@ def test_baseline_configs_differ_only_in_the_loss():
     for name in losses:
         other = load_config(Config, REPO / "cfg" / f"{name}.yaml").model_dump()
         assert {k for k in base if base[k] != other[k]} <= {"loss", "output"}, name
+        if name != "demo_wrn_dwce":  # a variant states only what differs from its base
+            lines = [line for line in (REPO / "cfg" / f"{name}.yaml").read_text().splitlines()
+                     if line.strip() and not line.startswith("#")]
+            assert lines[0] == "base: demo_wrn_dwce.yaml" and len(lines) <= 4, name
 
 
 def test_overrides_are_typed():
@@ -71,3 +75,23 @@ def test_help_documents_every_section():
         assert key in text
     out = subprocess.run([sys.executable, "main.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "train.max_epochs_this_run" in out.stdout and "torchrun" in out.stdout
+
+
+def test_pipeline_help_documents_every_key():
+    out = subprocess.run([sys.executable, "-m", "src.stages.pipeline", "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0
+    for key in ("data_root (required)", "seeds = [0, 1, 2]", "pseudo.min_votes", "decoding.decoders",
+                "decoding.sigma", "decoding.diffusion_alpha", "kaggle.competition"):
+        assert key in out.stdout, key
+
+
+def test_pipeline_decoders_come_from_one_tuple():
+    from src.ensemble import DECODERS
+    from src.stages.pipeline_config import DecodingConfig, PipelineConfig
+
+    assert tuple(DecodingConfig().decoders) == DECODERS
+    with pytest.raises(ConfigError, match="decoding.decoders"):
+        load_config(PipelineConfig, None, ["data_root=x", "decoding.decoders=[argmax,median]"])
+    with pytest.raises(ConfigError, match="unknown key 'pseudo.sigma'; valid keys here: min_votes, u_threshold"):
+        load_config(PipelineConfig, None, ["data_root=x", "pseudo.sigma=top2_sigma"])

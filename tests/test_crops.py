@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from src.data.crops import (BadBoxError, clip_box, context_window, crop_padded, extract_views, fit_square,
-                            parse_view, resize_max_side, square_view, view_pixels, window_square)
+                            parse_view, square_view, view_pixels, window_square)
 
 
 def test_clip_box_rounds_outwards_and_clips_to_frame():
@@ -50,12 +50,6 @@ def test_fit_square_pads_instead_of_squashing():
     assert len(white_cols) == 5 and white_cols[0] == 7  # 10/40 of the width, centred
     assert (out[:, :7] == 0).all() and (out[:, 12:] == 0).all()
     assert (out[:, 7:12] == 255).all()  # full height kept
-
-
-def test_resize_max_side_only_shrinks():
-    image = np.zeros((30, 60, 3), np.uint8)
-    assert resize_max_side(image, 100) is image
-    assert resize_max_side(image, 20).shape == (10, 20, 3)
 
 
 def test_window_square_matches_the_naive_padded_crop():

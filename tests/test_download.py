@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from src.data.coco import image_filename, load_coco
-from src.data.crops import clip_box, view_pixels
+from src.data.crops import clip_box
 from src.data.download import FetchOptions, download_complete, download_split, main
 
 FAST = FetchOptions(timeout=0.4, retries=2, backoff=0.01)
@@ -201,7 +201,7 @@ def test_downloads_through_faults_then_resumes(tmp_path):
         assert (out / "rois" / "1_1.png").is_file() and (out / "rois" / "6_11.png").is_file()
 
 
-def test_file_urls_bad_images_and_context(tmp_path):
+def test_file_urls_and_bad_images(tmp_path):
     source = tmp_path / "frames"
     source.mkdir()
     base = frame(1)
@@ -223,8 +223,7 @@ def test_file_urls_bad_images_and_context(tmp_path):
     coco = write_coco(tmp_path / "test.json", urls, boxes, labelled=False)
     out = tmp_path / "test"
 
-    status = main([str(coco), str(out), "-n", "3", "--retries", "1", "--backoff", "0.01", "--context",
-                   "--full-frame", "--context-size", "32", "--no-progress"])
+    status = main([str(coco), str(out), "-n", "3", "--retries", "1", "--backoff", "0.01", "--no-progress"])
     assert status == 1  # truncated.jpg and garbage.png are not whole images, absent.png is absent
     table = pd.read_csv(out / "annotations.csv", keep_default_na=False).set_index("annotation_id")
     assert (table["label"] == "").all() and (table["category_id"] == "").all()
@@ -232,8 +231,6 @@ def test_file_urls_bad_images_and_context(tmp_path):
         row = table[(table["image_id"] == image_id)].iloc[0]
         roi = Image.open(out / row["path"])
         assert roi.mode == "RGB" and roi.size == (20, 10)
-        assert (out / row["ctx3_path"]).is_file() and Image.open(out / row["ctx5_path"]).size == (32, 32)
-        assert Image.open(out / row["frame_path"]).size == (32, 32)
     red = np.asarray(Image.open(out / table.loc[1, "path"]))
     assert (red == (250, 10, 10)).all()
     assert "zero-area" in table.loc[2, "problem"] and "outside" in table.loc[3, "problem"]
@@ -269,7 +266,7 @@ def test_real_test_json_structure(shared_data):
         image = coco.images[a["image_id"]]
         x0, y0, x1, y1 = clip_box(a["bbox"], image["width"], image["height"])
         widths.append(x1 - x0)
-    assert 40 <= np.median(widths) <= 70  # DESIGN.md: median test box width 54 px
+    assert 40 <= np.median(widths) <= 70  # the real test set: median box width 54 px
 
 
 def test_clean_run_exits_zero_and_resume_fetches_nothing(tmp_path, capsys):
@@ -349,16 +346,14 @@ def test_an_http_frame_is_reused_only_while_its_validators_match(tmp_path):
 def test_a_changed_box_is_cut_again(tmp_path):
     # case 2b: annotations.csv and rois/<id>.png must agree after the COCO file changes
     coco, out = file_coco(tmp_path, {1: 1}, {1: [[10, 10, 20, 10]]}), tmp_path / "out"
-    assert run_quiet(coco, out, "--context", "3", "--context-size", "0") == 0
+    assert run_quiet(coco, out) == 0
     data = json.loads(coco.read_text())
     data["annotations"][0]["bbox"] = BOX
     coco.write_text(json.dumps(data))
-    assert run_quiet(coco, out, "--context", "3", "--context-size", "0") == 0
+    assert run_quiet(coco, out) == 0
     table = pd.read_csv(out / "annotations.csv", keep_default_na=False)
     assert table.loc[0, ["bbox_x", "bbox_y", "bbox_w", "bbox_h"]].tolist() == BOX
     np.testing.assert_array_equal(read_png(out / "rois" / "1_1.png"), roi_of(1))
-    np.testing.assert_array_equal(read_png(out / "context" / "1_1_ctx3.png"),
-                                  view_pixels(frame(1), clip_box(BOX, 64, 48), "ctx3"))
 
 
 def test_file_names_differing_only_by_folder_get_two_local_frames(tmp_path):

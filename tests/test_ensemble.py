@@ -6,8 +6,9 @@ import pytest
 from scipy.sparse.csgraph import connected_components
 
 from src.ensemble import (
-    apply_temperature, decode_argmax, decode_bayes, decode_diffusion, diffuse, diffusion_operator,
-    expected_distance, fit_temperature, gmu, member_labels_and_u, nll, taxonomy_graph, vote,
+    DECODERS, EnsemblePredictions, apply_temperature, decode_argmax, decode_bayes, decode_diffusion, decode_ensemble,
+    diffuse, diffusion_operator, expected_distance, fit_temperature, gmu, member_labels_and_u, nll, taxonomy_graph,
+    vote,
 )
 from src.taxonomy import distance_matrix, load_taxonomy
 
@@ -59,12 +60,12 @@ def test_member_labels_use_each_models_own_head_mean():
     assert U.shape == (2, 1) and U[1, 0] == pytest.approx(0.8)
 
 
-def test_vote_majority_and_agreement():
+def test_vote_majority_and_vote_counts():
     labels = np.array([[2, 0, 1], [2, 1, 1], [0, 1, 1]])
     scores = np.full(labels.shape, 0.5)
-    label, agreement = vote(labels, scores, num_classes=3)
+    label, votes = vote(labels, scores, num_classes=3)
     assert label.tolist() == [2, 1, 1]
-    assert agreement.tolist() == [2, 2, 3]
+    assert votes.tolist() == [2, 2, 3]
 
 
 def test_vote_ties_are_broken_by_u_not_by_order_or_index():
@@ -72,19 +73,19 @@ def test_vote_ties_are_broken_by_u_not_by_order_or_index():
     # the lower index and the first model voted for it
     labels = np.array([[1], [3], [1], [3]])
     scores = np.array([[0.6], [0.9], [0.7], [0.1]])
-    label, agreement = vote(labels, scores, num_classes=5)
-    assert label.tolist() == [3] and agreement.tolist() == [2]
+    label, votes = vote(labels, scores, num_classes=5)
+    assert label.tolist() == [3] and votes.tolist() == [2]
     # flip the certainty: class 1 wins
     label, _ = vote(labels, np.array([[0.6], [0.5], [0.95], [0.1]]), num_classes=5)
     assert label.tolist() == [1]
     # a class with fewer votes never wins however certain
-    label, agreement = vote(np.array([[0], [0], [2]]), np.array([[0.1], [0.1], [0.99]]), num_classes=3)
-    assert label.tolist() == [0] and agreement.tolist() == [2]
+    label, votes = vote(np.array([[0], [0], [2]]), np.array([[0.1], [0.1], [0.99]]), num_classes=3)
+    assert label.tolist() == [0] and votes.tolist() == [2]
 
 
 def test_vote_full_tie_of_u_falls_back_to_lowest_index():
-    label, agreement = vote(np.array([[4], [2]]), np.array([[0.5], [0.5]]), num_classes=5)
-    assert label.tolist() == [2] and agreement.tolist() == [1]
+    label, votes = vote(np.array([[4], [2]]), np.array([[0.5], [0.5]]), num_classes=5)
+    assert label.tolist() == [2] and votes.tolist() == [1]
 
 
 def test_vote_rejects_mismatched_shapes():
@@ -164,3 +165,18 @@ def test_diffusion_properties():
     assert decode_diffusion(p, g)[0] == tax.index("Sebastes diploproa")
     with pytest.raises(ValueError, match="alpha"):
         diffusion_operator(g, 1.0)
+
+
+def test_decode_ensemble_knows_every_decoder_and_rejects_others():
+    tax = load_taxonomy()
+    rng = np.random.default_rng(0)
+    members = [rng.dirichlet(np.ones(len(tax)), size=(2, 6)) for _ in range(3)]
+    preds = EnsemblePredictions(np.arange(6), members, None)
+    decoded = decode_ensemble(preds, DECODERS, tax, "top2_sigma", 0.3, temperature=None)
+    assert set(decoded.labels) == set(DECODERS) - {"bayes_cal"} and "bayes_cal" in decoded.skipped
+    graph = taxonomy_graph(tax)
+    assert (decoded.labels["diffusion"] == diffuse(preds.mean, graph, 0.3).argmax(axis=1)).all()
+    assert (decode_ensemble(preds, ["bayes_cal"], tax, "top2_sigma", 0.3, 1.0).labels["bayes_cal"]
+            == decoded.labels["bayes"]).all()  # T = 1 changes nothing
+    with pytest.raises(ValueError, match="unknown decoder"):
+        decode_ensemble(preds, ["median"], tax, "top2_sigma", 0.3)

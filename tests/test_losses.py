@@ -28,7 +28,7 @@ def _inputs(b=5, scale=3.0, seed=0, heads=None):
 
 
 def direct_dwce(logits, targets, W):
-    """The DESIGN.md formula, literally, in float64."""
+    """The DW-CE formula of docs/method.md, literally, in float64."""
     p = torch.softmax(logits, dim=-1)
     total = 0.0
     for n in range(len(targets)):

@@ -1,8 +1,6 @@
-"""The notebooks run top to bottom against a tiny pipeline run (made once per session), and the Kaggle
-submission notebook, fed the packaged ensemble, writes the very CSV that `submit` writes.
-
-Tiny run: the 'tiny' generated benchmark, cfg/demo_tiny.yaml (WRN-10-1, 16 px, 2 heads) for 2 epochs,
-2 seeds, 1 self-training round, every decoder. Notebooks execute with nbclient on the python3 kernel.
+"""The notebooks run top to bottom against a tiny pipeline run (the `tiny_run` fixture of conftest.py), and
+the Kaggle submission notebook, fed the packaged ensemble, writes the very CSV that `submit` writes.
+Notebooks execute with nbclient on the python3 kernel.
 """
 from pathlib import Path
 
@@ -13,31 +11,13 @@ from nbclient import NotebookClient
 
 from src.predict import decode_predictions, predict_ensemble
 from src.stages.common import load_predictions
-from src.stages.package import package, read_package
-from src.stages.pipeline import run_pipeline
-from src.stages.pipeline_config import PipelineConfig
+from src.manifest import read_package
 from src.submission import write_submission
 from src.taxonomy import load_taxonomy
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 NAMES = ("explore.ipynb", "results.ipynb", "kaggle_submission.ipynb")
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> tuple[PipelineConfig, Path]:
-    """A finished tiny pipeline run and its package, nested like a Kaggle input folder."""
-    base = tmp_path_factory.mktemp("tiny_pipeline")
-    data = base / "data"
-    cfg = PipelineConfig(
-        name="tiny", train_config=str(REPO / "cfg" / "demo_tiny.yaml"),
-        train_overrides={"train": {"epochs": 2, "progress": False}},
-        data_root=str(data), solution=str(data / "solution.csv"),
-        prepare={"synthetic_preset": "tiny", "synthetic_seed": 0}, seeds=[0, 1], rounds=1, pseudo={"min_votes": 1},
-        output_root=str(base / "out"), submissions_dir=str(base / "submissions"))
-    run_pipeline(cfg)
-    package(cfg, base / "kaggle_input" / "fathomnet-ensemble" / "package", decoder="argmax")
-    return cfg, base / "kaggle_input" / "fathomnet-ensemble"
 
 
 def run_notebook(name: str, cwd: Path, **params) -> str:
@@ -100,7 +80,7 @@ def test_packaged_predictions_reproduce_every_decoder(tiny_run, tmp_path):
     for ours, theirs in zip(preds.members, saved.members):
         assert (ours == theirs).all()  # bit-identical probabilities
     distinct = set()
-    for decoder in cfg.decoders:
+    for decoder in cfg.decoding.decoders:
         rows = decode_predictions(preds, decoder, manifest["decoding"], taxonomy)
         path = write_submission(tmp_path / f"{decoder}.csv", rows["annotation_id"], rows["concept_name"])
         assert path.read_bytes() == cfg.layout.submission(decoder).read_bytes(), decoder

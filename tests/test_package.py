@@ -13,8 +13,10 @@ from src.config import Config, config_to_yaml, load_config
 from src.models import build_model
 from src.predict import load_member, predict_crops
 from src.stages import package as package_stage
-from src.stages.common import StageError, fit_validation_temperature, load_predictions
-from src.stages.package import find_manifest, package, read_package
+from src.ensemble import fit_validation_temperature
+from src.stages.common import StageError, load_predictions
+from src.manifest import find_manifest, read_package
+from src.stages.package import package
 from src.stages.pipeline_config import PipelineConfig, load_pipeline_config
 from src.taxonomy import load_taxonomy
 
@@ -65,7 +67,7 @@ def test_package_holds_members_code_and_manifest(cfg, tmp_path):
     assert root == out and cfg.layout.root.exists()
     assert tree_digest(cfg.layout.root) == run_before  # inputs untouched
     assert [m["seed"] for m in manifest["members"]] == [3, 4] and manifest["round"] == 1
-    assert manifest["decoder"] == "bayes" and manifest["decoders"] == cfg.decoders
+    assert manifest["decoder"] == "bayes" and manifest["decoders"] == cfg.decoding.decoders
     members = [cfg.layout.member_dir(1, s) for s in cfg.seeds]
     assert manifest["decoding"]["temperature"] == fit_validation_temperature(load_predictions(members, "val", TAX))
     assert json.loads((out / "classes.json").read_text()) == list(TAX.names)
@@ -112,7 +114,7 @@ def test_package_never_overwrites_and_leaves_nothing_half_made(cfg, tmp_path, mo
 ])
 def test_package_errors_are_clear(tmp_path, problem, message):
     cfg = PipelineConfig(name="e", data_root=str(tmp_path / "data"), seeds=[0], rounds=0,
-                         output_root=str(tmp_path / "out"), decoders=["bayes", "bayes_cal"])
+                         output_root=str(tmp_path / "out"), decoding={"decoders": ["bayes", "bayes_cal"]})
     fake_member(cfg.layout.member_dir(0, 0), 0, with_val=problem != "no_val")
     kwargs = {"decoder": "bayes_cal" if problem == "no_val" else "vote" if problem == "decoder" else None,
               "kaggle_id": "no-slash" if problem == "kaggle_id" else None}

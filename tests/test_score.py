@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.score import bootstrap_interval, main, pair_distances, score_files, score_frames
+from src.score import bootstrap_interval, main, mean_distance, pair_distances, read_solution, score_files, score_frames
 from src.submission import LabelFileError
 from src.taxonomy import distance, distance_matrix, load_taxonomy
 
@@ -165,3 +165,24 @@ def test_a_folder_is_not_called_missing(tmp_path, capsys):
     sol = write(tmp_path, "sol.csv", "annotation_id,concept_name\n1,Sebastes\n")
     assert main([str(sol), str(tmp_path)]) == 2
     assert "is a folder, not a CSV file" in capsys.readouterr().err
+
+
+def test_mean_distance_is_the_metric(tmp_path):
+    truth, pred = np.array([0, 5, 9]), np.array([0, 7, -1])
+    assert mean_distance(truth, pred, D) == pytest.approx((0 + D[5, 7] + 12) / 3)
+    assert np.isnan(mean_distance(truth[:0], pred[:0], D))
+    sub = frame([3, 1, 2], [TAX.names[0], TAX.names[5], TAX.names[9]])
+    assert score_frames(frame([1, 2, 3], [TAX.names[t] for t in (0, 5, 9)]), sub, TAX)["score"] == \
+        mean_distance(np.array([0, 5, 9]), np.array([5, 9, 0]), D)
+
+
+def test_read_solution_never_scores_a_partial_overlap(tmp_path):
+    path = write(tmp_path, "solution.csv", f"annotation_id,name\n3,{TAX.names[2]}\n1,{TAX.names[0]}\n2,Porifera\n")
+    assert read_solution(path, np.array([2, 3, 1]), TAX).tolist() == [TAX.index("Porifera"), 2, 0]
+    with pytest.raises(LabelFileError, match="1 missing"):
+        read_solution(path, np.array([1, 2, 3, 4]), TAX)
+    with pytest.raises(LabelFileError, match="1 extra"):
+        read_solution(path, np.array([1, 2]), TAX)
+    bad = write(tmp_path, "bad.csv", "annotation_id,concept_name\n1,Nessie\n")
+    with pytest.raises(LabelFileError, match="unknown concept 'Nessie'"):
+        read_solution(bad, np.array([1]), TAX)

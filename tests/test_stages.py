@@ -169,7 +169,7 @@ def test_submit_writes_valid_csvs_and_a_decoder_table(cfg, capsys):
     trainer = FakeTrainer()
     train_ensemble(cfg, trainer)
     rows = submit_stage.submit(cfg, r=0)
-    assert [row["decoder"] for row in rows] == cfg.decoders
+    assert [row["decoder"] for row in rows] == cfg.decoding.decoders
     solution = read_label_csv(cfg.solution)
     for row in rows:
         path = cfg.layout.submission(row["decoder"])
@@ -181,7 +181,7 @@ def test_submit_writes_valid_csvs_and_a_decoder_table(cfg, capsys):
     # ROIs 20..29 (members disagree, member 0 right) cost distance under voting ties unless U picks member 0
     assert by["argmax"]["test_score"] >= 0 and by["vote"]["test_accuracy"] >= 2 / 3
     table = (cfg.layout.submit_dir / "scores.md").read_text()
-    assert all(f"| {d} |" in table for d in cfg.decoders) and "temperature" in table
+    assert all(f"| {d} |" in table for d in cfg.decoding.decoders) and "temperature" in table
     assert json.loads((cfg.layout.submit_dir / "scores.json").read_text())["round"] == 0
 
 
@@ -220,7 +220,7 @@ def test_pipeline_resumes_after_a_kill_and_summarises(cfg, capsys):
     assert [row["round"] for row in rounds] == [0, 1, 2]
     assert rounds[1]["pseudo_labels"] == 20 and rounds[2]["pseudo_labels"] == 20
     assert rounds[2]["pseudo_accuracy"] == pytest.approx(0.85)
-    assert all(f"test_{d}" in rounds[0] and f"val_{d}" in rounds[0] for d in cfg.decoders)
+    assert all(f"test_{d}" in rounds[0] and f"val_{d}" in rounds[0] for d in cfg.decoding.decoders)
     saved = (cfg.layout.root / "summary.md").read_text()
     assert "| round |" in saved and "Time per step" in saved
     assert json.loads((cfg.layout.root / "summary.json").read_text())["rounds"][2]["pseudo_labels"] == 20

@@ -9,11 +9,13 @@ import pytest
 import torch
 
 import src.train as train_module
+from src.checkpoint import config_differences
 from src.config import Config, load_config
+from src.data.training import DataMissingError, build_datasets, load_split
 from src.ensemble import decode_bayes
+from src.score import classification_metrics
 from src.taxonomy import load_taxonomy
-from src.train import (DataMissingError, TrainingDiverged, build_datasets, classification_metrics,
-                       config_differences, load_split, train)
+from src.train import TrainingDiverged, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = {"epoch_seconds", "train_img_per_s"}
@@ -146,7 +148,7 @@ def test_main_reports_missing_data_and_bad_keys(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "main.py", *a], cwd=REPO, capture_output=True, text=True,  # noqa: E731
                                     env=env, timeout=120)
     missing = run("cfg/wrn_dwce.yaml", f"data.root={tmp_path / 'fathomnet2025'}")
-    assert missing.returncode == 1 and "python -m src.data.download" in missing.stderr
+    assert missing.returncode == 2 and "python -m src.data.download" in missing.stderr
     bad = run("cfg/demo_tiny.yaml", "optim.lrate=1")
     assert bad.returncode == 2 and "valid keys here" in bad.stderr and "weight_decay" in bad.stderr
 

@@ -52,13 +52,6 @@ class CropCache:
     def __len__(self) -> int:
         return len(self.index)
 
-    def view_indices(self, views) -> list[int]:
-        """Positions of the named views along axis 1; ValueError naming the views that are cached."""
-        missing = [v for v in views if v not in self.views]
-        if missing:
-            raise ValueError(f"views {missing} are not in the cache (it has {list(self.views)})")
-        return [self.views.index(v) for v in views]
-
     @property
     def labels(self) -> np.ndarray:
         return self.index["label"].to_numpy(np.int64)

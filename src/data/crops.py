@@ -71,16 +71,6 @@ def crop_padded(image: np.ndarray, window: Box, fill: int = DEFAULT_FILL) -> np.
     return out
 
 
-def resize_max_side(image: np.ndarray, max_side: int) -> np.ndarray:
-    """Shrink so the long side is at most `max_side` (aspect kept); smaller images are returned as is."""
-    h, w = image.shape[:2]
-    if max(h, w) <= max_side:
-        return image
-    scale = max_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
 def fit_square(image: np.ndarray, size: int, fill: int = DEFAULT_FILL) -> np.ndarray:
     """Resize so the long side is `size`, then pad the short side (centred): (size, size, C), no squashing."""
     h, w = image.shape[:2]

@@ -1,17 +1,17 @@
 """Fetch the frames of a COCO file and cut one ROI crop per annotation.
 
-    python -m src.data.download ROOT/dataset_train.json ROOT/train [-n 16] [--context 3 5 --full-frame]
+    python -m src.data.download ROOT/dataset_train.json ROOT/train [-n 16]
 
 Writes, under OUT_DIR:
   images/<file_name>                        every frame's coco_url (http, https or file://); images whose
                                             file names clash (cam1/x.png, cam2/x.png) get <id>_x.png
   rois/<image_id>_<annotation_id>.png       the clipped box pixels (native size and aspect)
-  context/<image_id>_<annotation_id>_ctx<k>.png, context/<image_id>_frame.png   with --context/--full-frame
   annotations.csv                           one row per annotation (problem column says why a row has no crop)
   failures.csv                              every frame or annotation that failed, by id
   manifest.json                             what each frame was fetched from and each crop was cut from
 
-Each frame is fetched and then cut at once. A frame is written under a temporary name and renamed once
+Context views (3x, 5x the box, the full frame) are cut from the frames by the crop cache
+(src.data.cache), not written here. Each frame is fetched and then cut at once. A frame is written under a temporary name and renamed once
 fully decoded. A resume reuses a frame only while it matches both its manifest record and its source
 (size and mtime for file://; ETag, Last-Modified and Content-Length from a HEAD request for http; a
 source that cannot be reached keeps the local copy, with a warning), and a crop only while its frame,
@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 from src.artifacts import atomic_path, atomic_write_bytes, atomic_write_text, atomic_write_with, remove_stale_temps
 from src.data.coco import Coco, ImageDecodeError, decode_check, load_coco, read_rgb
-from src.data.crops import BadBoxError, clip_box, fit_square, resize_max_side, view_pixels
+from src.data.crops import BadBoxError, clip_box, view_pixels
 
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 CHUNK = 1 << 16
@@ -356,10 +356,9 @@ def _image_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def _crop_signature(frame: os.stat_result, bbox, column: str, context_size: int) -> str:
-    """What a crop file was cut from: the frame file (size, mtime), the box (not for the whole frame), the size."""
-    key = [frame.st_size, frame.st_mtime_ns, None if column == "frame_path" else bbox, column,
-           None if column == "path" else context_size]
+def _crop_signature(frame: os.stat_result, bbox) -> str:
+    """What a ROI crop was cut from: the frame file (size, mtime) and the box."""
+    key = [frame.st_size, frame.st_mtime_ns, bbox, "path", None]
     return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:16]
 
 
@@ -377,9 +376,8 @@ def _annotation_rows(image_id: int, image: dict | None, annotations: list[dict],
 
 
 def crop_frame(out_dir: Path, image_id: int, image: dict, annotations: list[dict], coco: Coco,
-               context: tuple[float, ...] = (), full_frame: bool = False, context_size: int = 256,
                recorded: Mapping[str, str] | None = None) -> tuple[list[dict], dict[str, str]]:
-    """Cut ROI (and context) crops of one frame's annotations.
+    """Cut the ROI crops of one frame's annotations.
 
     Returns one annotations.csv row per annotation and the signature of every crop file of the rows
     (see _crop_signature). An existing crop file is kept only when `recorded` (path -> signature, from
@@ -394,13 +392,8 @@ def crop_frame(out_dir: Path, image_id: int, image: dict, annotations: list[dict
         return _annotation_rows(image_id, image, annotations, coco, "frame not downloaded"), {}
 
     def outputs(row, bbox) -> dict[str, tuple[Path, str]]:
-        stem = f"{image_id}_{row['annotation_id']}"
-        paths = {"path": out_dir / "rois" / f"{stem}.png"}
-        for k in context:
-            paths[f"ctx{k:g}_path"] = out_dir / "context" / f"{stem}_ctx{k:g}.png"
-        if full_frame:
-            paths["frame_path"] = out_dir / "context" / f"{image_id}_frame.png"
-        return {c: (p, _crop_signature(frame_stat, bbox, c, context_size)) for c, p in paths.items()}
+        path = out_dir / "rois" / f"{image_id}_{row['annotation_id']}.png"
+        return {"path": (path, _crop_signature(frame_stat, bbox))}
 
     signatures: dict[str, str] = {}
 
@@ -439,14 +432,7 @@ def crop_frame(out_dir: Path, image_id: int, image: dict, annotations: list[dict
             rel = path.relative_to(out_dir).as_posix()
             row[column] = rel
             if not kept(path, signature):
-                if column == "path":
-                    crop = view_pixels(rgb, box, "roi")
-                elif column == "frame_path":
-                    crop = fit_square(rgb, context_size) if context_size else rgb
-                else:
-                    crop = view_pixels(rgb, box, column[:-len("_path")])
-                    crop = resize_max_side(crop, context_size) if context_size else crop
-                _write_png(path, crop)
+                _write_png(path, view_pixels(rgb, box, "roi"))
             signatures[rel] = signature
     return rows, signatures
 
@@ -464,38 +450,36 @@ def _group_annotations(coco: Coco) -> tuple[dict[int, list[dict]], list[dict]]:
     return by_image, orphans
 
 
-def _annotations_table(rows: list[dict], context: tuple[float, ...], full_frame: bool) -> pd.DataFrame:
+def _annotations_table(rows: list[dict]) -> pd.DataFrame:
     columns = ["annotation_id", "image_id", "path", "label", "category_id", "bbox_x", "bbox_y", "bbox_w",
                "bbox_h", "frame_w", "frame_h", "problem"]
-    columns += [f"ctx{k:g}_path" for k in context] + (["frame_path"] if full_frame else [])
     table = pd.DataFrame(rows, columns=columns).sort_values("annotation_id", kind="stable")
     table["category_id"] = table["category_id"].astype("Int64")
     return table.reset_index(drop=True)
 
 
-def _make_folders(out_dir: Path, context: bool) -> None:
+def _make_folders(out_dir: Path) -> None:
     """Create the output folders, check they are writable (before anything is fetched) and remove the
     temporary files a killed run left in them."""
-    for folder in (out_dir, out_dir / "images", out_dir / "rois") + ((out_dir / "context",) if context else ()):
+    for folder in (out_dir, out_dir / "images", out_dir / "rois"):
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
         remove_stale_temps(folder)
 
 
-def crop_all(coco: Coco, out_dir: Path, context: tuple[float, ...] = (), full_frame: bool = False,
-             context_size: int = 256, workers: int | None = None, progress: bool = True) -> pd.DataFrame:
+def crop_all(coco: Coco, out_dir: Path, workers: int | None = None, progress: bool = True) -> pd.DataFrame:
     """Cut the crops of every annotation from the frames in out_dir/images (threads over frames).
 
     Returns the annotations table; crops whose frame, box and size are unchanged since they were cut
     (manifest.json) are kept."""
     out_dir = Path(out_dir)
-    _make_folders(out_dir, bool(context or full_frame))
+    _make_folders(out_dir)
     manifest = Manifest(out_dir / MANIFEST)
     by_image, rows = _group_annotations(coco)
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         futures = [pool.submit(crop_frame, out_dir, image_id, coco.images[image_id], annotations, coco,
-                               context, full_frame, context_size, manifest.crops)
+                               manifest.crops)
                    for image_id, annotations in by_image.items()]
         for future in tqdm(as_completed(futures), total=len(futures), desc="crops", unit="img",
                            disable=not progress):
@@ -503,7 +487,7 @@ def crop_all(coco: Coco, out_dir: Path, context: tuple[float, ...] = (), full_fr
             rows.extend(frame_rows)
             manifest.crops.update(signatures)
     manifest.save()
-    return _annotations_table(rows, context, full_frame)
+    return _annotations_table(rows)
 
 
 # ---------------------------------------------------------------- the whole step
@@ -528,10 +512,8 @@ def failures_table(fetches: list[FetchResult], table: pd.DataFrame) -> pd.DataFr
 class _SplitDownload:
     """Fetch-then-cut of every frame of one COCO file into one folder, with Ctrl-C handling."""
 
-    def __init__(self, coco: Coco, out_dir: Path, options: FetchOptions, context: tuple[float, ...],
-                 full_frame: bool, context_size: int, manifest: Manifest):
+    def __init__(self, coco: Coco, out_dir: Path, options: FetchOptions, manifest: Manifest):
         self.coco, self.out_dir, self.options, self.manifest = coco, out_dir, options, manifest
-        self.crop_args = (context, full_frame, context_size)
         self.by_image, self.orphans = _group_annotations(coco)
         self.stop, self.sessions = threading.Event(), _Sessions()
 
@@ -549,7 +531,7 @@ class _SplitDownload:
                 _annotation_rows(image_id, image, annotations, self.coco, INTERRUPTED), {}
         if result.status not in USABLE:
             return result, _annotation_rows(image_id, image, annotations, self.coco, "frame not downloaded"), {}
-        rows, signatures = crop_frame(self.out_dir, image_id, image, annotations, self.coco, *self.crop_args,
+        rows, signatures = crop_frame(self.out_dir, image_id, image, annotations, self.coco,
                                       recorded=self.manifest.crops)
         return result, rows, signatures
 
@@ -606,23 +588,22 @@ def _gather(futures: list[Future], stop: threading.Event, on_result: Callable[[o
 
 
 def download_split(coco_json: str | Path, out_dir: str | Path, concurrency: int = 8,
-                   options: FetchOptions = FetchOptions(), context: tuple[float, ...] = (),
-                   full_frame: bool = False, context_size: int = 256, progress: bool = True) -> int:
+                   options: FetchOptions = FetchOptions(), progress: bool = True) -> int:
     """Fetch the frames, cut the crops, write annotations.csv, failures.csv and manifest.json; returns the
     exit status. Raises DownloadInterrupted (a KeyboardInterrupt) after writing them when Ctrl-C stopped it."""
     out_dir = Path(out_dir)
     coco = load_coco(coco_json)
-    _make_folders(out_dir, bool(context or full_frame))
+    _make_folders(out_dir)
     manifest = Manifest(out_dir / MANIFEST)
     manifest.save(complete=False)
-    job = _SplitDownload(coco, out_dir, options, context, full_frame, context_size, manifest)
+    job = _SplitDownload(coco, out_dir, options, manifest)
     try:
         fetches, rows = job.run(concurrency, progress)
     except BaseException:
         with contextlib.suppress(OSError):
             manifest.save()  # what finished stays reusable
         raise
-    table = _annotations_table(rows, context, full_frame)
+    table = _annotations_table(rows)
     atomic_write_with(out_dir / "annotations.csv", lambda p: table.to_csv(p, index=False))
     failures = failures_table(fetches, table)
     atomic_write_with(out_dir / "failures.csv", lambda p: failures.to_csv(p, index=False))
@@ -655,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
         prog="python -m src.data.download",
-        description="Download the frames of a COCO file (http, https, file://) and cut ROI/context crops. "
+        description="Download the frames of a COCO file (http, https, file://) and cut ROI crops. "
                     "Resumable: run the same command again after a failure, a kill or Ctrl-C; a frame or crop "
                     "is reused only while its source and box are unchanged (manifest.json).")
     parser.add_argument("coco_json", help="dataset_train.json or dataset_test.json")
@@ -666,20 +647,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retries", type=int, default=4, help="retries per frame (default 4)")
     parser.add_argument("--backoff", type=float, default=1.0,
                         help="seconds before the first retry, doubled each time (default 1)")
-    parser.add_argument("--context", type=float, nargs="*", default=None, metavar="K",
-                        help="also write square context crops of K x the box size (--context alone: 3 5)")
-    parser.add_argument("--full-frame", action="store_true", help="also write each frame squared by padding")
-    parser.add_argument("--context-size", type=int, default=256,
-                        help="shrink context/frame crops to at most this side in pixels (0: native; default 256)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    context = tuple(args.context) if args.context else ((3.0, 5.0) if args.context is not None else ())
-    if any(k <= 0 for k in context):
-        parser.error("--context factors must be positive")
     try:
         return download_split(args.coco_json, args.out_dir, args.concurrency,
-                              FetchOptions(args.timeout, args.retries, args.backoff), context,
-                              args.full_frame, args.context_size, progress=not args.no_progress)
+                              FetchOptions(args.timeout, args.retries, args.backoff),
+                              progress=not args.no_progress)
     except KeyboardInterrupt:
         print(f"to resume, run the same command again: python -m src.data.download {shlex.join(argv)}",
               file=sys.stderr)

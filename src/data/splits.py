@@ -1,7 +1,7 @@
 """Validation splits by frame, and the per-crop down-scaling of a "shifted" validation set.
 
-A random split over ROIs is far too optimistic (ROIs of one frame are near duplicates; DESIGN.md
-section 3): every ROI of a frame goes to the same side, classes stratified as far as the groups allow.
+A random split over ROIs is far too optimistic (ROIs of one frame are near duplicates; docs/method.md
+section 1): every ROI of a frame goes to the same side, classes stratified as far as the groups allow.
 The test ROIs are smaller than the training ones, so a second validation view down-scales each crop to
 a size drawn from the test size distribution.
 """

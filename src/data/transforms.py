@@ -107,7 +107,7 @@ class EvalTransform:
 
 def build_train_transform(size: int, rrc_scale=(0.1, 1.0), hflip: bool = True, color_jitter: float = 0.4,
                           pca_lighting: float = 0.1, downscale=None, downscale_p: float = 0.5) -> TrainTransform:
-    """The team's train augmentation (DESIGN.md section 2), plus optional random down-scaling by a factor
+    """The team's train augmentation (docs/method.md section 5), plus optional random down-scaling by a factor
     drawn from U(min_factor, max_factor) with probability downscale_p (the 1st place's test-size trick)."""
     return TrainTransform(size, rrc_scale, hflip, color_jitter, pca_lighting, downscale, downscale_p)
 

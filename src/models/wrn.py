@@ -111,6 +111,12 @@ def wide_resnet_cifar(depth: int, widen: int, **kwargs) -> WideResNet:
 
 
 @register_model
+def wrn10_1(pretrained: bool = False, **kwargs) -> WideResNet:
+    """WRN-10-1: 0.08M parameters; seconds-long smoke runs (cfg/demo_tiny.yaml)."""
+    return _create_wrn(10, 1, pretrained, **kwargs)
+
+
+@register_model
 def wrn10_2(pretrained: bool = False, **kwargs) -> WideResNet:
     """WRN-10-2: 0.3M parameters; the fastest (tests, quick demos)."""
     return _create_wrn(10, 2, pretrained, **kwargs)

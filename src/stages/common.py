@@ -1,23 +1,19 @@
-"""What the stages share: the CLI skeleton, member training configs, loading and decoding an ensemble."""
+"""What the stages share: the CLI skeleton, training a round's members, loading their saved predictions."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 
-from src.config import ConfigError, deep_merge, load_yaml, parse_overrides, validate_config
-from src.ensemble import (
-    apply_temperature, decode_argmax, decode_bayes, diffuse, diffusion_operator, fit_temperature, gmu,
-    member_labels_and_u, taxonomy_graph, vote,
-)
+from src.config import ConfigError, deep_merge, describe_config, load_yaml, parse_overrides, validate_config
+from src.ensemble import EnsemblePredictions
 from src.stages.pipeline_config import PipelineConfig, load_pipeline_config
-from src.submission import read_label_csv
+from src.submission import LabelFileError
 from src.taxonomy import Taxonomy, distance_matrix, load_taxonomy
 
 
@@ -27,7 +23,10 @@ class StageError(RuntimeError):
 
 # ----------------------------------------------------------------------------------------------- CLI
 def stage_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The stage's argument parser: CONFIG, overrides, and every pipeline config key in --help."""
     parser = argparse.ArgumentParser(prog=f"python -m src.stages.{prog}", description=doc,
+                                     epilog="pipeline config keys (key = default  # meaning):\n"
+                                            + describe_config(PipelineConfig),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="pipeline config YAML (e.g. cfg/pipeline_demo.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the pipeline config")
@@ -36,12 +35,13 @@ def stage_parser(prog: str, doc: str) -> argparse.ArgumentParser:
 
 def run_cli(parser: argparse.ArgumentParser, body: Callable[[PipelineConfig, argparse.Namespace], object],
             argv: list[str] | None = None) -> int:
-    """Parse, load the pipeline config, run `body`; one-line errors and exit code 2 on known failures."""
+    """Parse, load the pipeline config, run `body`; one-line errors and exit code 2 on known failures
+    (bad config, missing or inconsistent inputs)."""
     args = parser.parse_intermixed_args(argv)  # overrides may come after options
     try:
         cfg = load_pipeline_config(args.config, args.overrides)
         body(cfg, args)
-    except (ConfigError, StageError, FileNotFoundError) as err:
+    except (ConfigError, StageError, LabelFileError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
@@ -55,9 +55,9 @@ def train_member(config) -> Path:
     return Path(train(config))
 
 
-def member_config(cfg: PipelineConfig, r: int, seed: int, pseudo_labels: Path | None = None,
-                  init_checkpoint: Path | None = None, resume: bool = False):
-    """The training Config of one member: the training YAML, the pipeline's train_overrides, its place in the run."""
+def build_member_config(cfg: PipelineConfig, r: int, seed: int, pseudo_labels: Path | None = None,
+                        init_checkpoint: Path | None = None, resume: bool = False):
+    """A new training Config for one member: the training YAML, the pipeline's train_overrides, its place in the run."""
     from src.config import Config
 
     run_dir = cfg.layout.member_dir(r, seed)
@@ -99,7 +99,7 @@ def train_round(cfg: PipelineConfig, r: int, pseudo_labels: Path | None = None, 
                 raise StageError(f"warm start: {init} does not exist")
         start = time.time()
         print(f"  member seed {seed} ({i + 1}/{len(cfg.seeds)}): training -> {run_dir}", flush=True)
-        trainer(member_config(cfg, r, seed, pseudo_labels, init, resume=(run_dir / "checkpoint.pt").is_file()))
+        trainer(build_member_config(cfg, r, seed, pseudo_labels, init, resume=(run_dir / "checkpoint.pt").is_file()))
         if not (run_dir / "done.json").is_file():
             raise StageError(f"training of {run_dir} returned without writing done.json")
         print(f"  member seed {seed}: finished in {time.time() - start:.0f} s", flush=True)
@@ -107,33 +107,13 @@ def train_round(cfg: PipelineConfig, r: int, pseudo_labels: Path | None = None, 
     return dirs
 
 
-def sbatch_hint(config_path: str, overrides: list[str], stage: str, n_members: int, extra: str = "") -> str:
-    """The SLURM job-array command that trains the same members in parallel (one task per seed)."""
-    args = " ".join([config_path, *overrides])
-    return (f"sbatch --array=0-{n_members - 1} --wrap 'python -m src.stages.{stage} {args}{extra} "
-            f"--member-index $SLURM_ARRAY_TASK_ID'")
+def sbatch_hint(config_path: str, overrides: list[str], r: int, n_members: int) -> str:
+    """The SLURM job-array command that trains round r's members in parallel (one task per seed)."""
+    args = [config_path, *(["--round", str(r)] if r else []), *overrides]
+    return f"sbatch --array=0-{n_members - 1} train_model.sh {shlex.join(args)}"
 
 
 # ------------------------------------------------------------------------------- ensemble loading
-@dataclass
-class EnsemblePredictions:
-    """Saved predictions of M members on one split, aligned by annotation id."""
-
-    annotation_id: np.ndarray  # (N,)
-    members: list[np.ndarray]  # M arrays (H_m, N, C) of per-head softmax
-    labels: np.ndarray | None  # (N,) true class index (validation) or None
-
-    @property
-    def member_means(self) -> np.ndarray:
-        """(M, N, C) each member's mean over its heads."""
-        return np.stack([m.mean(axis=0) for m in self.members])
-
-    @property
-    def mean(self) -> np.ndarray:
-        """(N, C) the ensemble prediction: mean over members of their head means."""
-        return self.member_means.mean(axis=0)
-
-
 def load_predictions(member_dirs: list[Path], split: str, taxonomy: Taxonomy) -> EnsemblePredictions | None:
     """Read `<split>_probs.npz` of every member (split 'test' or 'val'); None when no member has the file."""
     files = [Path(d) / f"{split}_probs.npz" for d in member_dirs]
@@ -160,74 +140,6 @@ def load_predictions(member_dirs: list[Path], split: str, taxonomy: Taxonomy) ->
     return EnsemblePredictions(ids, members, labels)
 
 
-# -------------------------------------------------------------------------------------- decoding
-@dataclass
-class Decoding:
-    """Decoded labels per decoder plus what the decoders learnt (temperature)."""
-
-    labels: dict[str, np.ndarray]
-    temperature: float | None
-    skipped: dict[str, str]
-
-
-def decode_ensemble(preds: EnsemblePredictions, decoders: list[str], taxonomy: Taxonomy, sigma: str,
-                    alpha: float, temperature: float | None = None) -> Decoding:
-    """Decode an ensemble with every named decoder.
-
-    argmax: argmax of the ensemble mean; vote: mode of the members' labels, ties by each member's own U
-    (GMU over its heads); bayes: least expected distance under the ensemble mean; bayes_cal: the same
-    after temperature scaling (T fitted on validation, passed in); diffusion: argmax after taxonomy
-    diffusion of the ensemble mean."""
-    D = distance_matrix(taxonomy)
-    mean = preds.mean
-    out, skipped = {}, {}
-    for name in decoders:
-        if name == "argmax":
-            out[name] = decode_argmax(mean)
-        elif name == "vote":
-            labels, u = member_labels_and_u(preds.members, sigma=sigma)
-            out[name] = vote(labels, u, num_classes=len(taxonomy))[0]
-        elif name == "bayes":
-            out[name] = decode_bayes(mean, D)
-        elif name == "bayes_cal":
-            if temperature is None:
-                skipped[name] = "no validation predictions to fit a temperature on"
-                continue
-            out[name] = decode_bayes(apply_temperature(mean, temperature), D)
-        elif name == "diffusion":
-            graph = taxonomy_graph(taxonomy)
-            out[name] = diffuse(mean, graph, alpha, diffusion_operator(graph, alpha)).argmax(axis=1)
-        else:
-            raise StageError(f"unknown decoder {name!r}")
-    return Decoding(out, temperature, skipped)
-
-
-def fit_validation_temperature(val: EnsemblePredictions | None) -> float | None:
-    """Temperature of the ensemble mean fitted on validation NLL, or None without labelled validation."""
-    if val is None or val.labels is None or (val.labels < 0).all():
-        return None
-    keep = val.labels >= 0
-    return fit_temperature(val.mean[keep], val.labels[keep])
-
-
-def ensemble_u(preds: EnsemblePredictions, sigma: str) -> np.ndarray:
-    """(N,) U over the members' head means (the ensemble-level certainty used for thresholds)."""
-    return gmu(preds.member_means, sigma=sigma)[1]
-
-
-def read_solution_indices(path: str | Path, annotation_id: np.ndarray, taxonomy: Taxonomy) -> np.ndarray:
-    """True class index per annotation id from a solution CSV (StageError when ids are missing)."""
-    solution = read_label_csv(path, name_columns=("concept_name", "name"))
-    truth = solution.set_index("annotation_id")["concept_name"].reindex(annotation_id)
-    if truth.isna().any():
-        raise StageError(f"{path}: lacks {int(truth.isna().sum())} of the test annotation ids")
-    return taxonomy.indices(truth.to_numpy())
-
-
-def mean_distance(truth: np.ndarray, pred: np.ndarray, D: np.ndarray) -> float:
-    return float(D[truth, pred].mean()) if len(truth) else float("nan")
-
-
 def format_table(rows: list[dict], columns: list[str]) -> str:
     """A markdown table of `rows` (floats to 3 decimals, missing cells blank)."""
     def cell(v):
@@ -243,8 +155,3 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
 def load_taxonomy_and_distance() -> tuple[Taxonomy, np.ndarray]:
     taxonomy = load_taxonomy()
     return taxonomy, distance_matrix(taxonomy)
-
-
-def labels_frame(annotation_id: np.ndarray, labels: np.ndarray, taxonomy: Taxonomy) -> pd.DataFrame:
-    return pd.DataFrame({"annotation_id": annotation_id.astype(np.int64),
-                         "concept_name": np.asarray(taxonomy.names, dtype=object)[labels]})

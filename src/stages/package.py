@@ -12,12 +12,10 @@ DIR (created; never an existing folder) holds:
   src/                     a copy of the project's code, with the taxonomy (src/fathomnet2025_taxonomy.json)
   dataset-metadata.json    with --kaggle-id: what `kaggle datasets create -p DIR --dir-mode tar` needs
 The folder is assembled beside DIR and renamed into place, so DIR is either complete or absent.
-notebooks/kaggle_submission.ipynb reads it with `read_package`.
+notebooks/kaggle_submission.ipynb and `python -m src.predict` read it with src.manifest.read_package.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -26,24 +24,14 @@ from pathlib import Path
 
 from src.artifacts import atomic_write_json, atomic_write_text
 from src.config import config_to_yaml
-from src.stages.common import (
-    StageError, fit_validation_temperature, load_predictions, run_cli, stage_parser,
-)
+from src.ensemble import fit_validation_temperature
+from src.manifest import MANIFEST, MANIFEST_FORMAT, sha256
+from src.stages.common import StageError, load_predictions, run_cli, stage_parser
 from src.stages.pipeline_config import PipelineConfig
 from src.taxonomy import DEFAULT_TAXONOMY_PATH, load_taxonomy
 
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1
 SRC_DIR = Path(__file__).resolve().parents[1]  # the project's src/ package
 MEMBER_FILES = ("config.yaml", "metrics.csv", "done.json")
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def slim_weights(checkpoint: Path, out: Path) -> None:
@@ -56,7 +44,7 @@ def slim_weights(checkpoint: Path, out: Path) -> None:
 
 
 def default_decoder(cfg: PipelineConfig) -> str:
-    return "bayes" if "bayes" in cfg.decoders else cfg.decoders[0]
+    return "bayes" if "bayes" in cfg.decoding.decoders else cfg.decoding.decoders[0]
 
 
 def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder: str | None = None,
@@ -67,8 +55,8 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
     decoder = decoder or default_decoder(cfg)
     if out.exists():
         raise StageError(f"{out} already exists: choose a new folder (a package is never overwritten)")
-    if decoder not in cfg.decoders:
-        raise StageError(f"decoder {decoder!r} is not among the configured decoders {cfg.decoders}")
+    if decoder not in cfg.decoding.decoders:
+        raise StageError(f"decoder {decoder!r} is not among the configured decoders {cfg.decoding.decoders}")
     if kaggle_id is not None and kaggle_id.count("/") != 1:
         raise StageError(f"--kaggle-id must look like USER/dataset-slug, got {kaggle_id!r}")
     taxonomy = load_taxonomy()
@@ -106,8 +94,8 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "members": entries, "classes_file": "classes.json",
             "taxonomy_file": f"src/{DEFAULT_TAXONOMY_PATH.name}", "pipeline_config": "pipeline.yaml",
-            "decoder": decoder, "decoders": list(cfg.decoders),
-            "decoding": {"sigma": cfg.pseudo.sigma, "diffusion_alpha": cfg.diffusion_alpha,
+            "decoder": decoder, "decoders": list(cfg.decoding.decoders),
+            "decoding": {"sigma": cfg.decoding.sigma, "diffusion_alpha": cfg.decoding.diffusion_alpha,
                          "temperature": temperature},
         }
         atomic_write_json(tmp / MANIFEST, manifest)
@@ -118,34 +106,6 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"packaged {len(entries)} members of round {r} (decoder {decoder}) into {out} ({size / 1e6:.1f} MB)")
     return out
-
-
-def find_manifest(folder: str | Path) -> Path:
-    """The package's manifest.json in `folder` or below it (Kaggle may nest an uploaded folder one level)."""
-    folder = Path(folder)
-    if (folder / MANIFEST).is_file():
-        return folder / MANIFEST
-    found = sorted(folder.rglob(MANIFEST), key=lambda p: len(p.parts))
-    if not found:
-        raise FileNotFoundError(f"no {MANIFEST} in {folder} or below: attach the folder made by src.stages.package")
-    return found[0]
-
-
-def read_package(folder: str | Path, verify: bool = False) -> tuple[Path, dict]:
-    """(package root, manifest) of a packaged ensemble; ValueError when the class order or a checksum is off."""
-    path = find_manifest(folder)
-    root = path.parent
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{path}: manifest format {manifest.get('format')} is not {MANIFEST_FORMAT}")
-    classes = json.loads((root / manifest["classes_file"]).read_text())
-    if tuple(classes) != load_taxonomy(root / manifest["taxonomy_file"]).names:
-        raise ValueError(f"{root}: classes.json differs from the packaged taxonomy's order")
-    if verify:
-        for entry in manifest["members"]:
-            if sha256(root / entry["dir"] / "model.pt") != entry["model_sha256"]:
-                raise ValueError(f"{root / entry['dir'] / 'model.pt'}: checksum differs from the manifest")
-    return root, manifest
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,11 +16,10 @@ import hashlib
 import json
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable
 
 from src.artifacts import atomic_write_json, atomic_write_text
-from src.config import config_to_yaml
+from src.config import config_sources, config_to_yaml
 from src.stages.common import StageError, format_table, run_cli, stage_parser
 from src.stages.pipeline_config import PipelineConfig
 from src.stages.prepare import prepare
@@ -31,8 +30,9 @@ from src.stages.train_ensemble import train_ensemble
 
 
 def config_fingerprint(cfg: PipelineConfig) -> str:
-    """Hash of the resolved pipeline config and the training config file's text."""
-    text = config_to_yaml(cfg) + (Path(cfg.train_config).read_text() if cfg.train_config else "")
+    """Hash of the resolved pipeline config and the text of the training config file (and of its bases)."""
+    sources = config_sources(cfg.train_config) if cfg.train_config else []
+    text = config_to_yaml(cfg) + "".join(path.read_text() for path in sources)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -96,10 +96,9 @@ def summarise(cfg: PipelineConfig, state: dict) -> dict:
                        pseudo_distance=stats.get("mean_distance"), added=stats["added"], dropped=stats["dropped"],
                        changed=stats["changed"])
         evaluation = evaluate_round(cfg, r)
-        evaluation.pop("_test_labels")
-        row["temperature"] = evaluation["temperature"]
-        row.update({f"val_{k}": v for k, v in evaluation["val"].items()})
-        row.update({f"test_{k}": v for k, v in evaluation["test"].items()})
+        row["temperature"] = evaluation.temperature
+        row.update({f"val_{k}": v for k, v in evaluation.val.items()})
+        row.update({f"test_{k}": v for k, v in evaluation.test.items()})
         rounds.append(row)
     first = ["round", "pseudo_labels", "pseudo_accuracy", "pseudo_distance", "added", "dropped", "changed", "temperature"]
     present = [key for row in rounds for key in row]

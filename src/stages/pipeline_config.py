@@ -7,7 +7,11 @@
     data_root: inputs/synthetic/demo    # becomes data.root of every member
     seeds: [0, 1, 2]                    # one ensemble member per seed
     rounds: 2                           # self-training rounds after the initial ensemble
+    pseudo: {min_votes: 2}              # the pseudo-label gate
+    decoding: {decoders: [argmax, bayes], sigma: top2_sigma, diffusion_alpha: 0.3}
     ...
+
+`python -m src.stages.pipeline --help` lists every key with its default and meaning.
 
 Layout of a run (`RunLayout`): output_root/name/{pipeline.yaml, state.json, round_<r>/...}; round 0 is
 the ensemble trained on the training annotations only; round r >= 1 holds pseudo_labels.csv (made from
@@ -22,50 +26,64 @@ from typing import Any, Literal, Optional
 from pydantic import Field, ValidationInfo, field_validator
 
 from src.config import StrictModel, load_config
+from src.ensemble import DECODERS, SIGMA_CONVENTIONS
 
-DECODERS = ("argmax", "vote", "bayes", "bayes_cal", "diffusion")
-Decoder = Literal["argmax", "vote", "bayes", "bayes_cal", "diffusion"]
+Decoder = Literal[DECODERS]
+Sigma = Literal[SIGMA_CONVENTIONS]
 
 
 class PrepareConfig(StrictModel):
-    """How `prepare` makes the data ready: generate the benchmark if asked, fetch ROIs."""
+    """How `prepare` makes the data ready: generate the benchmark if asked, fetch frames and cut ROIs."""
 
-    synthetic_preset: Optional[Literal["tiny", "demo", "bench"]] = None  # generate into data_root when missing
-    synthetic_seed: int = 0
-    download: bool = True  # run src.data.download for the train and test splits when not done yet
+    synthetic_preset: Optional[Literal["tiny", "demo", "bench"]] = Field(
+        None, description="generate this benchmark into data_root when it holds no complete one (None: real data)")
+    synthetic_seed: int = Field(0, description="seed of the generated benchmark")
+    download: bool = Field(True, description="run src.data.download for the train and test splits when not done yet")
 
 
 class PseudoLabelConfig(StrictModel):
     """Which test ROIs become pseudo-labels: at least `min_votes` agreeing members and ensemble U >= threshold."""
 
-    min_votes: int = Field(2, ge=1)
-    u_threshold: float = Field(0.0, ge=0.0, le=1.0)
-    sigma: Literal["top2_sigma", "sigma_at_top2_mu"] = "top2_sigma"
+    min_votes: int = Field(2, ge=1, description="members that must vote for the ensemble label (the team: 5 of 8)")
+    u_threshold: float = Field(0.0, ge=0.0, le=1.0, description="minimum ensemble U (GMU over the members)")
+
+
+class DecodingConfig(StrictModel):
+    """How an ensemble's probabilities become labels (submit, the Kaggle package, src.predict)."""
+
+    decoders: list[Decoder] = Field(list(DECODERS),
+                                    description=f"decoders to write submissions for: {', '.join(DECODERS)}")
+    sigma: Sigma = Field("top2_sigma", description="GMU spread: top2_sigma (the team's code) or sigma_at_top2_mu; "
+                         "used for the vote decoder's ties and the pseudo-label U")
+    diffusion_alpha: float = Field(0.3, ge=0.0, lt=1.0, description="a of the taxonomy diffusion decoder")
 
 
 class KaggleConfig(StrictModel):
-    competition: str = "fathomnet-2025"
-    message: str = "fathomnet pipeline {name} ({decoder})"
+    """Where `submit --kaggle-submit` uploads."""
+
+    competition: str = Field("fathomnet-2025", description="Kaggle competition slug")
+    message: str = Field("fathomnet pipeline {name} ({decoder})", description="submission message ({name}, {decoder})")
 
 
 class PipelineConfig(StrictModel):
     """Everything `python -m src.stages.pipeline` needs (see the module docstring)."""
 
-    name: str = "demo"
-    train_config: Optional[str] = None  # training YAML (src.config.Config); None: the Config defaults
-    train_overrides: dict[str, Any] = {}  # nested keys merged over it for every member, e.g. {train: {epochs: 12}}
-    data_root: str
-    solution: Optional[str] = None  # annotation_id,concept_name of the test ROIs, when known: scores everything
-    seeds: list[int] = [0, 1, 2]
-    split_seed: int = 0  # one validation split for every member (so the ensemble's validation score is fair)
-    rounds: int = Field(2, ge=0)
-    warm_start: bool = False  # round r members start from round r-1's checkpoint of the same seed
+    name: str = Field("demo", description="run folder output_root/name; submissions <name>_<decoder>.csv")
+    train_config: Optional[str] = Field(None, description="training YAML (src.config.Config; None: its defaults)")
+    train_overrides: dict[str, Any] = Field({}, description="nested training keys merged over it for every member, "
+                                            "e.g. {train: {epochs: 12}}")
+    data_root: str = Field(description="dataset folder (dataset_train.json, dataset_test.json); data.root of members")
+    solution: Optional[str] = Field(None, description="CSV annotation_id,concept_name of the test ROIs, when known: "
+                                    "scores pseudo-labels and submissions")
+    seeds: list[int] = Field([0, 1, 2], description="one ensemble member per seed")
+    split_seed: int = Field(0, description="one validation split for every member (a fair ensemble validation score)")
+    rounds: int = Field(2, ge=0, description="self-training rounds after the initial ensemble")
+    warm_start: bool = Field(False, description="round r members start from round r-1's checkpoint of the same seed")
     prepare: PrepareConfig = PrepareConfig()
     pseudo: PseudoLabelConfig = PseudoLabelConfig()
-    decoders: list[Decoder] = ["argmax", "vote", "bayes", "bayes_cal", "diffusion"]
-    diffusion_alpha: float = Field(0.3, ge=0.0, lt=1.0)
-    output_root: str = "outputs/pipeline"
-    submissions_dir: str = "submissions"
+    decoding: DecodingConfig = DecodingConfig()
+    output_root: str = Field("outputs/pipeline", description="parent folder of the run folder")
+    submissions_dir: str = Field("submissions", description="where the submission CSVs go")
     kaggle: KaggleConfig = KaggleConfig()
 
     @field_validator("seeds")

@@ -33,10 +33,10 @@ def prepare(cfg: PipelineConfig) -> dict:
         generate_benchmark(root, preset=preset, seed=cfg.prepare.synthetic_seed, progress=False)
         done["generated"] = True
     if cfg.prepare.download:
-        from src.data.download import download_split
+        from src.data.download import download_complete, download_split
 
         for split in SPLITS:
-            if (root / split / "annotations.csv").is_file():
+            if download_complete(root / split):  # an interrupted download left annotations.csv: resume it
                 continue
             print(f"  fetching frames and cutting ROIs of {split} -> {root / split}", flush=True)
             status = download_split(root / f"dataset_{split}.json", root / split, progress=False)

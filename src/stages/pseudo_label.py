@@ -3,11 +3,12 @@
     python -m src.stages.pseudo_label CONFIG.yaml [overrides] [--round R]
 
 Reads round R-1's members' test_probs.npz and writes round_R/pseudo_labels.csv (annotation_id,
-concept_name, votes, agreement, U), stats.json and pseudo_labels.png. Each member's label is the
-argmax of its own head mean; the ensemble label is the mode, ties broken by the members' own U; a ROI
-is kept when at least pseudo.min_votes members agree and the ensemble U (GMU over the members' head
-means) is >= pseudo.u_threshold. Every round is made afresh from the latest ensemble, so a ROI that
-stops passing is dropped and a changed label is updated; the training annotations are never written.
+concept_name, votes, agreement = votes / members, U), stats.json and pseudo_labels.png. Each member's
+label is the argmax of its own head mean; the ensemble label is the mode, ties broken by the members'
+own U; a ROI is kept when at least pseudo.min_votes members agree and the ensemble U (GMU over the
+members' head means, spread convention decoding.sigma) is >= pseudo.u_threshold. Every round is made
+afresh from the latest ensemble, so a ROI that stops passing is dropped and a changed label is updated;
+the training annotations are never written.
 """
 from __future__ import annotations
 
@@ -15,11 +16,10 @@ import numpy as np
 import pandas as pd
 
 from src.artifacts import atomic_write_json, atomic_write_with
-from src.ensemble import member_labels_and_u, vote
-from src.stages.common import (
-    StageError, ensemble_u, load_predictions, load_taxonomy_and_distance, mean_distance, read_solution_indices,
-    run_cli, stage_parser,
-)
+from src.ensemble import ensemble_u, member_labels_and_u, vote
+from src.plots import plot_threshold_curves
+from src.score import mean_distance, read_solution
+from src.stages.common import StageError, load_predictions, load_taxonomy_and_distance, run_cli, stage_parser
 from src.stages.pipeline_config import PipelineConfig
 
 PSEUDO_COLUMNS = ["annotation_id", "concept_name", "votes", "agreement", "U"]
@@ -50,29 +50,6 @@ def threshold_curves(label: np.ndarray, votes: np.ndarray, ens_u: np.ndarray, n_
     return rows
 
 
-def plot_curves(curves: list[dict], path, title: str) -> None:
-    """Coverage vs U threshold per min_votes, plus accuracy and mean distance when known."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    frame = pd.DataFrame(curves)
-    metrics = [m for m in ("coverage", "accuracy", "mean_distance") if m in frame and frame[m].notna().any()]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for k, part in frame.groupby("min_votes"):
-            ax.plot(part["u_threshold"], part[metric].astype(float), marker=".", label=f">= {k} votes")
-        ax.set_xlabel("ensemble U threshold")
-        ax.set_ylabel(metric.replace("_", " "))
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
-
-
 def make_pseudo_labels(cfg: PipelineConfig, r: int) -> dict:
     """Write round r's pseudo-labels from round r-1's ensemble; returns the stats (also in stats.json)."""
     if r < 1:
@@ -86,8 +63,8 @@ def make_pseudo_labels(cfg: PipelineConfig, r: int) -> dict:
     preds = load_predictions(members, "test", taxonomy)
     if preds is None:
         raise StageError(f"round {r - 1} members have no test_probs.npz")
-    labels, member_u = member_labels_and_u(preds.members, sigma=cfg.pseudo.sigma)
-    ens_u = ensemble_u(preds, cfg.pseudo.sigma)
+    labels, member_u = member_labels_and_u(preds.members, sigma=cfg.decoding.sigma)
+    ens_u = ensemble_u(preds, cfg.decoding.sigma)
     label, votes, keep = select_pseudo_labels(labels, member_u, ens_u, cfg.pseudo.min_votes,
                                               cfg.pseudo.u_threshold, len(taxonomy))
     n_members = len(cfg.seeds)
@@ -98,10 +75,10 @@ def make_pseudo_labels(cfg: PipelineConfig, r: int) -> dict:
         "agreement": np.round(votes[keep] / n_members, 4),
         "U": np.round(ens_u[keep], 6),
     })[PSEUDO_COLUMNS]
-    truth = read_solution_indices(cfg.solution, preds.annotation_id, taxonomy) if cfg.solution else None
+    truth = read_solution(cfg.solution, preds.annotation_id, taxonomy) if cfg.solution else None
     stats = {
         "round": r, "from_round": r - 1, "members": n_members, "test_rois": int(len(keep)),
-        "min_votes": cfg.pseudo.min_votes, "u_threshold": cfg.pseudo.u_threshold, "sigma": cfg.pseudo.sigma,
+        "min_votes": cfg.pseudo.min_votes, "u_threshold": cfg.pseudo.u_threshold, "sigma": cfg.decoding.sigma,
         "count": int(keep.sum()), "coverage": float(keep.mean()),
         "votes_histogram": {int(k): int((votes == k).sum()) for k in range(1, n_members + 1)},
     }
@@ -113,7 +90,7 @@ def make_pseudo_labels(cfg: PipelineConfig, r: int) -> dict:
     out = layout.pseudo_labels(r)
     atomic_write_with(out, lambda tmp: frame.to_csv(tmp, index=False))
     atomic_write_json(out.with_name("stats.json"), stats)
-    plot_curves(stats["curves"], out.with_name("pseudo_labels.png"),
+    plot_threshold_curves(stats["curves"], out.with_name("pseudo_labels.png"),
                 f"{cfg.name} round {r}: pseudo-labels from {n_members} members")
     return stats
 

@@ -4,7 +4,8 @@
 
 Each member reads round_R/pseudo_labels.csv through data.pseudo_labels (the training annotations are
 never modified); with warm_start, member seed s starts from round R-1's checkpoint of seed s.
-Finished members (done.json) are skipped.
+Finished members (done.json) are skipped. --print-sbatch prints the SLURM job-array command
+(train_model.sh CONFIG --round R, one task per seed).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--member-index", type=int, default=None, help="train only seeds[i] (one SLURM array task)")
 
     def body(cfg, args):
-        hint = sbatch_hint(args.config, args.overrides, "retrain", len(cfg.seeds), f" --round {args.round}")
+        hint = sbatch_hint(args.config, args.overrides, args.round, len(cfg.seeds))
         if args.print_sbatch:
             print(hint)
             return

@@ -6,30 +6,44 @@ Writes submissions/<name>_<decoder>.csv (every test annotation once, names check
 folder submit/scores.{json,md}: per decoder the validation mean distance (when members have a
 validation split) and, when `solution` is configured, the local-leaderboard score of the test CSV.
 Decoders: argmax, vote, bayes (least expected distance), bayes_cal (after temperature scaling fitted
-on validation), diffusion (taxonomy graph diffusion, a = diffusion_alpha).
+on validation), diffusion (taxonomy graph diffusion, a = decoding.diffusion_alpha); the
+`decoding` section of the config picks them.
 `--kaggle-submit` uploads one CSV with the kaggle API (needs credentials and internet).
 """
 from __future__ import annotations
 
 import contextlib
 import io
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from src.artifacts import atomic_write_json, atomic_write_text
-from src.score import score_frames
+from src.ensemble import decode_ensemble, fit_validation_temperature
+from src.score import mean_distance, read_solution, score_frames
 from src.stages.common import (
-    StageError, decode_ensemble, fit_validation_temperature, format_table, labels_frame, load_predictions,
-    load_taxonomy_and_distance, mean_distance, read_solution_indices, run_cli, stage_parser,
+    StageError, format_table, load_predictions, load_taxonomy_and_distance, run_cli, stage_parser,
 )
 from src.stages.pipeline_config import PipelineConfig
-from src.submission import coco_annotation_ids, read_label_csv, validate_submission, write_submission
+from src.submission import coco_annotation_ids, labels_frame, read_label_csv, validate_submission, write_submission
 
 
-def evaluate_round(cfg: PipelineConfig, r: int) -> dict:
-    """Validation and (when the solution is known) test mean distance of round r's ensemble per decoder.
+@dataclass
+class RoundEvaluation:
+    """Round r's ensemble decoded with every configured decoder, and the mean distances it scores."""
 
-    Returns {"round", "temperature", "val": {decoder: distance}, "test": {decoder: distance},
-    "skipped": {decoder: why}} and keeps the decoded test labels under "_test_labels" for submit."""
+    round: int
+    temperature: float | None  # fitted on validation (None without validation predictions)
+    test_ids: np.ndarray  # (N,) test annotation ids, sorted
+    test_labels: dict[str, np.ndarray]  # decoder -> (N,) decoded class indices
+    skipped: dict[str, str]  # decoder -> why it could not run
+    val: dict[str, float] = field(default_factory=dict)  # decoder -> validation mean distance
+    test: dict[str, float] = field(default_factory=dict)  # decoder -> test mean distance (solution known)
+
+
+def evaluate_round(cfg: PipelineConfig, r: int) -> RoundEvaluation:
+    """Decode round r's ensemble on validation and test with every decoder; score what has known labels."""
     taxonomy, D = load_taxonomy_and_distance()
     members = [cfg.layout.member_dir(r, s) for s in cfg.seeds]
     unfinished = [str(m) for m in members if not (m / "done.json").is_file()]
@@ -40,18 +54,18 @@ def evaluate_round(cfg: PipelineConfig, r: int) -> dict:
     if test is None:
         raise StageError(f"round {r} members have no test_probs.npz")
     temperature = fit_validation_temperature(val)
-    result = {"round": r, "temperature": temperature, "val": {}, "test": {}}
+    d = cfg.decoding
+    val_scores = {}
     if val is not None and val.labels is not None:
         keep = val.labels >= 0
-        decoded = decode_ensemble(val, cfg.decoders, taxonomy, cfg.pseudo.sigma, cfg.diffusion_alpha, temperature)
-        result["val"] = {k: mean_distance(val.labels[keep], v[keep], D) for k, v in decoded.labels.items()}
-    decoded = decode_ensemble(test, cfg.decoders, taxonomy, cfg.pseudo.sigma, cfg.diffusion_alpha, temperature)
-    result["skipped"] = decoded.skipped
+        decoded = decode_ensemble(val, d.decoders, taxonomy, d.sigma, d.diffusion_alpha, temperature)
+        val_scores = {k: mean_distance(val.labels[keep], v[keep], D) for k, v in decoded.labels.items()}
+    decoded = decode_ensemble(test, d.decoders, taxonomy, d.sigma, d.diffusion_alpha, temperature)
+    test_scores = {}
     if cfg.solution:
-        truth = read_solution_indices(cfg.solution, test.annotation_id, taxonomy)
-        result["test"] = {k: mean_distance(truth, v, D) for k, v in decoded.labels.items()}
-    result["_test_labels"] = (test.annotation_id, decoded.labels)
-    return result
+        truth = read_solution(cfg.solution, test.annotation_id, taxonomy)
+        test_scores = {k: mean_distance(truth, v, D) for k, v in decoded.labels.items()}
+    return RoundEvaluation(r, temperature, test.annotation_id, decoded.labels, decoded.skipped, val_scores, test_scores)
 
 
 def submit(cfg: PipelineConfig, r: int | None = None) -> list[dict]:
@@ -59,32 +73,31 @@ def submit(cfg: PipelineConfig, r: int | None = None) -> list[dict]:
     r = cfg.rounds if r is None else r
     taxonomy, _ = load_taxonomy_and_distance()
     evaluation = evaluate_round(cfg, r)
-    ids, decoded = evaluation.pop("_test_labels")
     expected = coco_annotation_ids(Path(cfg.data_root) / "dataset_test.json")
     solution = read_label_csv(cfg.solution, name_columns=("concept_name", "name")) if cfg.solution else None
     rows = []
-    for decoder, labels in decoded.items():
+    for decoder, labels in evaluation.test_labels.items():
         path = cfg.layout.submission(decoder)
-        frame = labels_frame(ids, labels, taxonomy)
+        frame = labels_frame(evaluation.test_ids, labels, taxonomy)
         write_submission(path, frame["annotation_id"], frame["concept_name"])
         problems = validate_submission(path, expected, taxonomy)
         if problems:
             raise StageError(f"{path} is not a valid submission: {'; '.join(problems)}")
-        row = {"decoder": decoder, "file": str(path), "val_distance": evaluation["val"].get(decoder)}
+        row = {"decoder": decoder, "file": str(path), "val_distance": evaluation.val.get(decoder)}
         if solution is not None:
             scored = score_frames(solution, read_label_csv(path), taxonomy)
             row.update(test_score=scored["score"], test_accuracy=scored["accuracy"])
         rows.append(row)
-    for decoder, why in evaluation["skipped"].items():
+    for decoder, why in evaluation.skipped.items():
         rows.append({"decoder": decoder, "file": f"skipped: {why}"})
     columns = ["decoder", "val_distance", "test_score", "test_accuracy", "file"]
     table = format_table(rows, [c for c in columns if any(c in row for row in rows)])
     header = f"# {cfg.name}: submissions from round {r} ({len(cfg.seeds)} members)\n\n"
-    if evaluation["temperature"] is not None:
-        header += f"temperature fitted on validation: {evaluation['temperature']:.3f}\n\n"
+    if evaluation.temperature is not None:
+        header += f"temperature fitted on validation: {evaluation.temperature:.3f}\n\n"
     atomic_write_text(cfg.layout.submit_dir / "scores.md", header + table + "\n")
     atomic_write_json(cfg.layout.submit_dir / "scores.json",
-                      {"round": r, "temperature": evaluation["temperature"], "rows": rows})
+                      {"round": r, "temperature": evaluation.temperature, "rows": rows})
     print(table)
     return rows
 

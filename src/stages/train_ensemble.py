@@ -6,7 +6,7 @@ Members are trained one after another through src.train.train into
 output_root/name/round_0/members/seed_<s>/; a member whose done.json exists is skipped, and an
 interrupted one continues from its checkpoint (train.resume) when run again. On a SLURM cluster the
 members can be trained in parallel instead: --print-sbatch prints the job-array command (one task
-per seed, each running this stage with --member-index).
+per seed: train_model.sh runs this stage with --member-index $SLURM_ARRAY_TASK_ID).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--member-index", type=int, default=None, help="train only seeds[i] (one SLURM array task)")
 
     def body(cfg, args):
-        hint = sbatch_hint(args.config, args.overrides, "train_ensemble", len(cfg.seeds))
+        hint = sbatch_hint(args.config, args.overrides, 0, len(cfg.seeds))
         if args.print_sbatch:
             print(hint)
             return

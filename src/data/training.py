@@ -1,0 +1,149 @@
+"""The data of one training run: crop caches of both splits, the frame-grouped validation split,
+pseudo-labelled test rows, transforms and DataLoaders.
+
+    train_cache, test_cache = load_split(cfg, taxonomy, "train"), load_split(cfg, taxonomy, "test")
+    data = build_datasets(cfg, taxonomy, train_cache, test_cache)
+    loaders = build_loaders(cfg, data, rank, world, device)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data.distributed import DistributedSampler
+
+from src.config import Config
+from src.data.cache import CropCache, load_or_build_crop_cache
+from src.data.dataset import CropCacheDataset
+from src.data.splits import frame_grouped_split, shifted_downscale_factors
+from src.data.transforms import build_eval_transform, build_train_transform
+from src.runtime import seed_worker
+from src.taxonomy import Taxonomy
+
+
+class DataMissingError(FileNotFoundError):
+    """The dataset folder lacks the files training needs; the message gives the commands that make them."""
+
+
+def check_data(root: Path) -> None:
+    """Stop at once, with the commands that fetch or generate the data, when root is incomplete."""
+    needed = [root / "dataset_train.json", root / "dataset_test.json", root / "train" / "images",
+              root / "test" / "images"]
+    missing = [str(p) for p in needed if not p.exists()]
+    if not missing:
+        return
+    if "synthetic" in root.parts:
+        make = (f"  python -m src.data.synthetic --out {root} --preset demo --seed 0\n"
+                f"  python -m src.data.download {root}/dataset_train.json {root}/train\n"
+                f"  python -m src.data.download {root}/dataset_test.json {root}/test")
+    else:
+        make = (f"  python -m src.data.fetch --competition fathomnet-2025 --out {root}\n"
+                f"  python -m src.data.download {root}/dataset_train.json {root}/train\n"
+                f"  python -m src.data.download {root}/dataset_test.json {root}/test\n"
+                f"(no Kaggle access? cfg/demo_*.yaml train on the generated benchmark in inputs/synthetic/demo)")
+    raise DataMissingError(f"data missing under {root}: {', '.join(missing)}.\nMake it with:\n{make}")
+
+
+def load_split(cfg: Config, taxonomy: Taxonomy, split: str, progress: bool = True) -> CropCache:
+    """The CropCache (crops (N, V, S, S, 3) uint8, index DataFrame) of ROOT/dataset_<split>.json."""
+    root = Path(cfg.data.root)
+    return load_or_build_crop_cache(root / f"dataset_{split}.json", root / split / "images", root / "cache",
+                                    cfg.data.cache_size or cfg.data.image_size, views=tuple(cfg.data.views),
+                                    taxonomy=taxonomy, progress=progress)
+
+
+def read_pseudo_labels(path: str | Path, test_index: pd.DataFrame, taxonomy: Taxonomy) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the test cache named in a CSV annotation_id,concept_name, and their class indices."""
+    table = pd.read_csv(path)
+    if not {"annotation_id", "concept_name"} <= set(table.columns):
+        raise ValueError(f"{path}: needs columns annotation_id,concept_name, has {list(table.columns)}")
+    labels = taxonomy.indices(table["concept_name"])
+    if (labels < 0).any():
+        raise ValueError(f"{path}: unknown concept names {sorted(set(table.concept_name[labels < 0]))[:5]}")
+    row_of = pd.Series(np.arange(len(test_index)), index=test_index["annotation_id"].to_numpy())
+    missing = ~table["annotation_id"].isin(row_of.index)
+    if missing.any():
+        raise ValueError(f"{path}: {int(missing.sum())} annotation ids not in the test set, "
+                         f"e.g. {table.annotation_id[missing].head(3).tolist()}")
+    return row_of[table["annotation_id"]].to_numpy(), labels
+
+
+@dataclass
+class Datasets:
+    train: Dataset
+    val: dict[str, Dataset]            # 'val' and optionally 'shifted' (empty when no split)
+    val_rows: np.ndarray               # rows of the train cache in the validation split
+    val_labels: np.ndarray             # their class indices
+    test: Dataset
+
+
+def build_datasets(cfg: Config, taxonomy: Taxonomy, train_cache: CropCache, test_cache: CropCache) -> Datasets:
+    """Frame-grouped split, pseudo-labelled test rows added to training, train / eval transforms."""
+    a = cfg.augment
+    size = cfg.data.image_size
+    train_tf = build_train_transform(size, rrc_scale=tuple(a.rrc_scale), hflip=a.hflip, color_jitter=a.color_jitter,
+                                     pca_lighting=a.pca_lighting, downscale=a.downscale, downscale_p=a.downscale_p)
+    eval_tf = build_eval_transform(size)
+    labels = train_cache.labels
+    # Rows the cache flags (frame missing, bad box) keep their place but are not trained on.
+    rows = np.flatnonzero((labels >= 0) & train_cache.good)
+    if cfg.data.val_fraction > 0:
+        tr, va = frame_grouped_split(labels[rows], train_cache.index["image_id"].to_numpy()[rows],
+                                     cfg.data.val_fraction,
+                                     cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed)
+        train_rows, val_rows = rows[np.sort(tr)], rows[np.sort(va)]
+    else:
+        train_rows, val_rows = rows, rows[:0]
+    parts = [Subset(CropCacheDataset(train_cache.crops, labels, train_tf), train_rows)]
+    test_labels = np.full(len(test_cache), -1, dtype=np.int64)
+    if cfg.data.pseudo_labels:
+        pl_rows, pl_labels = read_pseudo_labels(cfg.data.pseudo_labels, test_cache.index, taxonomy)
+        pseudo = test_labels.copy()
+        pseudo[pl_rows] = pl_labels
+        parts.append(Subset(CropCacheDataset(test_cache.crops, pseudo, train_tf), pl_rows))
+    val = {}
+    if len(val_rows):
+        val["val"] = Subset(CropCacheDataset(train_cache.crops, labels, eval_tf), val_rows)
+        if cfg.data.shifted_val:
+            factors = np.ones(len(labels), dtype=np.float32)
+            factors[val_rows] = shifted_downscale_factors(_box_sizes(train_cache.index)[val_rows],
+                                                          _box_sizes(test_cache.index),
+                                                          crop_size=train_cache.crops.shape[2])
+            val["shifted"] = Subset(CropCacheDataset(train_cache.crops, labels, eval_tf, downscale_factors=factors),
+                                    val_rows)
+    test = CropCacheDataset(test_cache.crops, test_labels, eval_tf)
+    return Datasets(ConcatDataset(parts), val, val_rows, labels[val_rows], test)
+
+
+def _box_sizes(index: pd.DataFrame) -> np.ndarray:
+    return np.maximum(index["box_w"], index["box_h"]).to_numpy()
+
+
+@dataclass
+class Loaders:
+    """The shuffled training loader (its sampler under DDP, its generator) and how evaluation loaders are made."""
+
+    train: DataLoader
+    sampler: DistributedSampler | None
+    generator: torch.Generator
+    eval_batch_size: int
+    loader_args: dict
+
+    def eval(self, dataset: Dataset) -> DataLoader:
+        """An in-order loader over `dataset` at the evaluation batch size."""
+        return DataLoader(dataset, self.eval_batch_size, shuffle=False, **self.loader_args)
+
+
+def build_loaders(cfg: Config, data: Datasets, rank: int, world: int, device: torch.device) -> Loaders:
+    """DataLoaders of a run: a DistributedSampler shard per process when world > 1, seeded workers."""
+    generator = torch.Generator()
+    sampler = DistributedSampler(data.train, world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
+    loader_args = dict(num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
+                       worker_init_fn=seed_worker)
+    train = DataLoader(data.train, cfg.train.batch_size, shuffle=sampler is None, sampler=sampler,
+                       drop_last=len(data.train) > cfg.train.batch_size * world, generator=generator, **loader_args)
+    return Loaders(train, sampler, generator, cfg.train.eval_batch_size or 2 * cfg.train.batch_size, loader_args)

@@ -1,0 +1,103 @@
+"""Where a training process runs and how its random streams are seeded.
+
+`setup_runtime` joins torchrun's process group (when WORLD_SIZE > 1) and picks the device; the seeding
+helpers derive every random stream (python, numpy, torch, DataLoader workers, albumentations) from one
+integer, so an epoch's batches and augmentations depend only on (seed, epoch, rank).
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import ConcatDataset, Subset
+
+
+@dataclass
+class Runtime:
+    """This process's rank, the world size, its device, and whether it created the process group."""
+
+    rank: int
+    world: int
+    device: torch.device
+    owns_process_group: bool
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def setup_runtime(device: str) -> Runtime:
+    """Join torchrun's process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU); pick the device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device != "cpu"
+    if device == "auto" or device == "cuda":
+        dev = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+    else:
+        dev = torch.device(device)
+    owns = False
+    if world > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        owns = True
+    return Runtime(rank, world, dev, owns)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of every random stream of one epoch on one rank."""
+    return (seed * 1_000_003 + epoch * 1009 + rank) % 2**31
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def reseed_transforms(dataset, seed: int) -> None:
+    """Reseed the (albumentations) transforms inside a dataset tree; they keep their own generators."""
+    if isinstance(dataset, ConcatDataset):
+        for part in dataset.datasets:
+            reseed_transforms(part, seed)
+    elif isinstance(dataset, Subset):
+        reseed_transforms(dataset.dataset, seed)
+    else:
+        transform = getattr(dataset, "transform", None)
+        transform = getattr(transform, "compose", transform)  # TrainTransform wraps an A.Compose
+        if hasattr(transform, "set_random_seed"):
+            transform.set_random_seed(seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: derive every random stream of the worker from its torch seed."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    reseed_transforms(torch.utils.data.get_worker_info().dataset, seed)
+
+
+def rng_states(generator: torch.Generator) -> dict:
+    """Every random stream's state (python, numpy, torch, CUDA, the DataLoader's generator)."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "loader": generator.get_state()}
+
+
+def set_rng_states(states: dict, generator: torch.Generator) -> None:
+    """Restore what `rng_states` saved."""
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    generator.set_state(states["loader"])
