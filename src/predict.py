@@ -345,21 +345,16 @@ def prediction_table(probs: np.ndarray, taxonomy: Taxonomy, D: np.ndarray, confi
 def _coco_crops(coco_json: Path, images: Path | None, work: Path, taxonomy: Taxonomy, progress: bool):
     """A (size, views) -> (ids, crops) source over a COCO file's frames; frames not found locally are
     downloaded from their coco_url into WORK/images."""
-    from src.data.coco import load_coco
-
     if images is None:
         split = coco_json.stem.removeprefix("dataset_")
         images = coco_json.parent / split / "images"
     if not images.is_dir() or not any(images.iterdir()):
-        from src.data.download import download_images
+        from src.data.download import download_split
 
+        print(f"frames not found locally: fetching them from their coco_url into {work / 'images'}")
+        if download_split(coco_json, work, progress=progress) != 0:
+            print(f"warning: some frames could not be fetched (their ROIs get zero crops); see {work / 'failures.csv'}")
         images = work / "images"
-        print(f"frames not found locally: fetching them from their coco_url into {images}")
-        fetched = download_images(load_coco(coco_json), images, progress=progress)
-        failed = [r for r in fetched if r.status == "failed"]
-        if failed:
-            print(f"warning: {len(failed)} frames could not be fetched (their ROIs get zero crops), "
-                  f"e.g. {failed[0].url}: {failed[0].error}")
     return lambda size, views: load_crops(coco_json, work / "cache", size, views, images_dir=images,
                                           taxonomy=taxonomy, progress=progress)
 
