@@ -44,15 +44,20 @@ def bench_losses(device: torch.device, repeats: int) -> dict:
     return {"dwce_ms": 1e3 * t_dwce, "ce_ms": 1e3 * t_ce, "dwce_over_ce": t_dwce / t_ce}
 
 
-def bench_heads(features: int, heads: int, batch: int, repeats: int, device: torch.device) -> dict:
+def bench_heads(features: int, heads: int, batch: int, repeats: int, device: torch.device,
+                autocast_dtype: torch.dtype | None = None) -> dict:
+    """Forward+backward ms of H heads, batched (MultiHead) vs a loop (LoopHeads), optionally under autocast."""
     x = torch.randn(batch, features, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
     out = {}
     for name, cls in (("batched", MultiHead), ("loop", LoopHeads)):
         def step(module=cls(features, 79, heads).to(device)):
             module.zero_grad(set_to_none=True)
-            module(x).sum().backward()
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                logits = module(x)
+            logits.float().sum().backward()
 
-        out[f"{name}_ms"] = 1e3 * median_seconds(step, repeats, warmup=1)
+        out[f"{name}_ms"] = 1e3 * median_seconds(step, repeats, warmup=1, sync=sync)
         del step  # free this variant's weights (3.5 GB at F=2048) before building the next
         gc.collect()
     out["loop_over_batched"] = out["loop_ms"] / out["batched_ms"]

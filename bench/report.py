@@ -136,8 +136,12 @@ def speed_markdown(s: dict) -> str:
                          f"{fmt(r['run_overhead_s'])} | {r['members']} x {r['rounds'] + 1} x {r['epochs']} | "
                          f"{fmt(r['pipeline_extrapolated_s'])} |")
     gpu = t.get("gpu_wrn101")
-    lines += ["", "### GPU", "", f"{gpu}" if gpu else "No GPU on this machine: the GPU section (wide_resnet101_2 at "
-              "112 px, fp32 vs bf16 + channels_last) was not measured."]
+    gpu_section = REPO / "bench" / "results_gpu.md"  # written by `python -m bench.bench_gpu` on a GPU machine
+    if gpu_section.is_file():
+        lines += ["", gpu_section.read_text().strip()]
+    else:
+        lines += ["", "### GPU", "", f"{gpu}" if gpu else "No GPU on this machine: the GPU section (wide_resnet101_2 "
+                  "at 112 px, fp32 vs bf16 + channels_last) was not measured; `python -m bench.bench_gpu` measures it."]
     return "\n".join(lines)
 
 

@@ -230,7 +230,7 @@ class TrainConfig(StrictModel):
 
 
 class AugmentConfig(StrictModel):
-    """Train-time augmentation (albumentations/OpenCV, src/data/transforms.py)."""
+    """Train-time augmentation (albumentations per sample, or the same ops batched on the training device)."""
 
     rrc_scale: tuple[float, float] = Field((0.1, 1.0), description="RandomResizedCrop area range")
     hflip: bool = True
@@ -239,6 +239,10 @@ class AugmentConfig(StrictModel):
     downscale: Optional[tuple[float, float]] = Field(
         None, description="random down-scaling factor range [min, max] (shrink and back), None: off")
     downscale_p: float = Field(0.5, ge=0, le=1, description="probability of the down-scaling")
+    device: Literal["cpu", "gpu"] = Field(
+        "cpu", description="cpu: albumentations per sample in the DataLoader workers (src/data/transforms.py); "
+        "gpu: the same ops batched on the training device after the uint8 batch is moved there "
+        "(src/data/gpu_augment.py; also runs on a CPU device)")
 
 
 class OutputConfig(StrictModel):

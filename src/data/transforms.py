@@ -44,6 +44,14 @@ def downscale(image: np.ndarray, factor: float) -> np.ndarray:
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR).reshape(image.shape)
 
 
+def check_downscale_range(downscale) -> tuple[float, float]:
+    """(min_factor, max_factor) as floats; ValueError unless 0 < min <= max <= 1."""
+    lo, hi = (float(v) for v in downscale)
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"downscale must be (min_factor, max_factor) within (0, 1], got {downscale}")
+    return lo, hi
+
+
 def _square(image: np.ndarray, size: int) -> np.ndarray:
     h, w = image.shape[:2]
     return image if h == w == size else fit_square(image, size)
@@ -63,9 +71,7 @@ class TrainTransform:
             ops.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
                                      hue=0.0, p=1.0))
         if downscale is not None:
-            lo, hi = downscale
-            if not 0 < lo <= hi <= 1:
-                raise ValueError(f"downscale must be (min_factor, max_factor) within (0, 1], got {downscale}")
+            lo, hi = check_downscale_range(downscale)
             ops.append(A.Downscale(scale_range=(lo, hi), p=downscale_p,
                                    interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR}))
         self.compose = A.Compose(ops)
