@@ -1,7 +1,10 @@
 """Train one model from a YAML config: `python main.py CONFIG.yaml [dotted.key=value ...]`.
 
-Exit codes: 0 done; 2 a bad config or override, missing data, or a run folder that already holds a run
-(the same code as the stages and the scorer use for problems with their inputs)."""
+Exit codes: 0 done; 1 a write failed (read-only folder, full disk, quota); 2 a bad config or override, a
+config file that is not YAML text, missing data (also test ROIs without pixels), a bad data.pseudo_labels
+file, a run folder that already holds a run or is in use by another process, or a resume with a changed
+config (the same code as the stages and the scorer use for problems with their inputs). Each is one line
+on stderr."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +24,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                "  python main.py cfg/demo_ce.yaml train.epochs=2 train.resume=true\n"
                "  torchrun --nproc_per_node=4 main.py cfg/wrn_dwce.yaml\n\n"
                "A config file may extend another: `base: demo_wrn_dwce.yaml` (relative to its folder) plus the "
-               "keys that differ.\nExit codes: 0 done; 2 bad config, missing data, or a run folder already in use.\n\n"
+               "keys that differ.\nExit codes: 0 done; 1 a write failed (read-only folder, full disk, quota); 2 bad "
+               "config, missing data (test\nROIs without pixels: see data.allow_missing_test), bad data.pseudo_labels, "
+               "a run folder that holds a run or is in\nuse (see output.wait_for_lock), or a resume with a changed "
+               "config.\n\n"
                "config keys (section.key = default  # meaning):\n" + describe_config(Config),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML config file (see cfg/)")
@@ -36,13 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from src.data.training import DataMissingError  # torch import after argument checks: fast --help
+    from src.artifacts import RunLockedError, os_error_line
+    from src.checkpoint import ConfigMismatchError
+    from src.data.training import DataMissingError, PseudoLabelError  # torch import after argument checks
     from src.train import train
     try:
         run_dir = train(cfg)
-    except (DataMissingError, FileExistsError) as err:
+    except (DataMissingError, FileExistsError, PseudoLabelError, RunLockedError, ConfigMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if os_error_line(err) is None:
+            raise
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
+        return 1
     if os.environ.get("RANK", "0") == "0":  # torchrun: one line, from rank 0
         print(run_dir)
     return 0

@@ -38,7 +38,7 @@ fi
 
 # A pipeline config has top-level keys a training config never has (following `base:` files).
 is_pipeline() {
-    grep -qE '^(name|train_config|train_overrides|data_root|solution|seeds|split_seed|rounds|warm_start|prepare|pseudo|decoding|output_root|submissions_dir|kaggle):' "$1" && return 0
+    grep -qE '^(name|train_config|train_overrides|data_root|solution|seeds|split_seed|rounds|warm_start|allow_missing_test|prepare|pseudo|decoding|output_root|submissions_dir|kaggle):' "$1" && return 0
     local base
     base=$(sed -nE 's/^base:[[:space:]]*["'\'']?([^"'\''#[:space:]]+).*/\1/p' "$1")
     [[ -z "$base" ]] && return 1

@@ -2,13 +2,19 @@
 
 A crash or Ctrl-C therefore never leaves a half-written file under the final name; what a killed run
 leaves is a `.<name>.<random>.tmp` file, which `remove_stale_temps` clears when the run is resumed.
+`run_lock` keeps two processes from writing one run folder at once.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import io
 import json
 import os
+import shutil
+import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +26,10 @@ import numpy as np
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 TEMP_PATTERN = ".*.tmp"  # the names atomic_path gives its temporary files: .<name>.<random>.tmp
+LOCK_FILE = ".lock"  # run_lock's file in the locked folder
+# errno values of file operations that fail for a reason the user must fix (no access, read-only, full disk, quota)
+WRITE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
+FULL_DISK_BYTES = 1 << 20  # a file system with less free space than this is full
 
 
 @contextlib.contextmanager
@@ -34,6 +44,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give them the usual mode
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.filename is None and err.errno in WRITE_ERRNOS:  # name the artefact in the message
+            raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
+        raise
+    except RuntimeError as err:
+        # torch.save reports a full disk as "file write failed", without errno: ask the file system
+        # while the partial file still takes the space.
+        if shutil.disk_usage(tmp_path.parent).free < FULL_DISK_BYTES:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -50,6 +70,24 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def create_json_if_absent(path: str | Path, obj: Any) -> bool:
+    """Write `obj` as JSON to `path` only if no file is there, atomically even against other processes
+    (a hard link never replaces a file); returns whether this call created it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # TEMP_PATTERN
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(obj, indent=2, default=str) + "\n")
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
 
 
 def atomic_write_with(path: str | Path, writer: Callable[[Path], None]) -> Path:
@@ -83,3 +121,44 @@ def remove_stale_temps(folder: str | Path, pattern: str = TEMP_PATTERN, min_age_
         except FileNotFoundError:
             pass  # gone meanwhile
     return removed
+
+
+def os_error_line(err: BaseException) -> str | None:
+    """'PATH: No space left on device' for an OSError the user must fix (no access, a read-only file
+    system, a full disk or quota); None for any other error (a bug: let its traceback show)."""
+    if not isinstance(err, OSError) or err.errno not in WRITE_ERRNOS:
+        return None
+    return f"{err.filename}: {err.strerror}" if err.filename else f"{err.strerror or err}"
+
+
+class RunLockedError(RuntimeError):
+    """Another live process holds the lock of a run folder; the message names it (pid, host)."""
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | Path, wait: bool = False, advice: str = "") -> Iterator[Path]:
+    """Hold an exclusive lock on `folder` (created if needed) while the block runs.
+
+    The lock is an flock on folder/.lock, which records the holder's pid and host. A second process gets
+    RunLockedError naming the holder (and `advice`), or with `wait` blocks until the holder is done. The
+    kernel releases the lock when its process dies, so a killed run never leaves a stale lock behind.
+    (On NFS, Linux emulates flock with byte-range locks, which hold across hosts; Lustre needs its
+    `flock` mount option.)"""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            if not wait:
+                raise RunLockedError(f"{folder} is in use by {holder}" + (f"; {advice}" if advice else "")) from None
+            print(f"waiting for {folder}, in use by {holder}", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} (since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)  # releases the lock

@@ -16,7 +16,8 @@ from src.runtime import rng_states, set_rng_states
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # Keys that may change between a run and its resumption without changing the result.
-RESUMABLE_KEYS = ("train.resume", "train.max_epochs_this_run", "train.progress", "data.num_workers")
+RESUMABLE_KEYS = ("train.resume", "train.max_epochs_this_run", "train.progress", "data.num_workers",
+                  "output.wait_for_lock", "data.cache_dir", "data.max_missing_train_share", "data.allow_missing_test")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -33,6 +34,10 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     """Dotted keys whose values differ between two config dicts (ignoring RESUMABLE_KEYS)."""
     a, b = _flatten(saved), _flatten(current)
     return sorted(k for k in set(a) | set(b) if k not in RESUMABLE_KEYS and a.get(k) != b.get(k))
+
+
+class ConfigMismatchError(ValueError):
+    """A run is resumed with a config that differs from its checkpoint's."""
 
 
 class CheckpointSaver:
@@ -56,12 +61,14 @@ class CheckpointSaver:
         atomic_write_with(self.path, lambda tmp: torch.save(state, tmp))
 
     def resume(self) -> tuple[int, list[dict]]:
-        """Load every state from the file; returns (finished epochs, history). ValueError on a changed config."""
+        """Load every state from the file; returns (finished epochs, history).
+
+        ConfigMismatchError when the config differs from the saved one outside RESUMABLE_KEYS."""
         state = torch.load(self.path, map_location="cpu", weights_only=False)
         changed = config_differences(state["config"], self.config)
         if changed:
-            raise ValueError(f"{self.path}: the config differs from the checkpoint's in {changed}; "
-                             "resume with the same config")
+            raise ConfigMismatchError(f"{self.path}: the config differs from the checkpoint's in {changed}; "
+                                      "resume with the same config, or start a new run with another output.run_name")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -8,8 +8,9 @@ from another one (`base: demo_wrn_dwce.yaml`, relative to its folder) and hold o
 from __future__ import annotations
 
 import copy
+import types
 from pathlib import Path
-from typing import Any, Literal, Optional, TypeVar
+from typing import Any, Literal, Optional, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,13 +24,31 @@ class ConfigError(ValueError):
 
 
 class StrictModel(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated."""
+    """Base of every config section: unknown keys are errors, assignments are validated; a string field
+    takes a number too (`run_name: 2024` in a YAML file)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(),
+                              coerce_numbers_to_str=True)
 
 
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """['a.b=3', 'c=[1,2]'] -> {'a': {'b': 3}, 'c': [1, 2]}; values are parsed as YAML scalars/lists."""
+def _is_string_field(model_cls: type[BaseModel] | None, parts: list[str]) -> bool:
+    """Whether the dotted key `parts` names a `str` or `Optional[str]` field of model_cls."""
+    cls, annotation = model_cls, None
+    for part in parts:
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
+            return False
+        annotation = cls.model_fields[part].annotation
+        cls = annotation
+    if get_origin(annotation) in (Union, types.UnionType):
+        return set(get_args(annotation)) == {str, type(None)}
+    return annotation is str
+
+
+def parse_overrides(overrides: list[str], model_cls: type[BaseModel] | None = None) -> dict[str, Any]:
+    """['a.b=3', 'c=[1,2]'] -> {'a': {'b': 3}, 'c': [1, 2]}; values are parsed as YAML scalars/lists.
+
+    With `model_cls`, a key naming a string field keeps its text when YAML would read a number, a bool
+    or a date: `output.run_name=007` is '007', not 7 (null still means None)."""
     tree: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -41,7 +60,10 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r} conflicts with an earlier override of {part!r}")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        if value is not None and not isinstance(value, (str, list, dict)) and _is_string_field(model_cls, parts):
+            value = raw.strip()
+        node[parts[-1]] = value
     return tree
 
 
@@ -89,8 +111,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a YAML config is UTF-8 text)") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        where = " ".join(line.strip() for line in str(err).splitlines())  # one line, with the position
+        raise ConfigError(f"{path}: not valid YAML: {where}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return data
@@ -123,7 +148,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def load_config(model_cls: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:
     """Read YAML at `path` (or start from defaults when None), apply overrides, validate."""
     data = load_yaml(path) if path is not None else {}
-    data = deep_merge(data, parse_overrides(list(overrides)))
+    data = deep_merge(data, parse_overrides(list(overrides), model_cls))
     return validate_config(model_cls, data, source=str(path or "defaults"))
 
 
@@ -152,6 +177,14 @@ class DataConfig(StrictModel):
     pseudo_labels: Optional[str] = Field(None, description="CSV annotation_id,concept_name of test ROIs to train on")
     solution: Optional[str] = Field(None, description="CSV annotation_id,concept_name to score test predictions")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    cache_dir: Optional[str] = Field(None, description="folder of the decoded crop caches (None: data.root/cache); "
+                                     "lets a read-only data.root be trained on")
+    max_missing_train_share: float = Field(
+        0.02, ge=0, le=1, description="largest share of labelled training ROIs without pixels (frame missing or "
+        "undecodable) that training drops with a warning; above it training stops")
+    allow_missing_test: bool = Field(
+        False, description="predict test ROIs without pixels from black crops (default: stop, naming the "
+        "download command that fetches their frames)")
 
 
 class ModelConfig(StrictModel):
@@ -250,6 +283,8 @@ class OutputConfig(StrictModel):
 
     dir: str = "outputs/runs"
     run_name: str = "demo"
+    wait_for_lock: bool = Field(False, description="when another process trains in the run folder: wait for it "
+                                "(default: stop at once, naming it)")
     decode: Literal["argmax", "bayes"] = Field(
         "argmax", description="label rule of predictions.csv: argmax p or argmin_k sum_j D[k,j] p_j")
 

@@ -170,8 +170,22 @@ def predict_crops(member: Member, crops: np.ndarray, batch_size: int | None = No
     return softmax_np(predict_logits(member.model, loader, member.device, amp_dtype(cfg.train.amp, member.device)))
 
 
-def read_roi_files(paths: list[Path], size: int, progress: bool = True) -> np.ndarray:
-    """(N, 1, size, size, 3) crops squared from ROI image files (zeros, with a warning, where unreadable).
+class MissingPixelsError(ValueError):
+    """ROIs whose frame or ROI file is missing or undecodable would be predicted from black crops."""
+
+
+def _refuse_missing_pixels(count: int, total: int, where: str, allow: bool) -> None:
+    what = f"{count} of {total} ROIs have no pixels ({where})"
+    if not allow:
+        raise MissingPixelsError(f"{what}: their predictions would come from black crops; fetch the missing frames "
+                                 "(python -m src.data.download) or allow it explicitly (--allow-missing-pixels, "
+                                 "ALLOW_MISSING_PIXELS in the notebook)")
+    print(f"warning: {what}: predicted from black crops")
+
+
+def read_roi_files(paths: list[Path], size: int, progress: bool = True, allow_missing: bool = False) -> np.ndarray:
+    """(N, 1, size, size, 3) crops squared from ROI image files; MissingPixelsError where a file is missing
+    or unreadable, unless `allow_missing` (zeros, with a warning).
 
     ROI files hold the clipped box pixels (src.data.download), so squaring them gives the cache's
     'roi' view exactly."""
@@ -186,17 +200,20 @@ def read_roi_files(paths: list[Path], size: int, progress: bool = True) -> np.nd
         except ImageDecodeError:
             missing.append(Path(path).name)
     if missing:
-        print(f"warning: {len(missing)} ROI files missing or unreadable (zeros used), e.g. {missing[:5]}")
+        _refuse_missing_pixels(len(missing), len(paths), f"ROI files missing or unreadable, e.g. {missing[:3]}",
+                               allow_missing)
     return out
 
 
 def load_crops(coco_json: str | Path, cache_dir: str | Path, size: int, views=("roi",),
                images_dir: str | Path | None = None, rois_dir: str | Path | None = None,
-               taxonomy: Taxonomy | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+               taxonomy: Taxonomy | None = None, progress: bool = True,
+               allow_missing: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(annotation_id (N,), crops (N, V, size, size, 3)) of every annotation of a COCO file, in id order.
 
     From the frames in `images_dir` through the project's crop cache (built under `cache_dir`, any view);
-    else from ROI files in `rois_dir` (view 'roi' only)."""
+    else from ROI files in `rois_dir` (view 'roi' only). MissingPixelsError when a frame or ROI file is
+    missing or undecodable, unless `allow_missing` (its ROIs then get black crops, with a warning)."""
     from src.data.coco import load_coco
 
     views = tuple(views)
@@ -205,9 +222,13 @@ def load_crops(coco_json: str | Path, cache_dir: str | Path, size: int, views=("
 
         cache = load_or_build_crop_cache(coco_json, images_dir, cache_dir, size, views=views, taxonomy=taxonomy,
                                          progress=progress)
-        bad = int((~cache.good).sum())
+        no_pixels = int((~cache.has_pixels).sum())
+        if no_pixels:
+            _refuse_missing_pixels(no_pixels, len(cache), f"frames missing or undecodable: {cache.path}/index.csv",
+                                   allow_missing)
+        bad = int((cache.has_pixels & ~cache.good).sum())
         if bad:
-            print(f"warning: {bad} of {len(cache)} crops have problems (missing frames?): see {cache.path}/index.csv")
+            print(f"warning: {bad} of {len(cache)} ROIs have a bad box (see {cache.path}/index.csv)")
         return cache.index["annotation_id"].to_numpy(np.int64), np.asarray(cache.crops)
     if rois_dir is not None and Path(rois_dir).is_dir():
         if views != ("roi",):
@@ -215,7 +236,7 @@ def load_crops(coco_json: str | Path, cache_dir: str | Path, size: int, views=("
         annotations = load_coco(coco_json).annotations
         ids = np.array([int(a["id"]) for a in annotations], dtype=np.int64)
         paths = [Path(rois_dir) / f"{a['image_id']}_{a['id']}.png" for a in annotations]
-        return ids, read_roi_files(paths, size, progress)
+        return ids, read_roi_files(paths, size, progress, allow_missing)
     raise FileNotFoundError(f"no test images: neither frames in {images_dir} nor ROI files in {rois_dir}")
 
 
@@ -252,12 +273,13 @@ def predict_members(member_dirs, crops_for: Callable[[int, tuple[str, ...]], tup
 def predict_ensemble(member_dirs, coco_json: str | Path, cache_dir: str | Path,
                      images_dir: str | Path | None = None, rois_dir: str | Path | None = None,
                      device: str | torch.device = "auto", batch_size: int | None = None,
-                     taxonomy: Taxonomy | None = None, progress: bool = True) -> EnsemblePredictions:
+                     taxonomy: Taxonomy | None = None, progress: bool = True,
+                     allow_missing_pixels: bool = False) -> EnsemblePredictions:
     """Every member's per-head probabilities on the annotations of a COCO file (see `load_crops`)."""
     taxonomy = taxonomy or load_taxonomy()
     return predict_members(
         member_dirs, lambda size, views: load_crops(coco_json, cache_dir, size, views, images_dir, rois_dir,
-                                                    taxonomy, progress),
+                                                    taxonomy, progress, allow_missing_pixels),
         device, batch_size, taxonomy, progress)
 
 
@@ -342,7 +364,8 @@ def prediction_table(probs: np.ndarray, taxonomy: Taxonomy, D: np.ndarray, confi
     return pd.DataFrame(table)
 
 
-def _coco_crops(coco_json: Path, images: Path | None, work: Path, taxonomy: Taxonomy, progress: bool):
+def _coco_crops(coco_json: Path, images: Path | None, work: Path, taxonomy: Taxonomy, progress: bool,
+                allow_missing: bool = False):
     """A (size, views) -> (ids, crops) source over a COCO file's frames; frames not found locally are
     downloaded from their coco_url into WORK/images."""
     if images is None:
@@ -353,13 +376,13 @@ def _coco_crops(coco_json: Path, images: Path | None, work: Path, taxonomy: Taxo
 
         print(f"frames not found locally: fetching them from their coco_url into {work / 'images'}")
         if download_split(coco_json, work, progress=progress) != 0:
-            print(f"warning: some frames could not be fetched (their ROIs get zero crops); see {work / 'failures.csv'}")
+            print(f"warning: some frames could not be fetched; see {work / 'failures.csv'}")
         images = work / "images"
     return lambda size, views: load_crops(coco_json, work / "cache", size, views, images_dir=images,
-                                          taxonomy=taxonomy, progress=progress)
+                                          taxonomy=taxonomy, progress=progress, allow_missing=allow_missing)
 
 
-def _folder_crops(folder: Path, progress: bool):
+def _folder_crops(folder: Path, progress: bool, allow_missing: bool = False):
     """A (size, views) -> (file names, crops) source over the ROI images of a folder (view 'roi' only)."""
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
@@ -369,7 +392,7 @@ def _folder_crops(folder: Path, progress: bool):
         if views != ("roi",):
             raise ValueError(f"a member uses the views {views}: a folder of ROI images gives only 'roi' "
                              "(pass the COCO file with the frames instead)")
-        return np.array([p.name for p in paths], dtype=object), read_roi_files(paths, size, progress)
+        return np.array([p.name for p in paths], dtype=object), read_roi_files(paths, size, progress, allow_missing)
 
     return crops_for
 
@@ -400,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch-size", type=int, default=None, help="default: each member's evaluation batch size")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--allow-missing-pixels", action="store_true",
+                        help="predict ROIs whose frame or ROI file is missing or undecodable from black crops "
+                             "(default: stop with an error naming them)")
     args = parser.parse_args(argv)
     progress = not args.no_progress
     try:
@@ -409,10 +435,11 @@ def main(argv: list[str] | None = None) -> int:
         members = find_members(args.model)
         source = Path(args.input)
         if source.is_dir():
-            crops_for, id_column = _folder_crops(source, progress), "file"
+            crops_for, id_column = _folder_crops(source, progress, args.allow_missing_pixels), "file"
         elif source.is_file():
             images = Path(args.images) if args.images else None
-            crops_for, id_column = _coco_crops(source, images, Path(args.work), taxonomy, progress), "annotation_id"
+            crops_for, id_column = (_coco_crops(source, images, Path(args.work), taxonomy, progress,
+                                                args.allow_missing_pixels), "annotation_id")
         else:
             raise FileNotFoundError(f"input {source}: no such file or folder")
         preds = predict_members(members, crops_for, args.device, args.batch_size, taxonomy, progress)

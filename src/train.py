@@ -21,6 +21,7 @@ loaders), src.predict (prediction, artefacts) and src.score (metrics).
 from __future__ import annotations
 
 import math
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -34,10 +35,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from src.artifacts import atomic_write_json, atomic_write_text, atomic_write_with
+from src.artifacts import atomic_write_json, atomic_write_text, atomic_write_with, remove_stale_temps, run_lock
 from src.checkpoint import CheckpointSaver
 from src.config import Config, config_to_yaml
-from src.data.training import Datasets, Loaders, build_datasets, build_loaders, check_data, load_split
+from src.data.training import (Datasets, Loaders, build_datasets, build_loaders, check_data, check_missing_pixels,
+                                load_split)
 from src.losses import build_loss
 from src.models import build_model
 from src.plots import plot_training_curves
@@ -123,10 +125,20 @@ def validate(model: nn.Module, loader: DataLoader, labels: np.ndarray, loss_fn: 
 
 
 def train(cfg: Config) -> Path:
-    """Train (or resume) the run cfg describes; returns the run folder. See the module docstring."""
+    """Train (or resume) the run cfg describes; returns the run folder. See the module docstring.
+
+    Rank 0 holds the run folder's lock (src.artifacts.run_lock) throughout: a second run of the same
+    folder stops with RunLockedError (or waits, output.wait_for_lock); temporary files a killed run
+    left in the folder are removed."""
+    check_data(Path(cfg.data.root))
     rt = setup_runtime(cfg.train.device)
+    run_dir = Path(cfg.output.dir) / cfg.output.run_name
     try:
-        return _train(cfg, rt)
+        with run_lock(run_dir, cfg.output.wait_for_lock, advice="wait for it to finish (output.wait_for_lock=true "
+                      "waits), or choose another output.run_name") if rt.main else nullcontext():
+            if rt.main:
+                remove_stale_temps(run_dir)
+            return _train(cfg, rt)
     finally:
         if rt.owns_process_group:
             dist.destroy_process_group()
@@ -145,7 +157,6 @@ def _train(cfg: Config, rt: Runtime) -> Path:
     if rt.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    check_data(Path(cfg.data.root))
     show = cfg.train.progress and rt.main
 
     taxonomy = load_taxonomy()
@@ -160,6 +171,9 @@ def _train(cfg: Config, rt: Runtime) -> Path:
     test_cache = load_split(cfg, taxonomy, "test", progress=show)
     if rt.main:
         rt.barrier()
+    for warning in check_missing_pixels(cfg, train_cache, test_cache):
+        if rt.main:
+            print(warning, file=sys.stderr, flush=True)
     data = build_datasets(cfg, taxonomy, train_cache, test_cache)
     loaders = build_loaders(cfg, data, rt.rank, rt.world, rt.device)
 
@@ -247,7 +261,9 @@ def finish(cfg: Config, run_dir: Path, model: nn.Module, data: Datasets, loaders
     """Predict test (and validation) ROIs, write probabilities, predictions and done.json (last)."""
     classes = taxonomy.names
     done = {"run_dir": str(run_dir), "epochs": cfg.train.epochs, "classes": len(classes),
-            "final": history[-1] if history else {}}
+            "final": history[-1] if history else {},
+            "test_missing_pixels": int((~test_cache.has_pixels).sum()),  # predicted from black crops
+            "train_dropped": int(((train_cache.labels >= 0) & ~train_cache.good).sum())}
     test_ids = test_cache.index["annotation_id"].to_numpy()
     test_probs = softmax_np(predict_logits(model, loaders.eval(data.test), device, dtype))
     pred = write_predictions(run_dir, "test", test_ids, test_probs, classes, D, cfg.output.decode)

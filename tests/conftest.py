@@ -33,6 +33,18 @@ def tiny_taxonomy():
 
 
 @pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """The 'tiny' generated benchmark, downloaded (frames and ROIs of both splits); treat it as read-only."""
+    from src.data.download import download_split
+    from src.data.synthetic import generate_benchmark
+    root = tmp_path_factory.mktemp("bench") / "tiny"
+    generate_benchmark(root, "tiny", seed=0, progress=False)
+    for split in ("train", "test"):
+        assert download_split(root / f"dataset_{split}.json", root / split, progress=False) == 0
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A finished tiny pipeline run and its package, nested like a Kaggle input folder (made once per session).
 

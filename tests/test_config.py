@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from src.config import Config, ConfigError, config_to_yaml, describe_config, load_config
+from src.config import Config, ConfigError, config_to_yaml, describe_config, load_config, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_CONFIGS = sorted(REPO.glob("cfg/demo_*.yaml")) + [REPO / "cfg" / "wrn_dwce.yaml"]
@@ -47,6 +47,19 @@ def test_overrides_are_typed():
                                      "seed=7", "optim.grad_clip=null"])
     assert cfg.optim.lr == 3e-4 and cfg.seed == 7 and cfg.optim.grad_clip is None
     assert cfg.model.aux_ranks == ["phylum", "class"] and cfg.augment.downscale == (0.2, 1.0)
+
+
+def test_string_fields_take_scalars():
+    cfg = load_config(Config, None, ["output.run_name=2024", "data.root=007", "data.cache_dir=2024-01-01",
+                                     "data.pseudo_labels=null", "output.dir=1.50"])
+    assert (cfg.output.run_name, cfg.data.root, cfg.data.cache_dir, cfg.output.dir) == ("2024", "007", "2024-01-01",
+                                                                                        "1.50")
+    assert cfg.data.pseudo_labels is None
+    assert validate_config(Config, {"output": {"run_name": 2024}}).output.run_name == "2024"  # from a YAML file
+    from src.stages.pipeline_config import PipelineConfig
+    assert load_config(PipelineConfig, None, ["name=2024", "data_root=x"]).name == "2024"
+    with pytest.raises(ConfigError, match="'seed'"):
+        load_config(Config, None, ["seed=abc"])  # other fields stay typed
 
 
 @pytest.mark.parametrize("override,expected", [

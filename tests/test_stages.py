@@ -17,11 +17,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from src.artifacts import atomic_save_npz, atomic_write_json
+from src.artifacts import RunLockedError, atomic_save_npz, atomic_write_json, atomic_write_text, run_lock
+from src.config import ConfigError, config_to_yaml
 from src.score import score_frames
 from src.stages import pipeline as pipeline_stage
+from src.stages import pseudo_label as pseudo_label_stage
 from src.stages import submit as submit_stage
-from src.stages.common import StageError
+from src.stages import train_ensemble as train_ensemble_stage
+from src.stages.common import StageError, build_member_config
 from src.stages.pipeline_config import PipelineConfig
 from src.stages.pseudo_label import make_pseudo_labels
 from src.stages.retrain import retrain
@@ -82,6 +85,7 @@ class FakeTrainer:
                         probs=head_probs(member_labels(r)[m], config.seed)[:, ::-1], classes=names)
         atomic_save_npz(run_dir / "val_probs.npz", annotation_id=VAL_IDS, probs=head_probs(VAL_TRUTH, config.seed + 99),
                         classes=names, labels=VAL_TRUTH)
+        atomic_write_text(run_dir / "config.yaml", config_to_yaml(config))
         atomic_write_json(run_dir / "done.json", {"seed": config.seed})
         return run_dir
 
@@ -232,6 +236,87 @@ def test_pipeline_resumes_after_a_kill_and_summarises(cfg, capsys):
     cfg.pseudo.min_votes = 3
     with pytest.raises(StageError, match="different config"):
         pipeline_stage.run_pipeline(cfg, again)
+
+
+# ------------------------------------------------------------- stages alone, locks, early validation
+def _config_file(cfg: PipelineConfig, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return path
+
+
+def test_a_stage_alone_checks_the_fingerprint_and_never_rewrites_a_trained_round(cfg, tmp_path, capsys):
+    pipeline_stage.run_pipeline(cfg, FakeTrainer())
+    config = _config_file(cfg, tmp_path / "pipeline.yaml")
+    pseudo = cfg.layout.pseudo_labels(1)
+    before = pseudo.read_bytes()
+    capsys.readouterr()
+    assert pseudo_label_stage.main([str(config), "--round", "1", "pseudo.u_threshold=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "different config" in err and "name=t_2" in err and pseudo.read_bytes() == before
+    assert train_ensemble_stage.main([str(config), "train_overrides.train.epochs=30"]) == 2
+    out, err = capsys.readouterr()
+    assert "done, skipped" not in out and "different config" in err and "name=t_2" in err
+    assert pseudo_label_stage.main([str(config), "--round", "1"]) == 0  # the same config: nothing changes
+    assert pseudo.read_bytes() == before
+
+    # beneath the fingerprint (a run without state.json): a trained round's inputs and members are kept
+    cfg.layout.state.unlink()
+    changed = cfg.model_copy(update={"pseudo": cfg.pseudo.model_copy(update={"u_threshold": 0.5})})
+    with pytest.raises(StageError, match=r"is what round 1's members .* were trained on.*name=t_2"):
+        make_pseudo_labels(changed, 1)
+    assert pseudo.read_bytes() == before
+    Path(cfg.train_config).write_text("train:\n  epochs: 30\n")
+    with pytest.raises(StageError, match=r"trained with another config \(train.epochs\)"):
+        train_ensemble(cfg, FakeTrainer())
+
+
+def test_a_run_in_use_stops_the_pipeline_and_the_stages(cfg, tmp_path, capsys):
+    config = _config_file(cfg, tmp_path / "pipeline.yaml")
+    with run_lock(cfg.layout.root):  # stands for a pipeline or stage still working in the run
+        with pytest.raises(RunLockedError, match=r"in use by pid \d+ on host .*--wait"):
+            pipeline_stage.run_pipeline(cfg, FakeTrainer())
+        assert submit_stage.main([str(config)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "in use by pid" in err and len(err.strip().splitlines()) == 1
+    assert not cfg.layout.state.exists()
+
+
+def test_a_resumed_pipeline_removes_the_temporary_files_of_the_killed_one(cfg):
+    with pytest.raises(KeyboardInterrupt):
+        pipeline_stage.run_pipeline(cfg, FakeTrainer(fail_at_call=2))
+    subs = Path(cfg.submissions_dir)
+    subs.mkdir()
+    stale = [cfg.layout.root / ".state.json.a1b2.tmp", cfg.layout.round_dir(0) / ".x.csv.c3.tmp",
+             subs / ".t_argmax.csv.d4.tmp"]
+    other_runs = subs / ".other_argmax.csv.e5.tmp"
+    for path in [*stale, other_runs]:
+        path.write_text("partial")
+    pipeline_stage.run_pipeline(cfg, FakeTrainer())
+    assert not any(p.exists() for p in stale) and other_runs.exists()
+
+
+def test_a_typo_in_train_overrides_stops_before_any_step(cfg, tmp_path, capsys):
+    bad = cfg.model_copy(update={"train_overrides": {"optim": {"lrate": 1}}})
+    with pytest.raises(ConfigError, match="optim.lrate"):
+        pipeline_stage.run_pipeline(bad, FakeTrainer())
+    assert not cfg.layout.state.exists()  # nothing ran, no fingerprint recorded: fix the typo and go on
+    config = _config_file(cfg, tmp_path / "pipeline.yaml")
+    assert pipeline_stage.main([str(config), "train_overrides.optim.lrate=1"]) == 2
+    assert "unknown key 'optim.lrate'" in capsys.readouterr().err and not cfg.layout.state.exists()
+
+
+def test_submit_refuses_predictions_made_from_missing_pixels_unless_allowed(cfg, capsys):
+    train_ensemble(cfg, FakeTrainer())
+    done = cfg.layout.member_dir(0, 11) / "done.json"
+    done.write_text(json.dumps({"seed": 11, "test_missing_pixels": 4}))
+    with pytest.raises(StageError, match="predicted 4 test ROIs without pixels"):
+        submit_stage.submit(cfg, r=0)
+    assert not cfg.layout.submission("argmax").exists()
+    allowed = cfg.model_copy(update={"allow_missing_test": True})
+    assert build_member_config(allowed, 0, 10).data.allow_missing_test
+    assert not build_member_config(cfg, 0, 10).data.allow_missing_test
+    submit_stage.submit(allowed, r=0)
+    assert "warning: " in capsys.readouterr().out and cfg.layout.submission("argmax").is_file()
 
 
 # ------------------------------------------------------------------ the real chain, killed and resumed

@@ -21,17 +21,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = {"epoch_seconds", "train_img_per_s"}
 
 
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    from src.data.download import download_split
-    from src.data.synthetic import generate_benchmark
-    root = tmp_path_factory.mktemp("bench") / "tiny"
-    generate_benchmark(root, "tiny", seed=0, progress=False)
-    for split in ("train", "test"):
-        assert download_split(root / f"dataset_{split}.json", root / split, progress=False) == 0
-    return root
-
-
 def _cfg(root, out, *overrides):
     return load_config(Config, os.path.join(REPO, "cfg", "demo_tiny.yaml"),
                        [f"data.root={root}", f"output.dir={out}", *overrides])

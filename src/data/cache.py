@@ -10,7 +10,10 @@ Layout, one folder per build under `cache_dir`, named <coco stem>_s<size>_<views
 The key hashes the COCO file's and every referenced frame's size and mtime with the build parameters:
 when any of them changes a new folder is built, and the superseded build of the same inputs is removed.
 Annotations with a problem (frame missing or undecodable: zeros; bad box: a 1-pixel box at the nearest
-position) keep their row so test predictions cover every id; training should drop them.
+position) keep their row so test predictions cover every id; training drops them, and `has_pixels` tells
+the rows whose crops are all zeros (src.data.training and src.predict refuse to predict those by default).
+Builds are locked (src.artifacts.run_lock): a second process waits for the first build of the same
+inputs and then opens it; a build after a killed one removes the killed one's temporary crops file.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from src.artifacts import atomic_path, atomic_write_json, atomic_write_with
+from src.artifacts import atomic_path, atomic_write_json, atomic_write_with, remove_stale_temps, run_lock
 from src.data.coco import Coco, ImageDecodeError, load_coco, read_rgb
 from src.data.crops import DEFAULT_FILL, BadBoxError, clip_box, extract_views, fit_square, parse_view
 from src.taxonomy import Taxonomy, load_taxonomy
@@ -36,6 +39,9 @@ from src.taxonomy import Taxonomy, load_taxonomy
 CACHE_VERSION = 1
 INDEX_COLUMNS = ("annotation_id", "image_id", "label", "concept_name", "box_w", "box_h", "frame_w", "frame_h",
                  "problem")
+NO_FRAME = "image_id not in images"
+UNDECODABLE = "undecodable frame"  # also a frame file that is missing
+NO_PIXELS = (NO_FRAME, UNDECODABLE)  # problems that leave a row's crops all zeros
 
 
 @dataclass
@@ -61,6 +67,11 @@ class CropCache:
         """Boolean mask of rows whose crop is good (no problem)."""
         return (self.index["problem"] == "").to_numpy()
 
+    @property
+    def has_pixels(self) -> np.ndarray:
+        """Boolean mask of rows cut from a decoded frame (False: frame missing or undecodable, zero crops)."""
+        return ~self.index["problem"].str.startswith(NO_PIXELS).to_numpy(bool)
+
 
 def nearest_box(bbox, frame_w: int, frame_h: int):
     """A 1x1-or-larger box inside the frame, as close as possible to a bbox that `clip_box` rejects."""
@@ -71,6 +82,18 @@ def nearest_box(bbox, frame_w: int, frame_h: int):
     x0 = int(min(max(x, 0), frame_w - 1))
     y0 = int(min(max(y, 0), frame_h - 1))
     return x0, y0, int(min(max(x0 + 1, x + w), frame_w)), int(min(max(y0 + 1, y + h), frame_h))
+
+
+def download_command(root: str | Path, split: str) -> str:
+    """The command that fetches the frames of one split of a dataset folder and cuts its ROIs."""
+    return f"python -m src.data.download {Path(root) / f'dataset_{split}.json'} {Path(root) / split}"
+
+
+def annotations_without_frames(coco: Coco, images_dir: str | Path) -> list[int]:
+    """Ids of the annotations whose frame file is not in images_dir (or whose image is not listed): the
+    crop cache would give them zero crops."""
+    present = {image_id: (Path(images_dir) / coco.frame_name(image_id)).is_file() for image_id in coco.images}
+    return [int(a["id"]) for a in coco.annotations if not present.get(int(a["image_id"]), False)]
 
 
 def cache_key(coco_json: Path, images_dir: Path, coco: Coco, size: int, views, fill: int,
@@ -107,7 +130,7 @@ def _fill_frame(crops: np.ndarray, rows: list[int], frame_path: Path, coco: Coco
     try:
         rgb = read_rgb(frame_path)
     except ImageDecodeError as e:
-        return {r: {"problem": f"undecodable frame: {str(e).split(': ', 1)[-1]}"} for r in rows}
+        return {r: {"problem": f"{UNDECODABLE}: {str(e).split(': ', 1)[-1]}"} for r in rows}
     frame_h, frame_w = rgb.shape[:2]
     frame_square = fit_square(rgb, size, fill) if "frame" in views else None
     updates = {}
@@ -152,7 +175,7 @@ def build_crop_cache(coco_json, images_dir, out_dir, size: int, views=("roi",), 
             for image_id, rows in by_image.items():
                 image = coco.images.get(image_id)
                 if image is None:
-                    updates.update({r: {"problem": "image_id not in images"} for r in rows})
+                    updates.update({r: {"problem": NO_FRAME} for r in rows})
                     continue
                 frame_path = images_dir / coco.frame_name(image_id)
                 futures.append(pool.submit(_fill_frame, crops, rows, frame_path, coco, size, views, fill))
@@ -209,8 +232,12 @@ def load_or_build_crop_cache(coco_json, images_dir, cache_dir, size: int, views=
     meta_path = folder / "meta.json"
     if meta_path.is_file() and json.loads(meta_path.read_text()).get("key") == key:
         return open_crop_cache(folder)
-    cache = build_crop_cache(coco_json, images_dir, folder, size, views, taxonomy, fill, key, progress=progress,
-                             coco=coco)
+    with run_lock(folder, wait=True):
+        if meta_path.is_file() and json.loads(meta_path.read_text()).get("key") == key:
+            return open_crop_cache(folder)  # built by the process we waited for
+        remove_stale_temps(folder)  # a killed build's partial crops.npy
+        cache = build_crop_cache(coco_json, images_dir, folder, size, views, taxonomy, fill, key,
+                                 progress=progress, coco=coco)
     _remove_superseded(cache_dir, prefix, folder, coco_json)
     return cache
 

@@ -2,11 +2,13 @@
 pseudo-labelled test rows, transforms and DataLoaders.
 
     train_cache, test_cache = load_split(cfg, taxonomy, "train"), load_split(cfg, taxonomy, "test")
+    warnings = check_missing_pixels(cfg, train_cache, test_cache)   # refuses, or warns (print them)
     data = build_datasets(cfg, taxonomy, train_cache, test_cache)
     loaders = build_loaders(cfg, data, rank, world, device)
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from src.config import Config
-from src.data.cache import CropCache, load_or_build_crop_cache
+from src.data.cache import CropCache, download_command, load_or_build_crop_cache
 from src.data.dataset import CropCacheDataset
 from src.data.splits import frame_grouped_split, shifted_downscale_factors
 from src.data.transforms import build_eval_transform, build_train_transform
@@ -29,6 +31,23 @@ class DataMissingError(FileNotFoundError):
     """The dataset folder lacks the files training needs; the message gives the commands that make them."""
 
 
+class PseudoLabelError(ValueError):
+    """data.pseudo_labels cannot be read or does not match the test set; the message says why."""
+
+
+GENERATOR_PRESETS = ("tiny", "demo", "bench")  # src.data.synthetic's presets
+
+
+def generated_preset(root: Path) -> tuple[str, int]:
+    """(preset, seed) of a generated benchmark folder: from its generator.json, else guessed from the
+    folder's name (inputs/synthetic/tiny: tiny), else the demo preset."""
+    try:
+        record = json.loads((root / "generator.json").read_text())
+        return str(record["preset"]), int(record.get("seed", 0))
+    except (OSError, ValueError, KeyError, TypeError):
+        return (root.name if root.name in GENERATOR_PRESETS else "demo"), 0
+
+
 def check_data(root: Path) -> None:
     """Stop at once, with the commands that fetch or generate the data, when root is incomplete."""
     needed = [root / "dataset_train.json", root / "dataset_test.json", root / "train" / "images",
@@ -36,24 +55,65 @@ def check_data(root: Path) -> None:
     missing = [str(p) for p in needed if not p.exists()]
     if not missing:
         return
-    if "synthetic" in root.parts:
-        make = (f"  python -m src.data.synthetic --out {root} --preset demo --seed 0\n"
-                f"  python -m src.data.download {root}/dataset_train.json {root}/train\n"
-                f"  python -m src.data.download {root}/dataset_test.json {root}/test")
+    downloads = f"  {download_command(root, 'train')}\n  {download_command(root, 'test')}"
+    has_coco = (root / "dataset_train.json").exists() and (root / "dataset_test.json").exists()
+    if "synthetic" in root.parts or (root / "generator.json").is_file():
+        preset, seed = generated_preset(root)
+        generate = "" if has_coco else f"  python -m src.data.synthetic --out {root} --preset {preset} --seed {seed}\n"
+        make = generate + downloads
     else:
-        make = (f"  python -m src.data.fetch --competition fathomnet-2025 --out {root}\n"
-                f"  python -m src.data.download {root}/dataset_train.json {root}/train\n"
-                f"  python -m src.data.download {root}/dataset_test.json {root}/test\n"
-                f"(no Kaggle access? cfg/demo_*.yaml train on the generated benchmark in inputs/synthetic/demo)")
+        fetch = "" if has_coco else f"  python -m src.data.fetch --competition fathomnet-2025 --out {root}\n"
+        make = (fetch + downloads + "\n(no Kaggle access? cfg/demo_*.yaml train on the generated benchmark in "
+                "inputs/synthetic/demo)")
     raise DataMissingError(f"data missing under {root}: {', '.join(missing)}.\nMake it with:\n{make}")
 
 
 def load_split(cfg: Config, taxonomy: Taxonomy, split: str, progress: bool = True) -> CropCache:
-    """The CropCache (crops (N, V, S, S, 3) uint8, index DataFrame) of ROOT/dataset_<split>.json."""
+    """The CropCache (crops (N, V, S, S, 3) uint8, index DataFrame) of ROOT/dataset_<split>.json,
+    built in data.cache_dir (default ROOT/cache)."""
     root = Path(cfg.data.root)
-    return load_or_build_crop_cache(root / f"dataset_{split}.json", root / split / "images", root / "cache",
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else root / "cache"
+    return load_or_build_crop_cache(root / f"dataset_{split}.json", root / split / "images", cache_dir,
                                     cfg.data.cache_size or cfg.data.image_size, views=tuple(cfg.data.views),
                                     taxonomy=taxonomy, progress=progress)
+
+
+def _example(cache: CropCache, rows: np.ndarray) -> str:
+    first = cache.index.iloc[rows[0]]
+    return f"e.g. annotation {first.annotation_id} of image {first.image_id}: {first.problem}"
+
+
+def check_missing_pixels(cfg: Config, train_cache: CropCache, test_cache: CropCache) -> list[str]:
+    """Refuse (DataMissingError) to predict test ROIs without pixels unless data.allow_missing_test, or to
+    train when more than data.max_missing_train_share of the labelled training ROIs have none; returns
+    the warnings to print for what is dropped or allowed (rows without pixels would be black crops)."""
+    root, warnings = Path(cfg.data.root), []
+    test_rows = np.flatnonzero(~test_cache.has_pixels)
+    if len(test_rows):
+        what = (f"{len(test_rows)} of {len(test_cache)} test ROIs have no pixels (frame missing or undecodable; "
+                f"{_example(test_cache, test_rows)})")
+        if not cfg.data.allow_missing_test:
+            raise DataMissingError(f"{what}: their predictions would come from black crops. Fetch the frames with\n"
+                                   f"  {download_command(root, 'test')}\nor set data.allow_missing_test=true "
+                                   "to predict them anyway")
+        warnings.append(f"warning: {what}: predicted from black crops (data.allow_missing_test)")
+    labelled = train_cache.labels >= 0
+    no_pixels = np.flatnonzero(labelled & ~train_cache.has_pixels)
+    bad_box = np.flatnonzero(labelled & train_cache.has_pixels & ~train_cache.good)
+    share = len(no_pixels) / max(1, int(labelled.sum()))
+    if len(no_pixels):
+        what = (f"{len(no_pixels)} of {int(labelled.sum())} labelled training ROIs ({share:.1%}) have no pixels "
+                f"(frame missing or undecodable; {_example(train_cache, no_pixels)})")
+        fix = f"fetch the frames with\n  {download_command(root, 'train')}"
+        if share > cfg.data.max_missing_train_share:
+            raise DataMissingError(f"{what}, more than data.max_missing_train_share="
+                                   f"{cfg.data.max_missing_train_share:g}: {fix}\nor raise that limit to train "
+                                   "without them")
+        warnings.append(f"warning: {what}: training without them; {fix}")
+    if len(bad_box):
+        warnings.append(f"warning: {len(bad_box)} labelled training ROIs have a bad box and are not trained on "
+                        f"({_example(train_cache, bad_box)})")
+    return warnings
 
 
 def read_pseudo_labels(path: str | Path, test_index: pd.DataFrame, taxonomy: Taxonomy) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +161,10 @@ def build_datasets(cfg: Config, taxonomy: Taxonomy, train_cache: CropCache, test
     parts = [Subset(CropCacheDataset(train_cache.crops, labels, train_tf), train_rows)]
     test_labels = np.full(len(test_cache), -1, dtype=np.int64)
     if cfg.data.pseudo_labels:
-        pl_rows, pl_labels = read_pseudo_labels(cfg.data.pseudo_labels, test_cache.index, taxonomy)
+        try:
+            pl_rows, pl_labels = read_pseudo_labels(cfg.data.pseudo_labels, test_cache.index, taxonomy)
+        except (OSError, ValueError) as err:  # missing, a folder, binary, not CSV, wrong columns, ids or names
+            raise PseudoLabelError(f"data.pseudo_labels {cfg.data.pseudo_labels}: {err}") from None
         pseudo = test_labels.copy()
         pseudo[pl_rows] = pl_labels
         parts.append(Subset(CropCacheDataset(test_cache.crops, pseudo, train_tf), pl_rows))

@@ -1,16 +1,28 @@
-"""What the stages share: the CLI skeleton, training a round's members, loading their saved predictions."""
+"""What the stages share: the CLI skeleton, the run folder's lock and config fingerprint, training a round's
+members, loading their saved predictions."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import json
+import os
 import shlex
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
-from src.config import ConfigError, deep_merge, describe_config, load_yaml, parse_overrides, validate_config
+from src.artifacts import (
+    RunLockedError, atomic_write_json, create_json_if_absent, os_error_line, remove_stale_temps, run_lock,
+)
+from src.config import (
+    ConfigError, config_sources, config_to_yaml, deep_merge, describe_config, load_config, load_yaml, parse_overrides,
+    validate_config,
+)
 from src.ensemble import EnsemblePredictions
 from src.stages.pipeline_config import PipelineConfig, load_pipeline_config
 from src.submission import LabelFileError
@@ -30,29 +42,128 @@ def stage_parser(prog: str, doc: str) -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="pipeline config YAML (e.g. cfg/pipeline_demo.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the pipeline config")
+    parser.add_argument("--wait", action="store_true",
+                        help="when another process works in the run folder: wait for it (default: stop, naming it)")
     return parser
 
 
 def run_cli(parser: argparse.ArgumentParser, body: Callable[[PipelineConfig, argparse.Namespace], object],
             argv: list[str] | None = None) -> int:
     """Parse, load the pipeline config, run `body`; one-line errors and exit code 2 on known failures
-    (bad config, missing or inconsistent inputs)."""
+    (bad config, missing or inconsistent inputs, a run folder in use or made with another config), 1 when
+    a write fails (read-only folder, full disk)."""
     args = parser.parse_intermixed_args(argv)  # overrides may come after options
     try:
         cfg = load_pipeline_config(args.config, args.overrides)
         body(cfg, args)
-    except (ConfigError, StageError, LabelFileError, FileNotFoundError) as err:
+    except (ConfigError, StageError, LabelFileError, FileNotFoundError, RunLockedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if os_error_line(err) is None:
+            raise
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
+        return 1
     return 0
+
+
+# ------------------------------------------------------------------------------------ the run folder
+def config_fingerprint(cfg: PipelineConfig) -> str:
+    """Hash of the resolved pipeline config and the text of the training config file (and of its bases)."""
+    sources = config_sources(cfg.train_config) if cfg.train_config else []
+    text = config_to_yaml(cfg) + "".join(path.read_text() for path in sources)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def new_run_name(cfg: PipelineConfig) -> str:
+    """A name no run under output_root has yet: <name>_2, <name>_3, ..."""
+    k = 2
+    while (Path(cfg.output_root) / f"{cfg.name}_{k}").exists():
+        k += 1
+    return f"{cfg.name}_{k}"
+
+
+def load_state(cfg: PipelineConfig) -> dict:
+    """The run's state.json (config fingerprint, finished steps), created for this config when absent.
+
+    StageError when the run was started with a different config: finished steps are never redone or
+    rewritten under another config, the message names a new run name to use instead."""
+    fingerprint = config_fingerprint(cfg)
+    path = cfg.layout.state
+    if not path.is_file():
+        create_json_if_absent(path, {"config_fingerprint": fingerprint, "finished": {}})
+    state = json.loads(path.read_text())
+    if state.get("config_fingerprint") != fingerprint:
+        raise StageError(f"{cfg.layout.root} was started with a different config (see its pipeline.yaml and "
+                         f"state.json), and what it holds is not redone or rewritten with another one: start a new "
+                         f"run with name={new_run_name(cfg)} (or remove {cfg.layout.root} to start over)")
+    return state
+
+
+def record_step(cfg: PipelineConfig, state: dict, step: str, seconds: float) -> None:
+    """Mark `step` finished in state.json (the pipeline then skips it)."""
+    state["finished"][step] = {"seconds": round(seconds, 2),
+                               "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_json(cfg.layout.state, state)
+
+
+def remove_run_temps(cfg: PipelineConfig) -> int:
+    """Remove the temporary files a killed stage left in the run folder, its rounds and its submissions
+    (members' folders are cleaned by their training). Call it holding the run's lock."""
+    layout = cfg.layout
+    folders = [layout.root, layout.submit_dir, *layout.root.glob("round_*")]
+    removed = sum(remove_stale_temps(folder) for folder in folders)
+    for decoder in cfg.decoding.decoders:
+        path = layout.submission(decoder)
+        removed += remove_stale_temps(path.parent, f".{path.name}.*.tmp")
+    return removed
+
+
+def validate_member_configs(cfg: PipelineConfig) -> None:
+    """Build the training config of a member of round 0 (and of round 1): a typo in train_config or
+    train_overrides is a ConfigError before any step runs, not after `prepare` recorded the run."""
+    build_member_config(cfg, 0, cfg.seeds[0])
+    if cfg.rounds:
+        warm = cfg.layout.member_dir(0, cfg.seeds[0]) / "checkpoint.pt" if cfg.warm_start else None
+        build_member_config(cfg, 1, cfg.seeds[0], cfg.layout.pseudo_labels(1).resolve(), warm)
+
+
+def is_main_process() -> bool:
+    """False in the other processes of a torchrun job (they train; rank 0 keeps the books)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+@contextlib.contextmanager
+def open_run(cfg: PipelineConfig, step: str | None = None, wait: bool = False, lock: bool = True) -> Iterator[dict]:
+    """Around every stage's work: check the member configs, hold the run folder's lock (unless `lock` is
+    False: a SLURM array task training one member, which locks only its member's folder), check the
+    config fingerprint (recording it in a new run), remove temporary files a killed run left; on success
+    record `step` as finished. Yields the run's state."""
+    validate_member_configs(cfg)
+    lock = lock and is_main_process()
+    advice = "wait for it to finish (--wait waits), or use another run name"
+    with run_lock(cfg.layout.root, wait, advice) if lock else contextlib.nullcontext():
+        state = load_state(cfg)
+        if lock:
+            remove_run_temps(cfg)
+        start = time.time()
+        yield state
+        if step is not None and lock and step not in state["finished"]:
+            record_step(cfg, state, step, time.time() - start)
 
 
 # ---------------------------------------------------------------------------------------- training
 def train_member(config) -> Path:
-    """src.train.train, imported late so the ensemble-only stages do not load torch."""
+    """src.train.train, imported late so the ensemble-only stages do not load torch; its input errors
+    (a resume with a changed config, bad pseudo-labels) become StageError."""
+    from src.checkpoint import ConfigMismatchError
+    from src.data.training import PseudoLabelError
     from src.train import train
 
-    return Path(train(config))
+    try:
+        return Path(train(config))
+    except (ConfigMismatchError, PseudoLabelError) as err:
+        raise StageError(str(err)) from None
 
 
 def build_member_config(cfg: PipelineConfig, r: int, seed: int, pseudo_labels: Path | None = None,
@@ -72,7 +183,9 @@ def build_member_config(cfg: PipelineConfig, r: int, seed: int, pseudo_labels: P
         overrides.append(f"model.pretrained_path={init_checkpoint}")
     if resume:
         overrides.append("train.resume=true")
-    tree = deep_merge(deep_merge(base, cfg.train_overrides), parse_overrides(overrides))
+    if cfg.allow_missing_test:
+        overrides.append("data.allow_missing_test=true")
+    tree = deep_merge(deep_merge(base, cfg.train_overrides), parse_overrides(overrides, Config))
     return validate_config(Config, tree, source=f"{cfg.train_config or 'training defaults'} + train_overrides")
 
 
@@ -89,6 +202,7 @@ def train_round(cfg: PipelineConfig, r: int, pseudo_labels: Path | None = None, 
             continue
         run_dir = cfg.layout.member_dir(r, seed)
         if (run_dir / "done.json").is_file():
+            check_member_config(cfg, r, seed, pseudo_labels)
             print(f"  member seed {seed} ({i + 1}/{len(cfg.seeds)}): done, skipped", flush=True)
             dirs.append(run_dir)
             continue
@@ -105,6 +219,27 @@ def train_round(cfg: PipelineConfig, r: int, pseudo_labels: Path | None = None, 
         print(f"  member seed {seed}: finished in {time.time() - start:.0f} s", flush=True)
         dirs.append(run_dir)
     return dirs
+
+
+def check_member_config(cfg: PipelineConfig, r: int, seed: int, pseudo_labels: Path | None) -> None:
+    """StageError when a finished member was trained with another config than this run now gives it (a
+    changed train_config file, a run without state.json): it is never retrained or silently reused."""
+    from src.checkpoint import config_differences  # light enough: only the training stages call this
+    from src.config import Config
+
+    run_dir = cfg.layout.member_dir(r, seed)
+    if not (run_dir / "config.yaml").is_file():
+        return
+    try:
+        saved = load_config(Config, run_dir / "config.yaml").model_dump(mode="json")
+    except ConfigError:
+        saved = {}
+    warm = cfg.layout.member_dir(r - 1, seed) / "checkpoint.pt" if cfg.warm_start and r else None
+    wanted = build_member_config(cfg, r, seed, pseudo_labels, warm).model_dump(mode="json")
+    changed = config_differences(saved, wanted) if saved else ["(unreadable config.yaml)"]
+    if changed:
+        raise StageError(f"{run_dir} is finished but was trained with another config ({', '.join(changed[:5])}); "
+                         f"it is not retrained: start a new run with name={new_run_name(cfg)}")
 
 
 def sbatch_hint(config_path: str, overrides: list[str], r: int, n_members: int) -> str:

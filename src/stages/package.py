@@ -26,7 +26,7 @@ from src.artifacts import atomic_write_json, atomic_write_text
 from src.config import config_to_yaml
 from src.ensemble import fit_validation_temperature
 from src.manifest import MANIFEST, MANIFEST_FORMAT, sha256
-from src.stages.common import StageError, load_predictions, run_cli, stage_parser
+from src.stages.common import StageError, load_predictions, open_run, run_cli, stage_parser
 from src.stages.pipeline_config import PipelineConfig
 from src.taxonomy import DEFAULT_TAXONOMY_PATH, load_taxonomy
 
@@ -114,7 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round", type=int, default=None, help="ensemble round to package (default: the last)")
     parser.add_argument("--decoder", default=None, help="decoder the notebook uses (default: bayes if configured)")
     parser.add_argument("--kaggle-id", default=None, help="USER/slug: also write dataset-metadata.json")
-    return run_cli(parser, lambda cfg, args: package(cfg, args.out, args.round, args.decoder, args.kaggle_id), argv)
+
+    def body(cfg, args):
+        with open_run(cfg, wait=args.wait):
+            package(cfg, args.out, args.round, args.decoder, args.kaggle_id)
+
+    return run_cli(parser, body, argv)
 
 
 if __name__ == "__main__":

@@ -5,35 +5,28 @@
 Resumable: every finished step is recorded in output_root/name/state.json (written atomically), and
 a re-run after a kill skips those steps; inside a training step, finished members are skipped and an
 interrupted one resumes from its checkpoint. The state also records a fingerprint of the pipeline
-config and the training config file: a run cannot be continued with a different config (choose a new
-`name` instead). At the end a summary table (per round: pseudo-label count and accuracy when the
-solution is known, validation/test mean distance per decoder; plus the time of each step) is printed
-and saved as summary.md and summary.json in the run folder.
+config and the training config file: a run cannot be continued with a different config (the message
+names a new `name` to use), by this command or by any stage run alone. The run folder is locked while
+a pipeline or stage works in it: a second one stops naming the first's pid and host (`--wait` waits).
+The members' configs are validated before any step runs. At the end a summary table (per round:
+pseudo-label count and accuracy when the solution is known, validation/test mean distance per decoder;
+plus the time of each step) is printed and saved as summary.md and summary.json in the run folder.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from datetime import datetime, timezone
 from typing import Callable
 
 from src.artifacts import atomic_write_json, atomic_write_text
-from src.config import config_sources, config_to_yaml
-from src.stages.common import StageError, format_table, run_cli, stage_parser
+from src.config import config_to_yaml
+from src.stages.common import format_table, open_run, record_step, run_cli, stage_parser
 from src.stages.pipeline_config import PipelineConfig
 from src.stages.prepare import prepare
 from src.stages.pseudo_label import make_pseudo_labels
 from src.stages.retrain import retrain
 from src.stages.submit import evaluate_round, submit
 from src.stages.train_ensemble import train_ensemble
-
-
-def config_fingerprint(cfg: PipelineConfig) -> str:
-    """Hash of the resolved pipeline config and the text of the training config file (and of its bases)."""
-    sources = config_sources(cfg.train_config) if cfg.train_config else []
-    text = config_to_yaml(cfg) + "".join(path.read_text() for path in sources)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def pipeline_steps(cfg: PipelineConfig, trainer: Callable | None = None) -> list[tuple[str, Callable[[], object]]]:
@@ -46,40 +39,25 @@ def pipeline_steps(cfg: PipelineConfig, trainer: Callable | None = None) -> list
     return steps
 
 
-def load_state(cfg: PipelineConfig) -> dict:
-    """The run's state file, or a fresh one; StageError when the run was started with another config."""
-    fingerprint = config_fingerprint(cfg)
-    path = cfg.layout.state
-    if not path.is_file():
-        return {"config_fingerprint": fingerprint, "finished": {}}
-    state = json.loads(path.read_text())
-    if state.get("config_fingerprint") != fingerprint:
-        raise StageError(f"{path}: this run was started with a different config; give the run a new name "
-                         f"(name=...) or remove {cfg.layout.root}")
-    return state
+def run_pipeline(cfg: PipelineConfig, trainer: Callable | None = None, wait: bool = False) -> dict:
+    """Run (or continue) every step, then write and print the summary; returns the summary.
 
-
-def run_pipeline(cfg: PipelineConfig, trainer: Callable | None = None) -> dict:
-    """Run (or continue) every step, then write and print the summary; returns the summary."""
-    layout = cfg.layout
-    state = load_state(cfg)
-    layout.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(layout.root / "pipeline.yaml", config_to_yaml(cfg))
-    steps = pipeline_steps(cfg, trainer)
-    for i, (name, action) in enumerate(steps, 1):
-        prefix = f"[pipeline {cfg.name}] step {i}/{len(steps)} {name}"
-        if name in state["finished"]:
-            print(f"{prefix}: already done ({state['finished'][name]['seconds']:.0f} s), skipped", flush=True)
-            continue
-        print(f"{prefix}: running", flush=True)
-        start = time.time()
-        action()
-        seconds = time.time() - start
-        state["finished"][name] = {"seconds": round(seconds, 2),
-                                   "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        atomic_write_json(layout.state, state)
-        print(f"{prefix}: done in {seconds:.1f} s", flush=True)
-    summary = summarise(cfg, state)
+    Holds the run folder's lock throughout (`wait`: wait for another holder instead of stopping)."""
+    with open_run(cfg, wait=wait) as state:
+        atomic_write_text(cfg.layout.root / "pipeline.yaml", config_to_yaml(cfg))
+        steps = pipeline_steps(cfg, trainer)
+        for i, (name, action) in enumerate(steps, 1):
+            prefix = f"[pipeline {cfg.name}] step {i}/{len(steps)} {name}"
+            if name in state["finished"]:
+                print(f"{prefix}: already done ({state['finished'][name]['seconds']:.0f} s), skipped", flush=True)
+                continue
+            print(f"{prefix}: running", flush=True)
+            start = time.time()
+            action()
+            seconds = time.time() - start
+            record_step(cfg, state, name, seconds)
+            print(f"{prefix}: done in {seconds:.1f} s", flush=True)
+        summary = summarise(cfg, state)
     print(summary["markdown"])
     return summary
 
@@ -120,7 +98,7 @@ def summarise(cfg: PipelineConfig, state: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser("pipeline", __doc__)
-    return run_cli(parser, lambda cfg, args: run_pipeline(cfg), argv)
+    return run_cli(parser, lambda cfg, args: run_pipeline(cfg, wait=args.wait), argv)
 
 
 if __name__ == "__main__":

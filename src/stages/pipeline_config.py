@@ -79,6 +79,10 @@ class PipelineConfig(StrictModel):
     split_seed: int = Field(0, description="one validation split for every member (a fair ensemble validation score)")
     rounds: int = Field(2, ge=0, description="self-training rounds after the initial ensemble")
     warm_start: bool = Field(False, description="round r members start from round r-1's checkpoint of the same seed")
+    allow_missing_test: bool = Field(
+        False, description="go on although test ROIs have no pixels (frames missing or undecodable): members predict "
+        "them from black crops and submit writes them (default: prepare, training and submit stop, naming the "
+        "download command)")
     prepare: PrepareConfig = PrepareConfig()
     pseudo: PseudoLabelConfig = PseudoLabelConfig()
     decoding: DecodingConfig = DecodingConfig()

@@ -6,13 +6,15 @@ When `prepare.synthetic_preset` is set and data_root holds no complete generated
 (generator.json is written last), it is generated there (src.data.synthetic). Then, with `prepare.download`, the frames of the
 train and test COCO files are fetched into data_root/{train,test}/images and their ROIs cut
 (src.data.download); a split whose annotations.csv already exists is left alone. Inputs are never
-overwritten.
+overwritten. Lost training frames give a warning (training drops their ROIs, up to
+data.max_missing_train_share); test ROIs without a frame stop the stage, naming the download command,
+unless `allow_missing_test` (their predictions would come from black crops).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from src.stages.common import StageError, run_cli, stage_parser
+from src.stages.common import StageError, open_run, run_cli, stage_parser
 from src.stages.pipeline_config import PipelineConfig
 
 SPLITS = ("train", "test")
@@ -40,17 +42,40 @@ def prepare(cfg: PipelineConfig) -> dict:
                 continue
             print(f"  fetching frames and cutting ROIs of {split} -> {root / split}", flush=True)
             status = download_split(root / f"dataset_{split}.json", root / split, progress=False)
-            if status != 0:  # a few lost frames should not stop a run: say so and go on
+            if status != 0:  # a few lost training frames should not stop a run: say so and go on
                 print(f"  warning: {split} download reported problems; see {root / split / 'failures.csv'}", flush=True)
             done["downloaded"].append(split)
+        check_test_frames(root, cfg.allow_missing_test)
     if cfg.solution and not Path(cfg.solution).is_file():
         raise StageError(f"solution file {cfg.solution} not found")
     return done
 
 
+def check_test_frames(root: Path, allow_missing: bool) -> None:
+    """StageError when test ROIs have no frame in root/test/images (a warning with `allow_missing`)."""
+    from src.data.cache import annotations_without_frames, download_command
+    from src.data.coco import load_coco
+
+    coco = load_coco(root / "dataset_test.json")
+    missing = annotations_without_frames(coco, root / "test" / "images")
+    if not missing:
+        return
+    what = (f"{len(missing)} of {len(coco.annotations)} test ROIs have no frame in {root / 'test' / 'images'} "
+            f"(e.g. annotation {missing[0]}; see {root / 'test' / 'failures.csv'})")
+    if not allow_missing:
+        raise StageError(f"{what}: their predictions would come from black crops. Fetch the frames with "
+                         f"`{download_command(root, 'test')}`, or set allow_missing_test: true to go on without them")
+    print(f"  warning: {what}: predicted from black crops (allow_missing_test)", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser("prepare", __doc__)
-    return run_cli(parser, lambda cfg, args: print(prepare(cfg)), argv)
+
+    def body(cfg, args):
+        with open_run(cfg, "prepare", args.wait):
+            print(prepare(cfg))
+
+    return run_cli(parser, body, argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ from src.artifacts import atomic_write_json, atomic_write_with
 from src.ensemble import ensemble_u, member_labels_and_u, vote
 from src.plots import plot_threshold_curves
 from src.score import mean_distance, read_solution
-from src.stages.common import StageError, load_predictions, load_taxonomy_and_distance, run_cli, stage_parser
+from src.stages.common import (
+    StageError, load_predictions, load_taxonomy_and_distance, new_run_name, open_run, run_cli, stage_parser,
+)
 from src.stages.pipeline_config import PipelineConfig
 
 PSEUDO_COLUMNS = ["annotation_id", "concept_name", "votes", "agreement", "U"]
@@ -88,11 +90,23 @@ def make_pseudo_labels(cfg: PipelineConfig, r: int) -> dict:
     stats.update(compare_with_previous(frame, layout.pseudo_labels(r - 1)))
     stats["curves"] = threshold_curves(label, votes, ens_u, n_members, truth, D)
     out = layout.pseudo_labels(r)
+    refuse_rewrite_under_trained_round(cfg, r, frame.to_csv(index=False))
     atomic_write_with(out, lambda tmp: frame.to_csv(tmp, index=False))
     atomic_write_json(out.with_name("stats.json"), stats)
     plot_threshold_curves(stats["curves"], out.with_name("pseudo_labels.png"),
                 f"{cfg.name} round {r}: pseudo-labels from {n_members} members")
     return stats
+
+
+def refuse_rewrite_under_trained_round(cfg: PipelineConfig, r: int, new_text: str) -> None:
+    """StageError when round r's members were (or are being) trained on a pseudo_labels.csv that differs
+    from `new_text`: an artefact later steps were built on is never rewritten."""
+    path = cfg.layout.pseudo_labels(r)
+    started = [d for d in (cfg.layout.member_dir(r, s) for s in cfg.seeds)
+               if (d / "done.json").is_file() or (d / "checkpoint.pt").is_file()]
+    if started and path.is_file() and path.read_text() != new_text:
+        raise StageError(f"{path} is what round {r}'s members ({started[0]}, ...) were trained on; it is not "
+                         f"rewritten with other pseudo-labels: start a new run with name={new_run_name(cfg)}")
 
 
 def compare_with_previous(current: pd.DataFrame, previous_path) -> dict:
@@ -112,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round", type=int, default=1, help="round to make pseudo-labels for (from round-1's ensemble)")
 
     def body(cfg, args):
-        stats = make_pseudo_labels(cfg, args.round)
+        with open_run(cfg, f"pseudo_label_{args.round}", args.wait):
+            stats = make_pseudo_labels(cfg, args.round)
         line = f"round {args.round}: {stats['count']} pseudo-labels ({stats['coverage']:.1%} of {stats['test_rois']} test ROIs)"
         if stats.get("accuracy") is not None:
             line += f", accuracy {stats['accuracy']:.3f}, mean distance {stats['mean_distance']:.3f}"

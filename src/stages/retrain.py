@@ -9,7 +9,7 @@ Finished members (done.json) are skipped. --print-sbatch prints the SLURM job-ar
 """
 from __future__ import annotations
 
-from src.stages.common import StageError, run_cli, sbatch_hint, stage_parser, train_round
+from src.stages.common import StageError, open_run, run_cli, sbatch_hint, stage_parser, train_round
 from src.stages.pipeline_config import PipelineConfig
 
 
@@ -35,9 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_sbatch:
             print(hint)
             return
-        if args.member_index is None:
-            print(f"training {len(cfg.seeds)} members one after another; on SLURM, in parallel: {hint}")
-        retrain(cfg, args.round, member_index=args.member_index)
+        whole = args.member_index is None  # else one SLURM array task: it locks only its member's folder
+        with open_run(cfg, f"retrain_{args.round}" if whole else None, args.wait, lock=whole):
+            if whole:
+                print(f"training {len(cfg.seeds)} members one after another; on SLURM, in parallel: {hint}")
+            retrain(cfg, args.round, member_index=args.member_index)
 
     return run_cli(parser, body, argv)
 

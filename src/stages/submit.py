@@ -9,11 +9,14 @@ Decoders: argmax, vote, bayes (least expected distance), bayes_cal (after temper
 on validation), diffusion (taxonomy graph diffusion, a = decoding.diffusion_alpha); the
 `decoding` section of the config picks them.
 `--kaggle-submit` uploads one CSV with the kaggle API (needs credentials and internet).
+Members that predicted test ROIs without pixels (frames missing or undecodable: black crops; their
+done.json counts them) stop the stage unless the config sets allow_missing_test.
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +26,8 @@ from src.artifacts import atomic_write_json, atomic_write_text
 from src.ensemble import decode_ensemble, fit_validation_temperature
 from src.score import mean_distance, read_solution, score_frames
 from src.stages.common import (
-    StageError, format_table, load_predictions, load_taxonomy_and_distance, run_cli, stage_parser,
+    StageError, format_table, load_predictions, load_taxonomy_and_distance, new_run_name, open_run, run_cli,
+    stage_parser,
 )
 from src.stages.pipeline_config import PipelineConfig
 from src.submission import coco_annotation_ids, labels_frame, read_label_csv, validate_submission, write_submission
@@ -68,9 +72,28 @@ def evaluate_round(cfg: PipelineConfig, r: int) -> RoundEvaluation:
     return RoundEvaluation(r, temperature, test.annotation_id, decoded.labels, decoded.skipped, val_scores, test_scores)
 
 
+def check_test_pixels(cfg: PipelineConfig, r: int) -> None:
+    """StageError when a member of round r predicted test ROIs from black crops (frames missing or
+    undecodable), unless cfg.allow_missing_test (then a warning)."""
+    for seed in cfg.seeds:
+        done = cfg.layout.member_dir(r, seed) / "done.json"
+        missing = json.loads(done.read_text()).get("test_missing_pixels", 0) if done.is_file() else 0
+        if not missing:
+            continue
+        what = (f"{done.parent} predicted {missing} test ROIs without pixels (frames missing or undecodable) "
+                "from black crops")
+        if not cfg.allow_missing_test:
+            raise StageError(f"{what}; no submission is written from them: fetch the test frames (python -m "
+                             f"src.data.download) and train a new run (name={new_run_name(cfg)}), or set "
+                             "allow_missing_test: true")
+        print(f"warning: {what} (allow_missing_test)", flush=True)
+        return
+
+
 def submit(cfg: PipelineConfig, r: int | None = None) -> list[dict]:
     """Write and validate one submission per decoder from round r (default: the last round); score them."""
     r = cfg.rounds if r is None else r
+    check_test_pixels(cfg, r)
     taxonomy, _ = load_taxonomy_and_distance()
     evaluation = evaluate_round(cfg, r)
     expected = coco_annotation_ids(Path(cfg.data_root) / "dataset_test.json")
@@ -131,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--message", default=None, help="submission message (default from kaggle.message)")
 
     def body(cfg, args):
-        rows = submit(cfg, args.round)
+        last = args.round is None or args.round == cfg.rounds  # the pipeline's submit step
+        with open_run(cfg, "submit" if last else None, args.wait):
+            rows = submit(cfg, args.round)
         if args.kaggle_submit:
             written = [row["decoder"] for row in rows if not str(row["file"]).startswith("skipped")]
             decoder = args.decoder or ("bayes" if "bayes" in written else written[0])

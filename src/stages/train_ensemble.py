@@ -10,7 +10,7 @@ per seed: train_model.sh runs this stage with --member-index $SLURM_ARRAY_TASK_I
 """
 from __future__ import annotations
 
-from src.stages.common import run_cli, sbatch_hint, stage_parser, train_round
+from src.stages.common import open_run, run_cli, sbatch_hint, stage_parser, train_round
 from src.stages.pipeline_config import PipelineConfig
 
 
@@ -29,9 +29,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_sbatch:
             print(hint)
             return
-        if args.member_index is None:
-            print(f"training {len(cfg.seeds)} members one after another; on SLURM, in parallel: {hint}")
-        train_ensemble(cfg, member_index=args.member_index)
+        whole = args.member_index is None  # else one SLURM array task: it locks only its member's folder
+        with open_run(cfg, "train_ensemble" if whole else None, args.wait, lock=whole):
+            if whole:
+                print(f"training {len(cfg.seeds)} members one after another; on SLURM, in parallel: {hint}")
+            train_ensemble(cfg, member_index=args.member_index)
 
     return run_cli(parser, body, argv)
 
