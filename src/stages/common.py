@@ -5,13 +5,15 @@ import argparse
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from src.config import ConfigError, deep_merge, describe_config, load_yaml, parse_overrides, validate_config
-from src.ensemble import EnsemblePredictions
+from src.data.coco import annotation_table, frame_ids_of
+from src.ensemble import FRAME_DECODERS, EnsemblePredictions, FramePrior, fit_frame_prior, fit_validation_temperature
 from src.stages.pipeline_config import PipelineConfig, load_pipeline_config
 from src.submission import LabelFileError
 from src.taxonomy import Taxonomy, distance_matrix, load_taxonomy
@@ -122,7 +124,7 @@ def load_predictions(member_dirs: list[Path], split: str, taxonomy: Taxonomy) ->
         return None
     if not all(present):
         raise StageError(f"{files[present.index(False)]} is missing while other members have it")
-    ids, members, labels = None, [], None
+    ids, members, labels, frames, views, member_views, set_scores = None, [], None, None, set(), [], []
     for f in files:
         with np.load(f, allow_pickle=False) as z:
             if tuple(z["classes"].tolist()) != taxonomy.names:
@@ -134,10 +136,68 @@ def load_predictions(member_dirs: list[Path], split: str, taxonomy: Taxonomy) ->
             if ids is None:
                 ids = these
                 labels = z["labels"][order].astype(np.int64) if "labels" in z.files else None
+                frames = z["image_id"][order].astype(np.int64) if "image_id" in z.files else None  # older files lack it
             elif not np.array_equal(ids, these):
                 raise StageError(f"{f}: annotation ids differ from the first member's (different {split} split?)")
             members.append(probs[:, order].astype(np.float32, copy=False))
-    return EnsemblePredictions(ids, members, labels)
+            views.add(tuple(z["views"].tolist()) if "views" in z.files else ("identity",))
+            if "view_probs" in z.files:
+                member_views.append(z["view_probs"][:, :, order])
+            if "avgk_scores" in z.files:
+                set_scores.append(z["avgk_scores"][order])
+    if len(views) > 1:
+        raise StageError(f"the members' {split} predictions were made with different test-time views {sorted(views)}")
+    return EnsemblePredictions(ids, members, labels, frames, views.pop(),
+                               member_views if len(member_views) == len(files) else None,
+                               set_scores if len(set_scores) == len(files) else None)
+
+
+@dataclass
+class RoundPredictions:
+    """A round's validation and test predictions (None where the members have none) and the decoders'
+    parameters fitted on validation: the temperature of bayes_cal, the frame prior of the frame decoders."""
+
+    val: EnsemblePredictions | None
+    test: EnsemblePredictions | None
+    temperature: float | None
+    frame_prior: FramePrior | None
+
+
+def load_round(cfg: PipelineConfig, members: list[Path], taxonomy: Taxonomy,
+               frame_decoders: list[str] | None = None) -> RoundPredictions:
+    """Load the members' val/test predictions and fit the decoders' parameters exactly as submit, package and
+    the pseudo-label stage share them. frame_decoders (default: those in decoding.decoders) get a frame prior
+    (K from the training frames of data_root/dataset_train.json outside the validation frames); the ROIs'
+    frame ids then come from the val files (else dataset_train.json) and from dataset_test.json."""
+    val, test = load_predictions(members, "val", taxonomy), load_predictions(members, "test", taxonomy)
+    if frame_decoders is None:
+        frame_decoders = [d for d in cfg.decoding.decoders if d in FRAME_DECODERS]
+    frame_prior = None
+    if frame_decoders:
+        train_json, test_json = Path(cfg.data_root) / "dataset_train.json", Path(cfg.data_root) / "dataset_test.json"
+        train = _coco_table(train_json)
+        if test is not None:
+            test.frame_ids = _coco_frame_ids(test_json, _coco_table(test_json), test.annotation_id)
+        if val is not None and val.frame_ids is None:  # files written before training saved image_id
+            val.frame_ids = _coco_frame_ids(train_json, train, val.annotation_id)
+        frame_prior = fit_frame_prior(val, train["image_id"].to_numpy(), taxonomy.indices(train["concept_name"]),
+                                      distance_matrix(taxonomy), frame_decoders, cfg.decoding.frame_iterations,
+                                      cfg.decoding.frame_smoothing)
+    return RoundPredictions(val, test, fit_validation_temperature(val), frame_prior)
+
+
+def _coco_table(path: Path):
+    try:
+        return annotation_table(path)
+    except ValueError as err:
+        raise StageError(str(err)) from None
+
+
+def _coco_frame_ids(path: Path, table, annotation_ids) -> np.ndarray:
+    try:
+        return frame_ids_of(table, annotation_ids)
+    except ValueError as err:
+        raise StageError(f"{path}: {err}") from None
 
 
 def format_table(rows: list[dict], columns: list[str]) -> str:
