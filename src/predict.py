@@ -36,7 +36,8 @@ from src.checkpoint import CHECKPOINT_FILE
 from src.config import Config, load_yaml, validate_config
 from src.data.coco import annotation_table, frame_ids_of
 from src.ensemble import (
-    DECODERS, DIFFUSION_ALPHA, FRAME_DECODERS, SIGMA_CONVENTIONS, EnsemblePredictions, decode_bayes, decode_ensemble, expected_distance, mean_over_views, taxon_probabilities,
+    DECODERS, DIFFUSION_ALPHA, FRAME_DECODERS, SIGMA_CONVENTIONS, EnsemblePredictions, decode_bayes, decode_ensemble,
+    expected_distance, mean_over_views, taxon_probabilities,
 )
 from src.submission import labels_frame
 from src.taxonomy import RANKS, Taxonomy, load_taxonomy
@@ -511,9 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta", default=None, help="test-time views to average, comma-separated: identity, hflip, "
                         "down<NN>, hflip_down<NN> (default: the views each member was trained with, train.tta_views)")
     parser.add_argument("--decoder", default=None, choices=DECODERS,
-                        help="also write the column <decoder>_concept: the label `submit` would give. bayes_cal and the "
-                             "frame decoders need a package (their parameters are fitted when packaging); the frame "
-                             "decoders also a COCO input (frames)")
+                        help="also write the column <decoder>_concept: the label `submit` would give. bayes_cal "
+                             "and the frame decoders need a package (their parameters are fitted when packaging); "
+                             "the frame decoders also a COCO input (frames)")
     parser.add_argument("--probs", default=None, help="also save the members' probabilities (npz: member_means, "
                         "and per test-time view view_means when there are several views)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

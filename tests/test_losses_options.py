@@ -163,7 +163,8 @@ def test_loss_options_in_config_help():
         assert key in text
     assert isinstance(build_loss(LossConfig(name="hxe", hxe_alpha=0.3, hxe_weighting="depth"), load_taxonomy()),
                       HierarchicalCE)
-    assert isinstance(build_loss(LossConfig(fierce_lambda=0.1), load_taxonomy()), DistanceWeightedCE)  # term added by TrainingLoss
+    # FIERCE is a term of TrainingLoss, not of the main loss
+    assert isinstance(build_loss(LossConfig(fierce_lambda=0.1), load_taxonomy()), DistanceWeightedCE)
 
 
 def test_training_loss_adds_each_configured_term():
@@ -198,10 +199,10 @@ def test_training_loss_adds_each_configured_term():
     assert torch.allclose(loss.terms(out, targets), expected, rtol=1e-7)  # the rank heads' CE runs in float32
     plain = build_training_loss(LossConfig(name="ce", aux_weight=0.3), taxonomy, ranks)  # defaults: CE + aux only
     concepts = torch.tensor([0, 5, 9, 7, 2])
-    direct = F.cross_entropy(out["logits"].reshape(-1, C), concepts.repeat(2)) + sum(
-        0.3 * F.cross_entropy(out["aux"][r][taxonomy.rank_labels(r)[0][concepts] >= 0],
-                              torch.as_tensor(taxonomy.rank_labels(r)[0])[concepts][taxonomy.rank_labels(r)[0][concepts] >= 0])
-        for r in ranks)
+    direct = F.cross_entropy(out["logits"].reshape(-1, C), concepts.repeat(2))
+    for r in ranks:
+        target = torch.as_tensor(taxonomy.rank_labels(r)[0])[concepts]
+        direct = direct + 0.3 * F.cross_entropy(out["aux"][r][target >= 0], target[target >= 0])
     assert torch.allclose(plain.terms(out, concepts), direct, rtol=1e-7)
     with pytest.raises(ValueError, match="avgk_weight"):
         build_training_loss(LossConfig(avgk_weight=0.0), taxonomy, avgk_head=True)

@@ -2,6 +2,7 @@
 the Kaggle submission notebook, fed the packaged ensemble, writes the very CSV that `submit` writes.
 Notebooks execute with nbclient on the python3 kernel.
 """
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -109,7 +110,8 @@ def test_packaged_views_and_frame_prior_reproduce_submit(tiny_tta_run, tmp_path)
     members = [cfg.layout.member_dir(0, s) for s in cfg.seeds]
     loaded = load_round(cfg, members, taxonomy)
     assert np.array_equal(decoding["frame_prior"].K, loaded.frame_prior.K)
-    assert decoding["frame_prior"].weights == loaded.frame_prior.weights == manifest["decoding"]["frame_prior"]["weights"]
+    weights = manifest["decoding"]["frame_prior"]["weights"]
+    assert decoding["frame_prior"].weights == loaded.frame_prior.weights == weights
     data = Path(cfg.data_root)
     preds = predict_ensemble([root / m["dir"] for m in manifest["members"]], data / "dataset_test.json",
                              tmp_path / "cache", images_dir=data / "test" / "images", device="cpu", progress=False)
@@ -125,9 +127,10 @@ def test_packaged_views_and_frame_prior_reproduce_submit(tiny_tta_run, tmp_path)
     assert np.array_equal(ours, frame_aware(loaded.test.mean, loaded.test.frame_ids, strong, "frame_argmax"))
     assert not np.allclose(ours, frame_aware(preds.mean, np.roll(preds.frame_ids, 1), strong, "frame_argmax"),
                            rtol=1e-6, atol=0)  # other frames would give other distributions
-    (root / "frame_prior.npz").write_bytes(b"tampered")
+    copy = shutil.copytree(root, tmp_path / "package")  # the session's package stays intact
+    (copy / "frame_prior.npz").write_bytes(b"tampered")
     with pytest.raises(ValueError, match="frame_prior.npz: checksum"):
-        read_package(root, verify=True)
+        read_package(copy, verify=True)
 
 
 def test_explore_notebook_runs(tiny_run, tmp_path):

@@ -143,7 +143,8 @@ def test_cli_decoder_column_and_tta_option(tiny_run, tiny_tta_run, tmp_path, cap
         assert (z["view_means"][0] == saved.member_views[0].mean(axis=1)).all()
     table = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
     assert table.columns[1] == "frame_bayes_concept"
-    assert table["frame_bayes_concept"].tolist() == pd.read_csv(cfg.layout.submission("frame_bayes"))["concept_name"].tolist()
+    submitted = pd.read_csv(cfg.layout.submission("frame_bayes"))
+    assert table["frame_bayes_concept"].tolist() == submitted["concept_name"].tolist()
     assert main([str(kaggle_input), coco, "--out", str(tmp_path / "one.csv"), "--tta", "identity", *common]) == 0
     one = pd.read_csv(tmp_path / "one.csv", keep_default_na=False)
     identity = saved.member_views[0][0].mean(axis=0)

@@ -251,17 +251,22 @@ def test_frame_aware_pseudo_labels_and_frame_decoders(cfg):
     root = Path(cfg.data_root)
     train_labels = np.concatenate([np.repeat([a, b], 20), np.repeat([a, b], N_VAL // 2)])
     train_frames = np.concatenate([np.repeat(np.arange(20), 2), 100 + np.arange(N_VAL) // 2])
-    val_ids = np.arange(1000, 1000 + len(train_labels) - N_VAL).tolist() + list(range(1, N_VAL + 1))
-    coco = lambda anns, frames: {"images": [{"id": int(f), "file_name": f"{f}.png"} for f in np.unique(frames)],  # noqa: E731
-                                 "annotations": anns, "categories": [{"id": c + 1, "name": TAX.names[c]} for c in range(C)]}
+    train_ids = np.arange(1000, 1000 + len(train_labels) - N_VAL).tolist() + list(range(1, N_VAL + 1))
+    categories = [{"id": c + 1, "name": TAX.names[c]} for c in range(C)]
+
+    def coco(anns, frames):
+        return {"images": [{"id": int(f), "file_name": f"{f}.png"} for f in np.unique(frames)], "annotations": anns,
+                "categories": categories}
+
     (root / "dataset_train.json").write_text(json.dumps(coco(
-        [{"id": int(i), "image_id": int(f), "category_id": int(c) + 1} for i, f, c in zip(val_ids, train_frames, train_labels)],
-        train_frames)))
+        [{"id": int(i), "image_id": int(f), "category_id": int(c) + 1}
+         for i, f, c in zip(train_ids, train_frames, train_labels)], train_frames)))
     truth = np.repeat(np.where(np.arange(N_TEST // 2) % 2 == 0, a, b), 2)
     test_frames = 500 + np.arange(N_TEST) // 2
     (root / "dataset_test.json").write_text(json.dumps(coco(
         [{"id": int(i), "image_id": int(f), "category_id": None} for i, f in zip(TEST_IDS, test_frames)], test_frames)))
-    pd.DataFrame({"annotation_id": TEST_IDS, "concept_name": np.array(TAX.names)[truth]}).to_csv(cfg.solution, index=False)
+    pd.DataFrame({"annotation_id": TEST_IDS, "concept_name": np.array(TAX.names)[truth]}).to_csv(cfg.solution,
+                                                                                                index=False)
 
     def leaning(labels, seed):  # even ROIs sure, odd ones leaning to the other label
         probs = np.full((2, len(labels), C), 1e-4)

@@ -110,8 +110,9 @@ def test_loss_options_views_and_set_targets_train_and_resume_exactly(tiny_root, 
     preds = pd.read_csv(full / "predictions.csv")  # decoded from the view mean
     assert (preds.concept_name.to_numpy() == np.array(taxonomy.names)[test["probs"].mean(0).argmax(1)]).all()
     val = np.load(full / "val_probs.npz")
-    train_index = load_split(_cfg(tiny_root, tmp_path), taxonomy, "train", progress=False).index.set_index("annotation_id")
-    assert np.array_equal(val["image_id"], train_index.loc[val["annotation_id"], "image_id"].to_numpy())
+    train_index = load_split(_cfg(tiny_root, tmp_path), taxonomy, "train", progress=False).index
+    frames = train_index.set_index("annotation_id").loc[val["annotation_id"], "image_id"]
+    assert np.array_equal(val["image_id"], frames.to_numpy())
 
 
 def test_resume_refuses_a_changed_config(tiny_root, tmp_path):

@@ -98,7 +98,8 @@ def frame_ids_of(table: pd.DataFrame, annotation_ids) -> np.ndarray:
     ids = np.asarray(annotation_ids, dtype=np.int64)
     missing = ~np.isin(ids, frames.index)
     if missing.any():
-        raise ValueError(f"{int(missing.sum())} annotation ids are not in the COCO file, e.g. {ids[missing][:3].tolist()}")
+        raise ValueError(f"{int(missing.sum())} annotation ids are not in the COCO file, "
+                         f"e.g. {ids[missing][:3].tolist()}")
     return frames.loc[ids].to_numpy(np.int64)
 
 

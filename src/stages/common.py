@@ -165,10 +165,12 @@ class RoundPredictions:
 
 def load_round(cfg: PipelineConfig, members: list[Path], taxonomy: Taxonomy,
                frame_decoders: list[str] | None = None) -> RoundPredictions:
-    """Load the members' val/test predictions and fit the decoders' parameters exactly as submit, package and
-    the pseudo-label stage share them. frame_decoders (default: those in decoding.decoders) get a frame prior
-    (K from the training frames of data_root/dataset_train.json outside the validation frames); the ROIs'
-    frame ids then come from the val files (else dataset_train.json) and from dataset_test.json."""
+    """The members' val/test predictions (None where absent) and the decoders' parameters fitted on validation,
+    one code path for submit, package and the pseudo-label stage: bayes_cal's temperature and, for
+    `frame_decoders` (default: the frame decoders in decoding.decoders), a frame prior whose K is counted on
+    the training frames of data_root/dataset_train.json outside the validation frames. With frame decoders the
+    ROIs' frame ids are attached: test from dataset_test.json, validation from the val files (files written
+    before training saved image_id: from dataset_train.json)."""
     val, test = load_predictions(members, "val", taxonomy), load_predictions(members, "test", taxonomy)
     if frame_decoders is None:
         frame_decoders = [d for d in cfg.decoding.decoders if d in FRAME_DECODERS]
@@ -178,7 +180,7 @@ def load_round(cfg: PipelineConfig, members: list[Path], taxonomy: Taxonomy,
         train = _coco_table(train_json)
         if test is not None:
             test.frame_ids = _coco_frame_ids(test_json, _coco_table(test_json), test.annotation_id)
-        if val is not None and val.frame_ids is None:  # files written before training saved image_id
+        if val is not None and val.frame_ids is None:
             val.frame_ids = _coco_frame_ids(train_json, train, val.annotation_id)
         frame_prior = fit_frame_prior(val, train["image_id"].to_numpy(), taxonomy.indices(train["concept_name"]),
                                       distance_matrix(taxonomy), frame_decoders, cfg.decoding.frame_iterations,
@@ -187,6 +189,7 @@ def load_round(cfg: PipelineConfig, members: list[Path], taxonomy: Taxonomy,
 
 
 def _coco_table(path: Path):
+    """`annotation_table` of a COCO file; StageError when it cannot be read."""
     try:
         return annotation_table(path)
     except ValueError as err:
