@@ -16,7 +16,8 @@ from src.runtime import rng_states, set_rng_states
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # Keys that may change between a run and its resumption without changing the result.
-RESUMABLE_KEYS = ("train.resume", "train.max_epochs_this_run", "train.progress", "data.num_workers")
+RESUMABLE_KEYS = ("train.resume", "train.max_epochs_this_run", "train.progress", "data.num_workers",
+                  "train.tta_views")  # used after the last epoch only
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

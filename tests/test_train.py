@@ -208,6 +208,8 @@ def test_metrics_pure_functions():
     assert m["acc_phylum"] == 0 and m["acc_genus"] == 0
     assert config_differences({"a": {"b": 1}, "train": {"resume": False}}, {"a": {"b": 2}, "train": {"resume": True}}) \
         == ["a.b"]
+    # test-time views only change the final predictions: a checkpoint saved before the key existed resumes
+    assert config_differences({"train": {}}, {"train": {"tta_views": ["identity", "hflip"]}}) == []
 
 
 def test_torchrun_two_processes_gloo(tiny_root, tmp_path):
