@@ -15,9 +15,12 @@ from src.artifacts import atomic_write_with
 from src.runtime import rng_states, set_rng_states
 
 CHECKPOINT_FILE = "checkpoint.pt"
+# Keys used after the last epoch only: a resume may change them, but they change a finished run's predictions.
+FINAL_PREDICTION_KEYS = ("train.tta_views",)
 # Keys that may change between a run and its resumption without changing the result.
 RESUMABLE_KEYS = ("train.resume", "train.max_epochs_this_run", "train.progress", "data.num_workers",
-                  "output.wait_for_lock", "data.cache_dir", "data.max_missing_train_share", "data.allow_missing_test")
+                  "output.wait_for_lock", "data.cache_dir", "data.max_missing_train_share", "data.allow_missing_test",
+                  *FINAL_PREDICTION_KEYS)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -30,10 +33,10 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def config_differences(saved: dict, current: dict) -> list[str]:
-    """Dotted keys whose values differ between two config dicts (ignoring RESUMABLE_KEYS)."""
+def config_differences(saved: dict, current: dict, ignore: tuple[str, ...] = RESUMABLE_KEYS) -> list[str]:
+    """Dotted keys whose values differ between two config dicts (ignoring the keys in `ignore`)."""
     a, b = _flatten(saved), _flatten(current)
-    return sorted(k for k in set(a) | set(b) if k not in RESUMABLE_KEYS and a.get(k) != b.get(k))
+    return sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
 
 
 class ConfigMismatchError(ValueError):

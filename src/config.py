@@ -260,6 +260,19 @@ class TrainConfig(StrictModel):
         None, ge=1, description="stop after this many epochs in this process (time-limited jobs); resume later")
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
     progress: bool = Field(True, description="tqdm progress bars")
+    tta_views: list[str] = Field(
+        ["identity"], min_length=1, description="test-time views of the final val/test predictions: identity, "
+        "hflip, down<NN> (shrunk to NN% and back), hflip_down<NN>; probs = their mean, view_probs per view")
+
+    @field_validator("tta_views")
+    @classmethod
+    def _known_views(cls, views: list[str]) -> list[str]:
+        from src.data.transforms import parse_tta_view
+        for view in views:
+            parse_tta_view(view)
+        if len(set(views)) != len(views):
+            raise ValueError(f"tta_views repeats a view: {views}")
+        return views
 
 
 class AugmentConfig(StrictModel):

@@ -58,6 +58,13 @@ def max_probability_gate(probs: np.ndarray, threshold: float) -> Gate:
     return Gate(probs.argmax(axis=1), score, score >= threshold)
 
 
+def avgk_set_size_gate(probs: np.ndarray, set_scores: np.ndarray, threshold: float, max_set_size: int) -> Gate:
+    """Average-K gate: the set {c : set score >= threshold} of the set head (`set_sizes`); label = argmax p,
+    score = -set size, accepted when the set holds at most `max_set_size` concepts."""
+    sizes = set_sizes(set_scores, threshold)
+    return Gate(np.asarray(probs).argmax(axis=1), -sizes.astype(np.float64), sizes <= max_set_size)
+
+
 # ------------------------------------------------------------------------------- equal coverage
 def precision_coverage_curve(score: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(thresholds, coverage, precision), one entry per distinct score above -inf, thresholds descending.
@@ -85,6 +92,30 @@ def threshold_at_coverage(score: np.ndarray, coverage: float) -> float:
     if not 0.0 < coverage <= 1.0:
         raise ValueError(f"coverage must be in (0, 1], got {coverage}")
     return _kth_largest(score, max(1, int(np.ceil(coverage * len(score) - 1e-9))))
+
+
+EQUAL_COVERAGES = tuple(np.round(np.arange(0.2, 0.95, 0.1), 2).tolist())  # 0.2, 0.3, ..., 0.9
+
+
+def compare_gates(gates: dict[str, Gate], truth: np.ndarray, D: np.ndarray,
+                  coverages=EQUAL_COVERAGES) -> list[dict]:
+    """Every gate at equal coverage: per (gate, target coverage) the threshold `threshold_at_coverage` gives,
+    the coverage it reaches (ties may add ROIs), the precision (label == truth) and the mean distance
+    D[truth, label] of the accepted ROIs. A gate that cannot reach a coverage (too many -inf scores) gets
+    threshold None and the coverage of all its finite scores."""
+    truth = np.asarray(truth, dtype=np.int64)
+    rows = []
+    for name, gate in gates.items():
+        for coverage in coverages:
+            t = threshold_at_coverage(gate.score, coverage)
+            keep = gate.score >= t if t > -np.inf else gate.score > -np.inf
+            row = {"gate": name, "target_coverage": coverage, "threshold": t if t > -np.inf else None,
+                   "coverage": float(keep.mean()), "count": int(keep.sum()), "precision": None, "mean_distance": None}
+            if keep.any():
+                row.update(precision=float((gate.label[keep] == truth[keep]).mean()),
+                           mean_distance=float(D[truth[keep], gate.label[keep]].mean()))
+            rows.append(row)
+    return rows
 
 
 def _kth_largest(values: np.ndarray, k: int) -> float:

@@ -11,6 +11,8 @@ float32 whatever the input dtype (bf16/fp16 autocast outputs are upcast first).
 - `HierarchicalCE(tree, alpha)`: HXE, -sum over the path root->y of lambda(v) log(p(v) / p(parent(v)))
 - `SetTargetLoss(base, table)`: set NLL -log sum_{c in S} p_c for coarse targets, `base` for concepts
 - `avgk_loss`: BCE of the average-K set head; `FeatureEntropy`: the FIERCE regulariser H(q)
+- `TrainingLoss`: what the training loop minimises: one of the above on the heads' logits, set targets,
+  auxiliary rank heads, FIERCE and the average-K head (`build_training_loss`)
 """
 from __future__ import annotations
 
@@ -273,8 +275,6 @@ class FeatureEntropy(nn.Module):
 
 def build_loss(cfg, taxonomy: Taxonomy) -> nn.Module:
     """The loss named by a `LossConfig` (cfg.name in ce | dwce | ce_expdist | soft_labels | hxe)."""
-    if cfg.fierce_lambda > 0:  # refuse rather than train silently without it
-        raise NotImplementedError("loss.fierce_lambda > 0: the training loop does not apply FeatureEntropy yet")
     D = distance_matrix(taxonomy)
     if cfg.name == "ce":
         return CrossEntropy(cfg.label_smoothing)
@@ -288,3 +288,70 @@ def build_loss(cfg, taxonomy: Taxonomy) -> nn.Module:
     if cfg.name == "hxe":
         return HierarchicalCE(taxonomy_tree(taxonomy), cfg.hxe_alpha, cfg.hxe_weighting)
     raise ValueError(f"unknown loss {cfg.name!r}; valid: ce, dwce, ce_expdist, soft_labels, hxe")
+
+
+class TrainingLoss(nn.Module):
+    """The training objective over the model's outputs {'logits', 'aux', 'features', 'avgk'}.
+
+    forward(logits, targets) is the main loss alone (the configured loss; the set NLL for targets >= C when
+    `target_table` is given), the validation loss. `terms(out, targets)` adds what needs the model's other
+    outputs: aux_weight * CE of each rank head on the target's taxon at that rank (rows without one, -1,
+    are left out), - fierce_lambda * H(q) of the features (FIERCE), and avgk_weight * the average-K BCE.
+    Targets index `target_table` (C + V rows: concepts, then the taxa of the tree) for every term."""
+
+    def __init__(self, base: nn.Module, aux_targets: dict[str, torch.Tensor] | None = None, aux_weight: float = 0.0,
+                 target_table=None, fierce: FeatureEntropy | None = None, fierce_lambda: float = 0.0,
+                 avgk: dict | None = None):
+        super().__init__()
+        self.base = base if target_table is None else SetTargetLoss(base, target_table)
+        self.aux_weight, self.aux_ranks = aux_weight, tuple(aux_targets or {})
+        for rank, table in (aux_targets or {}).items():
+            self.register_buffer(f"aux_{rank}", torch.as_tensor(table, dtype=torch.int64))
+        self.fierce, self.fierce_lambda = fierce, fierce_lambda
+        self.avgk = avgk  # {'table': (C + V, C) bool, 'k', 'alpha', 'weight'} or None
+        if avgk is not None:
+            self.register_buffer("avgk_table", torch.as_tensor(np.asarray(avgk["table"], dtype=bool)))
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.base(logits, targets)
+
+    def terms(self, out: dict, targets: torch.Tensor) -> torch.Tensor:
+        """The main loss plus every term on the other outputs (see the class docstring)."""
+        loss = self(out["logits"], targets)
+        for rank in self.aux_ranks:
+            target = getattr(self, f"aux_{rank}")[targets]
+            known = target >= 0  # concepts above this rank, and sets spanning several taxa, have none there
+            ce = F.cross_entropy(out["aux"][rank].float(), target.clamp(min=0), reduction="none")
+            loss = loss + self.aux_weight * (ce * known).sum() / known.sum().clamp(min=1)
+        if self.fierce is not None:
+            loss = loss - self.fierce_lambda * self.fierce(out["features"])
+        if self.avgk is not None:
+            loss = loss + self.avgk["weight"] * avgk_loss(out["avgk"], out["logits"], self.avgk_table[targets],
+                                                          self.avgk["k"], self.avgk["alpha"])
+        return loss
+
+
+def build_training_loss(cfg, taxonomy: Taxonomy, aux_ranks=(), num_features: int | None = None,
+                        avgk_head: bool = False, set_targets: bool = False, batch_size: int = 64, seed: int = 0,
+                        base: nn.Module | None = None) -> TrainingLoss:
+    """The `TrainingLoss` of a training Config's loss section (`cfg` is its LossConfig).
+
+    aux_ranks: the model's rank heads; num_features: its feature width (FIERCE); avgk_head: the model has the
+    average-K set head; set_targets: the data hold coarse (set) targets; batch_size: FIERCE's default anchor
+    count; seed: FIERCE's anchors; base: the main loss (default `build_loss(cfg, taxonomy)`)."""
+    tree = taxonomy_tree(taxonomy)
+    base = build_loss(cfg, taxonomy) if base is None else base
+    # The extended (C + V) tables give the same values as the concepts' own for targets < C.
+    aux = {r: tree.target_rank_labels(taxonomy.rank_labels(r)[0]) for r in aux_ranks}
+    fierce = None
+    if cfg.fierce_lambda > 0:
+        if num_features is None:
+            raise ValueError("loss.fierce_lambda > 0 needs the model's feature width")
+        fierce = FeatureEntropy(num_features, cfg.fierce_anchors or batch_size, cfg.fierce_tau, seed=seed)
+    avgk = None
+    if avgk_head:
+        if cfg.avgk_weight <= 0:  # an untrained head would be saved and used; its unused parameters break DDP
+            raise ValueError("model.avgk_head needs loss.avgk_weight > 0")
+        avgk = {"table": tree.target_table, "k": cfg.avgk_k, "alpha": cfg.avgk_alpha, "weight": cfg.avgk_weight}
+    return TrainingLoss(base, aux, cfg.aux_weight, tree.target_table if set_targets else None, fierce,
+                        cfg.fierce_lambda, avgk)

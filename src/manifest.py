@@ -1,15 +1,21 @@
 """The manifest of a packaged ensemble (written by src.stages.package, read by the Kaggle notebook and
-src.predict): format, members and their checksums, class order, decoder settings."""
+src.predict): format, members and their checksums, class order, decoder settings (with the frame decoders'
+prior K in frame_prior.npz)."""
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
+
+from src.artifacts import atomic_save_npz
+from src.ensemble import FramePrior
 from src.taxonomy import load_taxonomy
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
+FRAME_PRIOR_FILE = "frame_prior.npz"
 
 
 def sha256(path: Path) -> str:
@@ -45,4 +51,25 @@ def read_package(folder: str | Path, verify: bool = False) -> tuple[Path, dict]:
         for entry in manifest["members"]:
             if sha256(root / entry["dir"] / "model.pt") != entry["model_sha256"]:
                 raise ValueError(f"{root / entry['dir'] / 'model.pt'}: checksum differs from the manifest")
+        frame = manifest["decoding"].get("frame_prior")
+        if frame and sha256(root / frame["file"]) != frame["sha256"]:
+            raise ValueError(f"{root / frame['file']}: checksum differs from the manifest")
     return root, manifest
+
+
+def write_frame_prior(root: Path, prior: FramePrior) -> dict:
+    """Save the prior's K as root/frame_prior.npz; returns the manifest "decoding" entries that describe it."""
+    atomic_save_npz(root / FRAME_PRIOR_FILE, K=prior.K)
+    return {"frame_prior": {"file": FRAME_PRIOR_FILE, "sha256": sha256(root / FRAME_PRIOR_FILE),
+                            "weights": dict(prior.weights), "iterations": prior.iterations}}
+
+
+def package_decoding(root: Path, manifest: dict) -> dict:
+    """The decoding parameters of `src.predict.decode_predictions` from a package: the manifest's "decoding"
+    with its frame_prior entry (if any) loaded as a `src.ensemble.FramePrior`."""
+    decoding = dict(manifest["decoding"])
+    frame = decoding.get("frame_prior")
+    if frame:
+        with np.load(Path(root) / frame["file"], allow_pickle=False) as z:
+            decoding["frame_prior"] = FramePrior(z["K"], dict(frame["weights"]), int(frame["iterations"]))
+    return decoding

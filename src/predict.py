@@ -34,7 +34,11 @@ from tqdm import tqdm
 from src.artifacts import atomic_save_npz, atomic_write_with
 from src.checkpoint import CHECKPOINT_FILE
 from src.config import Config, load_yaml, validate_config
-from src.ensemble import EnsemblePredictions, decode_bayes, decode_ensemble, expected_distance, taxon_probabilities
+from src.data.coco import annotation_table, frame_ids_of
+from src.ensemble import (
+    DECODERS, DIFFUSION_ALPHA, FRAME_DECODERS, SIGMA_CONVENTIONS, EnsemblePredictions, decode_bayes, decode_ensemble,
+    expected_distance, mean_over_views, taxon_probabilities,
+)
 from src.submission import labels_frame
 from src.taxonomy import RANKS, Taxonomy, load_taxonomy
 
@@ -50,14 +54,26 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 @torch.inference_mode()
-def predict_logits(model: torch.nn.Module, loader, device: torch.device, dtype) -> np.ndarray:
-    """Logits (H, N, C) float32 of every item of the loader, in order."""
+def predict_outputs(model: torch.nn.Module, loader, device: torch.device, dtype) -> dict[str, np.ndarray]:
+    """{'logits': (H, N, C) float32} of every item of the loader, in order, plus 'avgk': (N, C) the average-K
+    set head's logits when the model has that head."""
     model.eval()
-    chunks = []
+    chunks, set_chunks = [], []
     for x, _ in loader:
         with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
-            chunks.append(model(x.to(device, non_blocking=True))["logits"].float().cpu())
-    return torch.cat(chunks, dim=1).numpy()
+            out = model(x.to(device, non_blocking=True))
+            chunks.append(out["logits"].float().cpu())
+            if "avgk" in out:
+                set_chunks.append(out["avgk"].float().cpu())
+    outputs = {"logits": torch.cat(chunks, dim=1).numpy()}
+    if set_chunks:
+        outputs["avgk"] = torch.cat(set_chunks).numpy()
+    return outputs
+
+
+def predict_logits(model: torch.nn.Module, loader, device: torch.device, dtype) -> np.ndarray:
+    """Logits (H, N, C) float32 of every item of the loader, in order."""
+    return predict_outputs(model, loader, device, dtype)["logits"]
 
 
 def softmax_np(logits: np.ndarray) -> np.ndarray:
@@ -65,12 +81,52 @@ def softmax_np(logits: np.ndarray) -> np.ndarray:
     return torch.from_numpy(logits).softmax(dim=-1).numpy().astype(np.float32)
 
 
+@dataclass
+class ViewPredictions:
+    """One model's predictions on one split under T test-time views (src.data.transforms.parse_tta_view)."""
+
+    views: tuple[str, ...]
+    view_probs: np.ndarray  # (T, H, N, C) float32 softmax per view and head
+    avgk_scores: np.ndarray | None  # (N, C) sigmoid of the average-K set head, mean over the views
+
+    @property
+    def probs(self) -> np.ndarray:
+        """(H, N, C) the mean over the views (`src.ensemble.mean_over_views`)."""
+        return mean_over_views(self.view_probs)
+
+    def npz_arrays(self) -> dict[str, np.ndarray]:
+        """What <split>_probs.npz holds beside probs: view_probs and views when there are several views,
+        avgk_scores with the set head (nothing for one identity view without it: the old layout)."""
+        arrays = {}
+        if len(self.views) > 1:
+            arrays.update(view_probs=self.view_probs, views=np.array(self.views))
+        if self.avgk_scores is not None:
+            arrays["avgk_scores"] = self.avgk_scores
+        return arrays
+
+
+def predict_views(model: torch.nn.Module, loader_for: Callable[[str], object], views, device: torch.device,
+                  dtype) -> ViewPredictions:
+    """Softmax per head of every test-time view; `loader_for(view)` is the in-order loader of that view."""
+    probs, scores = [], []
+    for view in views:
+        out = predict_outputs(model, loader_for(view), device, dtype)
+        probs.append(softmax_np(out["logits"]))
+        if "avgk" in out:
+            scores.append(torch.from_numpy(out["avgk"]).sigmoid().numpy())
+    avgk = mean_over_views(np.stack(scores)[:, None])[0] if scores else None
+    return ViewPredictions(tuple(views), np.stack(probs), avgk)
+
+
 def write_predictions(run_dir: Path, stem: str, annotation_ids: np.ndarray, probs: np.ndarray,
-                      classes: tuple[str, ...], D: np.ndarray, decode: str, labels: np.ndarray | None = None):
-    """<stem>_probs.npz (probs (H, N, C) per head) and the predictions CSV of the head-mean; returns the labels."""
+                      classes: tuple[str, ...], D: np.ndarray, decode: str, labels: np.ndarray | None = None,
+                      extra: dict[str, np.ndarray] | None = None):
+    """<stem>_probs.npz (probs (H, N, C) per head, then `extra` arrays) and the predictions CSV of the
+    head-mean; returns the labels."""
     arrays = {"annotation_id": annotation_ids.astype(np.int64), "probs": probs, "classes": np.array(classes)}
     if labels is not None:
         arrays["labels"] = labels.astype(np.int64)
+    arrays.update(extra or {})
     atomic_save_npz(run_dir / f"{stem}_probs.npz", **arrays)
     mean = probs.mean(axis=0)
     pred = decode_bayes(mean, D) if decode == "bayes" else mean.argmax(axis=1)
@@ -153,21 +209,32 @@ def load_member(run_dir: str | Path, taxonomy: Taxonomy | None = None,
     return Member(run_dir, cfg, classes, model, dev)
 
 
-def predict_crops(member: Member, crops: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-    """Softmax per head (H, N, C) float32 of uint8 crops (N, V, S, S, 3) in the member's views.
-
-    The batch size defaults to training's evaluation batch size (results then match test_probs.npz)."""
+def predict_crop_views(member: Member, crops: np.ndarray, batch_size: int | None = None,
+                       tta_views=None) -> ViewPredictions:
+    """Softmax per test-time view and head (T, H, N, C) float32 of uint8 crops (N, V, S, S, 3) in the member's
+    crop views. `tta_views` default to the member's train.tta_views; the batch size to training's evaluation
+    batch size (results then match test_probs.npz)."""
     from torch.utils.data import DataLoader
 
     from src.data.dataset import CropCacheDataset
-    from src.data.transforms import build_eval_transform
+    from src.data.transforms import build_tta_transform
 
     cfg = member.config
     if crops.ndim != 5 or crops.shape[1] != len(member.views):
         raise ValueError(f"crops must be (N, {len(member.views)}, S, S, 3) for views {member.views}, got {crops.shape}")
-    dataset = CropCacheDataset(crops, np.full(len(crops), -1), build_eval_transform(cfg.data.image_size))
-    loader = DataLoader(dataset, batch_size or cfg.train.eval_batch_size or 2 * cfg.train.batch_size, shuffle=False)
-    return softmax_np(predict_logits(member.model, loader, member.device, amp_dtype(cfg.train.amp, member.device)))
+    batch_size = batch_size or cfg.train.eval_batch_size or 2 * cfg.train.batch_size
+
+    def loader_for(view: str):
+        dataset = CropCacheDataset(crops, np.full(len(crops), -1), build_tta_transform(cfg.data.image_size, view))
+        return DataLoader(dataset, batch_size, shuffle=False)
+
+    return predict_views(member.model, loader_for, tuple(tta_views or cfg.train.tta_views), member.device,
+                         amp_dtype(cfg.train.amp, member.device))
+
+
+def predict_crops(member: Member, crops: np.ndarray, batch_size: int | None = None, tta_views=None) -> np.ndarray:
+    """Softmax per head (H, N, C) float32 of uint8 crops, averaged over the test-time views (`predict_crop_views`)."""
+    return predict_crop_views(member, crops, batch_size, tta_views).probs
 
 
 class MissingPixelsError(ValueError):
@@ -242,9 +309,10 @@ def load_crops(coco_json: str | Path, cache_dir: str | Path, size: int, views=("
 
 def predict_members(member_dirs, crops_for: Callable[[int, tuple[str, ...]], tuple[np.ndarray, np.ndarray]],
                     device: str | torch.device = "auto", batch_size: int | None = None,
-                    taxonomy: Taxonomy | None = None, progress: bool = True) -> EnsemblePredictions:
+                    taxonomy: Taxonomy | None = None, progress: bool = True, tta_views=None) -> EnsemblePredictions:
     """Every member's per-head probabilities on the crops `crops_for(size, views)` gives as (ids, crops),
-    aligned and sorted by id.
+    aligned and sorted by id, averaged over the test-time views (`tta_views`, default each member's
+    train.tta_views, which must then agree), with the set head's scores when every member has one.
 
     Crops are made once per distinct (crop size, views) among the members. Models are loaded one at a
     time, so memory holds a single member."""
@@ -253,10 +321,15 @@ def predict_members(member_dirs, crops_for: Callable[[int, tuple[str, ...]], tup
     if not member_dirs:
         raise ValueError("no members given")
     groups: dict[tuple, list[int]] = defaultdict(list)
+    tta = set()
     for i, d in enumerate(member_dirs):
         cfg = load_member_config(d)
         groups[(cfg.data.cache_size or cfg.data.image_size, tuple(cfg.data.views))].append(i)
-    ids, probs = None, [None] * len(member_dirs)
+        tta.add(tuple(tta_views or cfg.train.tta_views))
+    if len(tta) > 1:
+        raise ValueError(f"the members were trained with different train.tta_views {sorted(tta)}: pass one list")
+    tta_views = tta.pop()
+    ids, preds = None, [None] * len(member_dirs)
     for (size, views), indices in groups.items():
         these, crops = crops_for(size, views)
         if ids is not None and not np.array_equal(ids, these):
@@ -264,33 +337,52 @@ def predict_members(member_dirs, crops_for: Callable[[int, tuple[str, ...]], tup
         ids = these
         for i in tqdm(indices, desc=f"members ({size}px {'+'.join(views)})", disable=not progress):
             member = load_member(member_dirs[i], taxonomy, device)
-            probs[i] = predict_crops(member, crops, batch_size)
+            preds[i] = predict_crop_views(member, crops, batch_size, tta_views)
             del member
     order = np.argsort(ids, kind="stable")
-    return EnsemblePredictions(ids[order], [p[:, order] for p in probs], None)
+    scores = [p.avgk_scores[order] for p in preds if p.avgk_scores is not None]
+    return EnsemblePredictions.from_views(ids[order], [p.view_probs[:, :, order] for p in preds], tta_views,
+                                          set_scores=scores if len(scores) == len(preds) else None)
 
 
 def predict_ensemble(member_dirs, coco_json: str | Path, cache_dir: str | Path,
                      images_dir: str | Path | None = None, rois_dir: str | Path | None = None,
                      device: str | torch.device = "auto", batch_size: int | None = None,
-                     taxonomy: Taxonomy | None = None, progress: bool = True,
-                     allow_missing_pixels: bool = False) -> EnsemblePredictions:
-    """Every member's per-head probabilities on the annotations of a COCO file (see `load_crops`)."""
+                     taxonomy: Taxonomy | None = None, progress: bool = True, allow_missing_pixels: bool = False,
+                     tta_views=None) -> EnsemblePredictions:
+    """Every member's per-head probabilities on the annotations of a COCO file (see `load_crops`), with the
+    ROIs' frame ids from the file (for the frame decoders)."""
     taxonomy = taxonomy or load_taxonomy()
-    return predict_members(
+    preds = predict_members(
         member_dirs, lambda size, views: load_crops(coco_json, cache_dir, size, views, images_dir, rois_dir,
                                                     taxonomy, progress, allow_missing_pixels),
-        device, batch_size, taxonomy, progress)
+        device, batch_size, taxonomy, progress, tta_views)
+    preds.frame_ids = frame_ids_of(annotation_table(coco_json), preds.annotation_id)
+    return preds
+
+
+def save_ensemble_probs(path: str | Path, preds: EnsemblePredictions, classes, **extra) -> Path:
+    """npz of an ensemble's predictions: annotation_id, member_means (M, N, C) (each member's mean over heads
+    and test-time views), classes, `extra` arrays; with several views also views (T,) and view_means
+    (M, T, N, C) (each member's mean over heads, per view); image_id (N,) when the frames are known."""
+    arrays = {"annotation_id": preds.annotation_id, "member_means": preds.member_means, "classes": np.array(classes),
+              **extra}
+    if preds.member_views is not None:
+        arrays.update(views=np.array(preds.views), view_means=np.stack([v.mean(axis=1) for v in preds.member_views]))
+    if preds.frame_ids is not None:
+        arrays["image_id"] = preds.frame_ids
+    return atomic_save_npz(path, **arrays)
 
 
 def decode_predictions(preds: EnsemblePredictions, decoder: str, decoding: dict,
                        taxonomy: Taxonomy | None = None) -> pd.DataFrame:
     """Submission rows (annotation_id, concept_name) of one decoder, decoded exactly as `submit` does.
 
-    `decoding` holds sigma, diffusion_alpha and temperature (a package manifest's "decoding")."""
+    `decoding` holds sigma, diffusion_alpha, temperature and frame_prior (`src.manifest.package_decoding`
+    of a package)."""
     taxonomy = taxonomy or load_taxonomy()
     decoded = decode_ensemble(preds, [decoder], taxonomy, decoding["sigma"], decoding["diffusion_alpha"],
-                              decoding.get("temperature"))
+                              decoding.get("temperature"), decoding.get("frame_prior"))
     if decoder in decoded.skipped:
         raise ValueError(f"decoder {decoder!r} cannot run: {decoded.skipped[decoder]}")
     return labels_frame(preds.annotation_id, decoded.labels[decoder], taxonomy)
@@ -332,6 +424,22 @@ def find_members(model: str | Path) -> list[Path]:
         raise FileNotFoundError(f"{model}: no round has all its members finished")
     root, manifest = read_package(model)  # a package nested one level down; else FileNotFoundError
     return [root / entry["dir"] for entry in manifest["members"]]
+
+
+def _cli_decoding(model: Path, decoder: str | None) -> dict:
+    """The decoding parameters for --decoder: a package's (fitted when packaging), else the defaults of the
+    decoders that need no fitting."""
+    from src.manifest import MANIFEST, package_decoding, read_package
+
+    if decoder is None:
+        return {}
+    trained_here = (model / "config.yaml").is_file() or (model / "members").is_dir() or any(model.glob("round_*"))
+    if (model / MANIFEST).is_file() or not trained_here:  # a package, as find_members reads it
+        return package_decoding(*read_package(model))
+    if decoder == "bayes_cal" or decoder in FRAME_DECODERS:
+        raise ValueError(f"--decoder {decoder} needs parameters fitted on validation: package the ensemble "
+                         "(python -m src.stages.package) and predict with the package")
+    return {"sigma": SIGMA_CONVENTIONS[0], "diffusion_alpha": DIFFUSION_ALPHA}
 
 
 def _round_members(round_dir: Path) -> list[Path]:
@@ -413,7 +521,9 @@ def main(argv: list[str] | None = None) -> int:
                "Output columns: annotation_id (COCO) or file (folder); concept, probability (argmax of the ensemble "
                "mean); bayes_concept, bayes_expected_distance (the label of least expected distance); per rank "
                "phylum..species the most probable taxon and its probability (the sum over its concepts); "
-               "deepest_sure_rank/taxon: the deepest rank whose probability reaches --confidence.")
+               "deepest_sure_rank/taxon: the deepest rank whose probability reaches --confidence; with --decoder D, "
+               "D_concept: the label of that decoder (as submit and the Kaggle notebook decode). Members are "
+               "averaged over their test-time views (--tta).")
     parser.add_argument("model", help="run folder, pipeline round or run folder, or package folder")
     parser.add_argument("input", help="COCO JSON file or folder of ROI images")
     parser.add_argument("--out", required=True, help="CSV to write (atomically)")
@@ -422,6 +532,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confidence", type=float, default=0.9, help="probability of a 'sure' rank (default 0.9)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch-size", type=int, default=None, help="default: each member's evaluation batch size")
+    parser.add_argument("--tta", default=None, help="test-time views to average, comma-separated: identity, hflip, "
+                        "down<NN>, hflip_down<NN> (default: the views each member was trained with, train.tta_views)")
+    parser.add_argument("--decoder", default=None, choices=DECODERS,
+                        help="also write the column <decoder>_concept: the label `submit` would give. bayes_cal "
+                             "and the frame decoders need a package (their parameters are fitted when packaging); "
+                             "the frame decoders also a COCO input (frames)")
+    parser.add_argument("--probs", default=None, help="also save the members' probabilities (npz: member_means, "
+                        "and per test-time view view_means when there are several views)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--allow-missing-pixels", action="store_true",
                         help="predict ROIs whose frame or ROI file is missing or undecodable from black crops "
@@ -431,8 +549,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not 0.5 < args.confidence <= 1:
             raise ValueError(f"--confidence must be in (0.5, 1], got {args.confidence}")
+        tta = None
+        if args.tta:
+            from src.data.transforms import parse_tta_view
+
+            tta = tuple(view.strip() for view in args.tta.split(","))
+            for view in tta:
+                parse_tta_view(view)
         taxonomy = load_taxonomy()
         members = find_members(args.model)
+        decoding = _cli_decoding(Path(args.model), args.decoder)
         source = Path(args.input)
         if source.is_dir():
             crops_for, id_column = _folder_crops(source, progress, args.allow_missing_pixels), "file"
@@ -442,12 +568,19 @@ def main(argv: list[str] | None = None) -> int:
                                                 args.allow_missing_pixels), "annotation_id")
         else:
             raise FileNotFoundError(f"input {source}: no such file or folder")
-        preds = predict_members(members, crops_for, args.device, args.batch_size, taxonomy, progress)
+        preds = predict_members(members, crops_for, args.device, args.batch_size, taxonomy, progress, tta)
+        if id_column == "annotation_id":
+            preds.frame_ids = frame_ids_of(annotation_table(source), preds.annotation_id)
+        decoded = decode_predictions(preds, args.decoder, decoding, taxonomy) if args.decoder else None
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     table = prediction_table(preds.mean, taxonomy, distance_matrix(taxonomy), args.confidence)
     table.insert(0, id_column, preds.annotation_id)
+    if decoded is not None:
+        table.insert(1, f"{args.decoder}_concept", decoded["concept_name"].to_numpy())
+    if args.probs:
+        save_ensemble_probs(args.probs, preds, taxonomy.names)
     atomic_write_with(Path(args.out), lambda tmp: table.to_csv(tmp, index=False, float_format="%.6f"))
     sure = table["deepest_sure_rank"].value_counts().reindex([*RANK_COLUMNS, ""], fill_value=0)
     counts = ", ".join(f"{rank or 'none'} {n}" for rank, n in sure.items())

@@ -7,7 +7,9 @@ folder output.dir/output.run_name holds:
 
     config.yaml        the resolved config            checkpoint.pt   last finished epoch (resumable)
     metrics.csv        one row per epoch              curves.png      loss / accuracy / distance
-    test_probs.npz     annotation_id (N,), probs (H, N, C) softmax per head, classes (C,)
+    test_probs.npz     annotation_id (N,), probs (H, N, C) softmax per head, classes (C,), image_id (N,) frames;
+                       with train.tta_views beyond identity probs is the mean over the views, view_probs
+                       (T, H, N, C) and views (T,) hold each; with model.avgk_head avgk_scores (N, C)
     predictions.csv    annotation_id,concept_name,confidence
     val_probs.npz, val_predictions.csv   the same for the validation split, plus labels (N,)
     done.json          written last: the run is complete
@@ -31,19 +33,20 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from src.artifacts import atomic_write_json, atomic_write_text, atomic_write_with, remove_stale_temps, run_lock
 from src.checkpoint import CheckpointSaver
 from src.config import Config, config_to_yaml
+from src.data.dataset import with_transform
 from src.data.training import (Datasets, Loaders, build_datasets, build_loaders, check_data, check_missing_pixels,
                                 load_split)
-from src.losses import build_loss
+from src.data.transforms import build_tta_transform
+from src.losses import TrainingLoss, build_loss, build_training_loss
 from src.models import build_model
 from src.plots import plot_training_curves
-from src.predict import amp_dtype, predict_logits, softmax_np, write_predictions
+from src.predict import ViewPredictions, amp_dtype, predict_logits, predict_views, softmax_np, write_predictions
 from src.runtime import Runtime, epoch_seed, reseed_transforms, seed_everything, setup_runtime
 from src.schedule import build_scheduler
 from src.score import chance_metrics, classification_metrics, mean_distance, read_solution
@@ -58,18 +61,6 @@ class TrainingDiverged(RuntimeError):
         self.value, self.step = value, step
 
 
-def compute_loss(out: dict, y: torch.Tensor, loss_fn: nn.Module, aux_targets: dict[str, torch.Tensor],
-                 aux_weight: float) -> torch.Tensor:
-    """Main loss (mean over heads) + aux_weight * CE of each rank head on the true concept's ancestor."""
-    loss = loss_fn(out["logits"], y)
-    for rank, logits in out["aux"].items():
-        target = aux_targets[rank][y]
-        known = target >= 0  # concepts above this rank have no ancestor there
-        ce = F.cross_entropy(logits.float(), target.clamp(min=0), reduction="none")
-        loss = loss + aux_weight * (ce * known).sum() / known.sum().clamp(min=1)
-    return loss
-
-
 def build_optimizer(model: nn.Module, o) -> torch.optim.Optimizer:
     """AdamW or SGD (Nesterov momentum) over all parameters, from an OptimConfig."""
     if o.name == "adamw":
@@ -79,7 +70,7 @@ def build_optimizer(model: nn.Module, o) -> torch.optim.Optimizer:
                            weight_decay=o.weight_decay)
 
 
-def train_one_epoch(net: nn.Module, loader: DataLoader, loss_fn: nn.Module, aux_targets: dict, aux_weight: float,
+def train_one_epoch(net: nn.Module, loader: DataLoader, loss_fn: TrainingLoss,
                     optimizer, scheduler, scaler, grad_clip: float | None, rt: Runtime, dtype, desc: str,
                     show: bool) -> tuple[float, int, float]:
     """One pass over the loader, lr stepped per batch. Returns (mean loss, images seen by all ranks, seconds).
@@ -93,7 +84,7 @@ def train_one_epoch(net: nn.Module, loader: DataLoader, loss_fn: nn.Module, aux_
         y = y.to(rt.device, non_blocking=True)
         with torch.autocast(rt.device.type, dtype=dtype) if dtype else nullcontext():
             out = net(x)
-        loss = compute_loss(out, y, loss_fn, aux_targets, aux_weight)
+        loss = loss_fn.terms(out, y)
         value = loss.detach().clone()
         if rt.world > 1:
             dist.all_reduce(value)
@@ -182,8 +173,9 @@ def _train(cfg: Config, rt: Runtime) -> Path:
     model = build_model(cfg, len(classes), aux_classes).to(rt.device)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    aux_targets = {r: torch.as_tensor(taxonomy.rank_labels(r)[0], device=rt.device) for r in cfg.model.aux_ranks}
-    loss_fn = build_loss(cfg.loss, taxonomy).to(rt.device)
+    loss_fn = build_training_loss(cfg.loss, taxonomy, cfg.model.aux_ranks, model.num_features, cfg.model.avgk_head,
+                                  data.set_targets, cfg.train.batch_size, cfg.seed,
+                                  base=build_loss(cfg.loss, taxonomy)).to(rt.device)
 
     o = cfg.optim
     optimizer = build_optimizer(model, o)
@@ -220,7 +212,7 @@ def _train(cfg: Config, rt: Runtime) -> Path:
             loaders.sampler.set_epoch(epoch)
         desc = f"epoch {epoch + 1}/{cfg.train.epochs}"
         try:
-            train_loss, seen, elapsed = train_one_epoch(net, loaders.train, loss_fn, aux_targets, cfg.loss.aux_weight,
+            train_loss, seen, elapsed = train_one_epoch(net, loaders.train, loss_fn,
                                                         optimizer, scheduler, scaler, o.grad_clip, rt, dtype, desc,
                                                         show)
         except TrainingDiverged as err:
@@ -264,17 +256,26 @@ def finish(cfg: Config, run_dir: Path, model: nn.Module, data: Datasets, loaders
             "final": history[-1] if history else {},
             "test_missing_pixels": int((~test_cache.has_pixels).sum()),  # predicted from black crops
             "train_dropped": int(((train_cache.labels >= 0) & ~train_cache.good).sum())}
+    views, size = tuple(cfg.train.tta_views), cfg.data.image_size
+
+    def predict(dataset) -> ViewPredictions:  # every test-time view of the dataset's crops
+        return predict_views(model, lambda view: loaders.eval(with_transform(dataset, build_tta_transform(size, view))),
+                             views, device, dtype)
+
     test_ids = test_cache.index["annotation_id"].to_numpy()
-    test_probs = softmax_np(predict_logits(model, loaders.eval(data.test), device, dtype))
-    pred = write_predictions(run_dir, "test", test_ids, test_probs, classes, D, cfg.output.decode)
+    test = predict(data.test)
+    pred = write_predictions(run_dir, "test", test_ids, test.probs, classes, D, cfg.output.decode,
+                             extra={"image_id": test_cache.index["image_id"].to_numpy(np.int64), **test.npz_arrays()})
     if cfg.data.solution:
         truth = read_solution(cfg.data.solution, test_ids, taxonomy)
         done.update(test_n=len(truth), test_accuracy=float((truth == pred).mean()),
                     test_distance=mean_distance(truth, pred, D))
     if "val" in data.val:
-        val_probs = softmax_np(predict_logits(model, loaders.eval(data.val["val"]), device, dtype))
-        write_predictions(run_dir, "val", train_cache.index["annotation_id"].to_numpy()[data.val_rows], val_probs,
-                          classes, D, cfg.output.decode, labels=data.val_labels)
+        val = predict(data.val["val"])
+        write_predictions(run_dir, "val", train_cache.index["annotation_id"].to_numpy()[data.val_rows], val.probs,
+                          classes, D, cfg.output.decode, labels=data.val_labels,
+                          extra={"image_id": train_cache.index["image_id"].to_numpy(np.int64)[data.val_rows],
+                                 **val.npz_arrays()})
         done.update(chance_metrics(data.val_labels, D))
     atomic_write_json(run_dir / "done.json", done)
     print(f"done: {run_dir}", flush=True)

@@ -65,3 +65,23 @@ def tiny_run(tmp_path_factory):
     run_pipeline(cfg)
     package(cfg, base / "kaggle_input" / "fathomnet-ensemble" / "package", decoder="argmax")
     return cfg, base / "kaggle_input" / "fathomnet-ensemble"
+
+
+@pytest.fixture(scope="session")
+def tiny_tta_run(tiny_run, tmp_path_factory):
+    """tiny_run's data, one member trained 1 epoch with three test-time views (identity, hflip, down75), decoded
+    with bayes and the frame decoders, and its package (decoder frame_bayes). Returns (PipelineConfig, the
+    package's parent folder)."""
+    from src.stages.package import package
+    from src.stages.pipeline import run_pipeline
+    from src.stages.pipeline_config import PipelineConfig
+
+    base = tmp_path_factory.mktemp("tiny_tta")
+    cfg = PipelineConfig(**{
+        **tiny_run[0].model_dump(), "name": "tiny_tta", "seeds": [0], "rounds": 0,
+        "train_overrides": {"train": {"epochs": 1, "progress": False, "tta_views": ["identity", "hflip", "down75"]}},
+        "decoding": {"decoders": ["bayes", "frame_bayes", "frame_argmax"]},
+        "output_root": str(base / "out"), "submissions_dir": str(base / "submissions")})
+    run_pipeline(cfg)
+    package(cfg, base / "kaggle_input" / "tta-ensemble" / "package", decoder="frame_bayes")
+    return cfg, base / "kaggle_input" / "tta-ensemble"

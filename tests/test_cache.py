@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 from src.data.cache import load_or_build_crop_cache, open_crop_cache
-from src.data.dataset import CropCacheDataset, PngRoiDataset
-from src.data.transforms import build_eval_transform, build_train_transform, build_torchvision_train_transform
+from src.data.dataset import CropCacheDataset, PngRoiDataset, with_transform
+from src.data.transforms import (build_eval_transform, build_train_transform, build_torchvision_train_transform,
+                                 build_tta_transform)
 from src.taxonomy import load_taxonomy
 
 TAXONOMY = load_taxonomy()
@@ -159,6 +160,20 @@ def test_datasets_read_cache_and_pngs(tmp_path):
 
     with pytest.raises(ValueError, match="labels"):
         CropCacheDataset(cache.crops, cache.labels[:2], build_eval_transform(24))
+
+
+def test_test_time_view_transforms():
+    image = np.random.default_rng(0).integers(0, 255, (20, 20, 3), dtype=np.uint8)
+    plain = build_tta_transform(20, "identity")(image)
+    assert torch.equal(plain, build_eval_transform(20)(image))
+    assert torch.equal(build_tta_transform(20, "hflip")(image), plain.flip(-1))  # flipped pixels, same values
+    assert torch.equal(build_tta_transform(20, "down75")(image), build_eval_transform(20, 0.75)(image))
+    assert torch.equal(build_tta_transform(20, "hflip_down75")(image),
+                       build_eval_transform(20, 0.75)(np.ascontiguousarray(image[:, ::-1])))
+    dataset = CropCacheDataset(image[None, None], [3], build_eval_transform(20))
+    flipped = with_transform(torch.utils.data.Subset(dataset, [0]), build_tta_transform(20, "hflip"))
+    assert torch.equal(flipped[0][0], dataset[0][0].flip(-1)) and flipped[0][1] == 3
+    assert dataset.transform.hflip is False  # the original keeps its transform
 
 
 def test_dataloader_workers_draw_different_augmentations():

@@ -95,16 +95,37 @@ def test_pipeline_help_documents_every_key():
                          text=True, timeout=60)
     assert out.returncode == 0
     for key in ("data_root (required)", "seeds = [0, 1, 2]", "pseudo.min_votes", "decoding.decoders",
-                "decoding.sigma", "decoding.diffusion_alpha", "kaggle.competition"):
+                "decoding.sigma", "decoding.diffusion_alpha", "kaggle.competition", "pseudo.gate", "pseudo.tau",
+                "pseudo.prob_threshold", "pseudo.avgk_k", "pseudo.max_set_size", "pseudo.coarse",
+                "pseudo.coarse_min_rank", "pseudo.frame_aware", "decoding.frame_iterations",
+                "decoding.frame_smoothing", "frame_bayes"):
         assert key in out.stdout, key
 
 
 def test_pipeline_decoders_come_from_one_tuple():
-    from src.ensemble import DECODERS
+    from src.ensemble import DECODERS, FRAME_DECODERS
     from src.stages.pipeline_config import DecodingConfig, PipelineConfig
 
-    assert tuple(DecodingConfig().decoders) == DECODERS
+    assert tuple(DecodingConfig().decoders) + FRAME_DECODERS == DECODERS  # frame decoders: opt in
     with pytest.raises(ConfigError, match="decoding.decoders"):
         load_config(PipelineConfig, None, ["data_root=x", "decoding.decoders=[argmax,median]"])
-    with pytest.raises(ConfigError, match="unknown key 'pseudo.sigma'; valid keys here: min_votes, u_threshold"):
+    with pytest.raises(ConfigError, match="unknown key 'pseudo.sigma'; valid keys here: avgk_k, coarse"):
         load_config(PipelineConfig, None, ["data_root=x", "pseudo.sigma=top2_sigma"])
+    cfg = load_config(PipelineConfig, None, ["data_root=x", "pseudo.gate=expected_distance", "pseudo.coarse=true",
+                                             "decoding.decoders=[frame_bayes]"])
+    assert cfg.pseudo.gate == "expected_distance" and cfg.pseudo.coarse and cfg.pseudo.coarse_min_rank == "order"
+    for bad in ("pseudo.gate=median", "pseudo.coarse_min_rank=class"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config(PipelineConfig, None, ["data_root=x", bad])
+
+
+def test_test_time_views_are_validated():
+    from src.data.transforms import parse_tta_view
+
+    assert load_config(Config, None, []).train.tta_views == ["identity"]
+    cfg = load_config(Config, None, ["train.tta_views=[identity,hflip,down75,hflip_down50]"])
+    assert [parse_tta_view(v) for v in cfg.train.tta_views] == [(False, None), (True, None), (False, 0.75), (True, 0.5)]
+    for bad, message in [("[identity,vflip]", "unknown test-time view 'vflip'"), ("[down5]", "down<NN>"),
+                         ("[hflip,hflip]", "repeats"), ("[]", "train.tta_views")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(Config, None, [f"train.tta_views={bad}"])

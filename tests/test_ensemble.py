@@ -6,10 +6,11 @@ import pytest
 from scipy.sparse.csgraph import connected_components
 
 from src.ensemble import (
-    DECODERS, EnsemblePredictions, apply_temperature, decode_argmax, decode_bayes, decode_diffusion, decode_ensemble,
-    diffuse, diffusion_operator, expected_distance, fit_temperature, gmu, member_labels_and_u, nll, taxonomy_graph,
-    vote,
+    DECODERS, FRAME_DECODERS, EnsemblePredictions, FramePrior, apply_temperature, decode_argmax, decode_bayes,
+    decode_diffusion, decode_ensemble, diffuse, diffusion_operator, expected_distance, fit_frame_prior,
+    fit_temperature, gmu, mean_over_views, member_labels_and_u, nll, taxonomy_graph, vote,
 )
+from src.frames import cooccurrence_prior, frame_mean_field
 from src.taxonomy import distance_matrix, load_taxonomy
 
 # three models, one ROI, three classes; mu = [.5, .3, .2]; unbiased std per class by hand:
@@ -173,10 +174,63 @@ def test_decode_ensemble_knows_every_decoder_and_rejects_others():
     members = [rng.dirichlet(np.ones(len(tax)), size=(2, 6)) for _ in range(3)]
     preds = EnsemblePredictions(np.arange(6), members, None)
     decoded = decode_ensemble(preds, DECODERS, tax, "top2_sigma", 0.3, temperature=None)
-    assert set(decoded.labels) == set(DECODERS) - {"bayes_cal"} and "bayes_cal" in decoded.skipped
+    needs_fitting = {"bayes_cal", *FRAME_DECODERS}  # without a temperature / frame prior they are skipped
+    assert set(decoded.labels) == set(DECODERS) - needs_fitting and set(decoded.skipped) == needs_fitting
     graph = taxonomy_graph(tax)
     assert (decoded.labels["diffusion"] == diffuse(preds.mean, graph, 0.3).argmax(axis=1)).all()
     assert (decode_ensemble(preds, ["bayes_cal"], tax, "top2_sigma", 0.3, 1.0).labels["bayes_cal"]
             == decoded.labels["bayes"]).all()  # T = 1 changes nothing
     with pytest.raises(ValueError, match="unknown decoder"):
         decode_ensemble(preds, ["median"], tax, "top2_sigma", 0.3)
+
+
+def test_test_time_views_are_averaged_before_heads_and_members():
+    rng = np.random.default_rng(0)
+    member_views = [rng.dirichlet(np.ones(5), size=(3, 2, 4)).astype(np.float32) for _ in range(2)]  # (T, H, N, C)
+    preds = EnsemblePredictions.from_views(np.arange(4), member_views, ("identity", "hflip", "down75"))
+    assert np.array_equal(preds.members[0], member_views[0].mean(axis=0))
+    assert preds.views == ("identity", "hflip", "down75")
+    assert np.allclose(preds.mean, np.mean([v.mean(axis=(0, 1)) for v in member_views], axis=0))
+    assert preds.member_views[1] is member_views[1]
+    single = EnsemblePredictions.from_views(np.arange(4), [v[:1] for v in member_views], ["identity"])
+    assert np.array_equal(single.members[0], member_views[0][0]) and single.member_views is None  # the view itself
+    with pytest.raises(ValueError, match="2 views"):
+        EnsemblePredictions.from_views(np.arange(4), member_views, ("identity", "hflip"))
+    with pytest.raises(ValueError, match="T, H, N, C"):
+        mean_over_views(member_views[0][0])
+
+
+def test_frame_decoders_fit_on_validation_frames_with_a_prior_from_the_other_training_frames():
+    tax = load_taxonomy()
+    D = distance_matrix(tax)
+    C = len(tax)
+    a, b = tax.index("Sebastes diploproa"), tax.index("Porifera")  # far apart
+    # training annotations: frames 0-9 hold two a's, 10-19 two b's; frames 100-103 are the validation frames
+    train_frames = np.concatenate([np.repeat(np.arange(20), 2), np.repeat(np.arange(100, 104), 2)])
+    train_labels = np.concatenate([np.repeat([a, b], 20), np.repeat([a, a, b, b], 2)])
+
+    def rois(truth, frames):  # per frame one sure ROI and one leaning to the other label
+        probs = np.full((len(truth), C), 1e-4)
+        other = np.where(truth == a, b, a)
+        sure = np.arange(len(truth)) % 2 == 0
+        probs[np.arange(len(truth)), truth] += np.where(sure, 0.9, 0.45)
+        probs[np.arange(len(truth)), other] += np.where(sure, 0.05, 0.5)
+        probs /= probs.sum(axis=1, keepdims=True)
+        return EnsemblePredictions(np.arange(len(truth)), [probs[None]], truth, frame_ids=np.asarray(frames))
+
+    val = rois(np.repeat([a, a, b, b], 2), np.repeat(np.arange(100, 104), 2))
+    prior = fit_frame_prior(val, train_frames, train_labels, D)
+    assert np.array_equal(prior.K, cooccurrence_prior(train_frames[:40], train_labels[:40], C))  # not val frames
+    assert set(prior.weights) == set(FRAME_DECODERS) and all(w > 0 for w in prior.weights.values())
+    test = rois(np.repeat([b, a, b], 2), [7, 7, 8, 8, 9, 9])
+    decoded = decode_ensemble(test, ["argmax", *FRAME_DECODERS], tax, "top2_sigma", 0.3, frame_prior=prior)
+    assert (decoded.labels["argmax"] != test.labels).sum() == 3  # every leaning ROI
+    assert all((decoded.labels[name] == test.labels).all() for name in FRAME_DECODERS)
+    q = frame_mean_field(test.mean, test.frame_ids, prior.K, prior.weights["frame_argmax"])
+    assert np.array_equal(decoded.labels["frame_argmax"], q.argmax(axis=1))
+    test.frame_ids = None
+    skipped = decode_ensemble(test, FRAME_DECODERS, tax, "top2_sigma", 0.3, frame_prior=prior).skipped
+    assert set(skipped) == set(FRAME_DECODERS) and "no frame ids" in skipped["frame_bayes"]
+    val.frame_ids = None
+    assert fit_frame_prior(val, train_frames, train_labels, D) is None
+    assert isinstance(prior, FramePrior) and prior.iterations == 1

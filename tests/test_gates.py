@@ -3,9 +3,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.gates import (agreement_gate, agreement_u_gate, coarse_agreement, expected_distance_gate, fit_avgk_threshold,
-                       max_probability_gate, precision_coverage_curve, pseudo_label_targets, set_sizes,
-                       threshold_at_coverage)
+from src.gates import (EQUAL_COVERAGES, Gate, agreement_gate, agreement_u_gate, avgk_set_size_gate, coarse_agreement,
+                       compare_gates, expected_distance_gate, fit_avgk_threshold, max_probability_gate,
+                       precision_coverage_curve, pseudo_label_targets, set_sizes, threshold_at_coverage)
 from src.taxonomy import taxonomy_tree
 
 # 3 members x 4 ROIs
@@ -99,3 +99,25 @@ def test_avgk_threshold_and_set_sizes():
     assert lam == 0.2 and set_sizes(scores, lam).mean() == 2.0
     with pytest.raises(ValueError):
         fit_avgk_threshold(scores, k=4.0)
+    gate = avgk_set_size_gate(np.array([[0.2, 0.5, 0.3], [0.6, 0.3, 0.1], [0.3, 0.3, 0.4]]), scores, 0.25, 1)
+    assert gate.label.tolist() == [1, 0, 2] and gate.score.tolist() == [-2, -1, -2]  # sets of 2, 1 and 2 concepts
+    assert gate.keep.tolist() == [False, True, False]
+
+
+def test_gates_compared_at_equal_coverage():
+    D = np.array([[0, 2, 6], [2, 0, 6], [6, 6, 0]])
+    truth = np.array([0, 1, 2, 0, 1])
+    sure = Gate(np.array([0, 1, 0, 2, 1]), np.array([0.9, 0.8, 0.7, 0.6, -np.inf]), np.zeros(5, bool))
+    votes = Gate(np.array([0, 0, 2, 0, 1]), np.array([3.0, 2, 2, 1, 1]), np.zeros(5, bool))
+    rows = {(r["gate"], r["target_coverage"]): r for r in compare_gates({"sure": sure, "votes": votes}, truth, D,
+                                                                        coverages=(0.2, 0.4, 0.6, 0.9))}
+    assert rows["sure", 0.4] == {"gate": "sure", "target_coverage": 0.4, "threshold": 0.8, "coverage": 0.4,
+                                 "count": 2, "precision": 1.0, "mean_distance": 0.0}
+    assert rows["sure", 0.6]["precision"] == pytest.approx(2 / 3) and rows["sure", 0.6]["mean_distance"] == 2.0
+    # 90 % is out of reach (one -inf score): all the finite ones, no threshold
+    assert rows["sure", 0.9]["threshold"] is None and rows["sure", 0.9]["coverage"] == 0.8
+    assert rows["sure", 0.9]["mean_distance"] == pytest.approx((0 + 0 + 6 + 6) / 4)
+    # ties: asking 40 % of a vote count accepts the three ROIs with >= 2 votes
+    assert rows["votes", 0.4]["count"] == 3 and rows["votes", 0.4]["precision"] == pytest.approx(2 / 3)
+    assert rows["votes", 0.2]["count"] == 1 and rows["votes", 0.9]["coverage"] == 1.0
+    assert EQUAL_COVERAGES == (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

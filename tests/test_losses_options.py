@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from src.config import LossConfig
-from src.losses import (DistanceWeightedCE, FeatureEntropy, HierarchicalCE, SetTargetLoss, avgk_loss, build_loss,
-                        feature_entropy, set_nll)
+from src.losses import (CrossEntropy, DistanceWeightedCE, FeatureEntropy, HierarchicalCE, SetTargetLoss, avgk_loss,
+                        build_loss, build_training_loss, feature_entropy, set_nll)
 from src.taxonomy import RANKS, distance_matrix, dwce_weights_team, load_taxonomy, taxonomy_tree
 
 
@@ -163,5 +163,48 @@ def test_loss_options_in_config_help():
         assert key in text
     assert isinstance(build_loss(LossConfig(name="hxe", hxe_alpha=0.3, hxe_weighting="depth"), load_taxonomy()),
                       HierarchicalCE)
-    with pytest.raises(NotImplementedError, match="fierce"):  # until the training loop applies it
-        build_loss(LossConfig(fierce_lambda=0.1), load_taxonomy())
+    # FIERCE is a term of TrainingLoss, not of the main loss
+    assert isinstance(build_loss(LossConfig(fierce_lambda=0.1), load_taxonomy()), DistanceWeightedCE)
+
+
+def test_training_loss_adds_each_configured_term():
+    taxonomy = load_taxonomy()
+    tree, C = taxonomy_tree(taxonomy), len(taxonomy)
+    ranks = ("phylum", "order")
+    n_taxa = {r: len(taxonomy.rank_labels(r)[1]) for r in ranks}
+    g = torch.Generator().manual_seed(0)
+    out = {"logits": torch.randn(2, 5, C, generator=g, dtype=torch.float64),
+           "features": torch.randn(5, 8, generator=g, dtype=torch.float64),
+           "avgk": torch.randn(5, C, generator=g, dtype=torch.float64),
+           "aux": {r: torch.randn(5, n_taxa[r], generator=g, dtype=torch.float64) for r in ranks}}
+    sets = {"Sebastes": tree.num_concepts + tree.taxon_node("Sebastes"),  # a genus: one phylum, one order
+            "Cnidaria": tree.num_concepts + tree.taxon_node("Cnidaria")}  # a phylum: several orders
+    targets = torch.tensor([0, 5, sets["Sebastes"], 7, sets["Cnidaria"]])
+    cfg = LossConfig(name="ce", aux_weight=0.3, fierce_lambda=0.2, fierce_anchors=6, fierce_tau=0.5, avgk_k=2.0,
+                     avgk_alpha=0.4, avgk_weight=0.7)
+    loss = build_training_loss(cfg, taxonomy, ranks, num_features=8, avgk_head=True, set_targets=True, seed=3)
+    table = torch.as_tensor(tree.target_table)
+    expected = SetTargetLoss(CrossEntropy(), tree.target_table)(out["logits"], targets)
+    assert torch.equal(loss(out["logits"], targets), expected)  # forward: the main loss alone (validation)
+    for r in ranks:  # a set's taxon at a rank: the one all its concepts share, else none (left out)
+        labels = taxonomy.rank_labels(r)[0]
+        target = [int(np.unique(labels[table[t].numpy()])[0]) if len(np.unique(labels[table[t].numpy()])) == 1
+                  and labels[table[t].numpy()][0] >= 0 else -1 for t in targets.tolist()]
+        known = [i for i, t in enumerate(target) if t >= 0]
+        expected = expected + 0.3 * F.cross_entropy(out["aux"][r][known], torch.tensor(target)[known])
+    assert target == [-1 if labels[0] < 0 else int(labels[0]), int(labels[5]), int(labels[taxonomy.index("Sebastes")]),
+                      int(labels[7]), -1]  # order of Cnidaria: none
+    expected = expected - 0.2 * feature_entropy(out["features"], FeatureEntropy(8, 6, seed=3).anchors, 0.5)
+    expected = expected + 0.7 * avgk_loss(out["avgk"], out["logits"], table[targets], 2.0, 0.4)
+    assert torch.allclose(loss.terms(out, targets), expected, rtol=1e-7)  # the rank heads' CE runs in float32
+    plain = build_training_loss(LossConfig(name="ce", aux_weight=0.3), taxonomy, ranks)  # defaults: CE + aux only
+    concepts = torch.tensor([0, 5, 9, 7, 2])
+    direct = F.cross_entropy(out["logits"].reshape(-1, C), concepts.repeat(2))
+    for r in ranks:
+        target = torch.as_tensor(taxonomy.rank_labels(r)[0])[concepts]
+        direct = direct + 0.3 * F.cross_entropy(out["aux"][r][target >= 0], target[target >= 0])
+    assert torch.allclose(plain.terms(out, concepts), direct, rtol=1e-7)
+    with pytest.raises(ValueError, match="avgk_weight"):
+        build_training_loss(LossConfig(avgk_weight=0.0), taxonomy, avgk_head=True)
+    with pytest.raises(ValueError, match="feature width"):
+        build_training_loss(LossConfig(fierce_lambda=0.1), taxonomy)

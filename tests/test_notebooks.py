@@ -2,6 +2,7 @@
 the Kaggle submission notebook, fed the packaged ensemble, writes the very CSV that `submit` writes.
 Notebooks execute with nbclient on the python3 kernel.
 """
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -9,9 +10,10 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 
+from src.ensemble import FramePrior, frame_aware
+from src.manifest import package_decoding, read_package
 from src.predict import decode_predictions, predict_ensemble
-from src.stages.common import load_predictions
-from src.manifest import read_package
+from src.stages.common import load_predictions, load_round
 from src.submission import write_submission
 from src.taxonomy import load_taxonomy
 
@@ -60,12 +62,21 @@ def test_kaggle_notebook_writes_the_submission_submit_writes(tiny_run, tmp_path)
     assert (tmp_path / "crop_cache").is_dir()
 
 
-def test_kaggle_notebook_from_roi_files_only(tiny_run, tmp_path):
-    cfg, kaggle_input = tiny_run
+def test_kaggle_notebook_from_roi_files_with_test_time_views_and_a_frame_decoder(tiny_tta_run, tmp_path):
+    """ROI files only (no frames: the frame ids still come from the COCO file), three test-time views, and the
+    package's decoder frame_bayes: the CSV and the view-mean probabilities of submit."""
+    cfg, kaggle_input = tiny_tta_run
     text = run_notebook("kaggle_submission.ipynb", tmp_path, PACKAGE_DIR=str(kaggle_input), DATA_DIR=cfg.data_root,
-                        TEST_IMAGES=str(tmp_path / "no_frames"), DECODER="vote")
+                        TEST_IMAGES=str(tmp_path / "no_frames"))
     assert "(absent)" in text and "(used)" in text.split("ROI files:")[1]
-    assert (tmp_path / "submission.csv").read_bytes() == cfg.layout.submission("vote").read_bytes()
+    assert "decoder frame_bayes" in text and "test-time views: identity, hflip, down75" in text
+    assert (tmp_path / "submission.csv").read_bytes() == cfg.layout.submission("frame_bayes").read_bytes()
+    saved = load_predictions([cfg.layout.member_dir(0, s) for s in cfg.seeds], "test", load_taxonomy())
+    with np.load(tmp_path / "ensemble_probs.npz") as z:
+        assert (z["member_means"] == saved.member_means).all()  # the mean over the views, bit for bit
+        assert tuple(z["views"]) == saved.views and z["view_means"].shape == (1, 3, 79, 79)
+        assert (z["view_means"][:, 1] == saved.member_views[0][1].mean(axis=0)).all()  # the hflip view
+        assert (z["image_id"] == load_round(cfg, [cfg.layout.member_dir(0, 0)], load_taxonomy()).test.frame_ids).all()
 
 
 def test_packaged_predictions_reproduce_every_decoder(tiny_run, tmp_path):
@@ -86,6 +97,40 @@ def test_packaged_predictions_reproduce_every_decoder(tiny_run, tmp_path):
         assert path.read_bytes() == cfg.layout.submission(decoder).read_bytes(), decoder
         distinct.add(path.read_bytes())
     assert len(distinct) > 1  # the decoders disagree somewhere: the comparison is not vacuous
+
+
+def test_packaged_views_and_frame_prior_reproduce_submit(tiny_tta_run, tmp_path):
+    """The package carries K and the fitted weights; prediction from it gives the saved per-view probabilities
+    and, through frame ids read from the COCO file, the frame decoders' labels of submit, also at a weight that
+    changes labels (the fitted one may be 0 on this tiny model)."""
+    cfg, kaggle_input = tiny_tta_run
+    taxonomy = load_taxonomy()
+    root, manifest = read_package(kaggle_input / "package", verify=True)
+    decoding = package_decoding(root, manifest)
+    members = [cfg.layout.member_dir(0, s) for s in cfg.seeds]
+    loaded = load_round(cfg, members, taxonomy)
+    assert np.array_equal(decoding["frame_prior"].K, loaded.frame_prior.K)
+    weights = manifest["decoding"]["frame_prior"]["weights"]
+    assert decoding["frame_prior"].weights == loaded.frame_prior.weights == weights
+    data = Path(cfg.data_root)
+    preds = predict_ensemble([root / m["dir"] for m in manifest["members"]], data / "dataset_test.json",
+                             tmp_path / "cache", images_dir=data / "test" / "images", device="cpu", progress=False)
+    assert preds.views == loaded.test.views == ("identity", "hflip", "down75")
+    assert all((p == q).all() for p, q in zip(preds.member_views, loaded.test.member_views))
+    assert np.array_equal(preds.frame_ids, loaded.test.frame_ids)
+    for decoder in cfg.decoding.decoders:
+        rows = decode_predictions(preds, decoder, decoding, taxonomy)
+        path = write_submission(tmp_path / f"{decoder}.csv", rows["annotation_id"], rows["concept_name"])
+        assert path.read_bytes() == cfg.layout.submission(decoder).read_bytes(), decoder
+    strong = FramePrior(decoding["frame_prior"].K, {"frame_argmax": 1.0})  # the tiny model's labels barely move:
+    ours = frame_aware(preds.mean, preds.frame_ids, strong, "frame_argmax")  # compare the distributions
+    assert np.array_equal(ours, frame_aware(loaded.test.mean, loaded.test.frame_ids, strong, "frame_argmax"))
+    assert not np.allclose(ours, frame_aware(preds.mean, np.roll(preds.frame_ids, 1), strong, "frame_argmax"),
+                           rtol=1e-6, atol=0)  # other frames would give other distributions
+    copy = shutil.copytree(root, tmp_path / "package")  # the session's package stays intact
+    (copy / "frame_prior.npz").write_bytes(b"tampered")
+    with pytest.raises(ValueError, match="frame_prior.npz: checksum"):
+        read_package(copy, verify=True)
 
 
 def test_explore_notebook_runs(tiny_run, tmp_path):

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.predict import find_members, main, prediction_table
+from src.predict import find_members, load_member, main, predict_crop_views, predict_crops, prediction_table
+from src.stages.common import load_predictions
 from src.taxonomy import RANKS, distance_matrix, load_taxonomy
 
 TAX = load_taxonomy()
@@ -107,6 +108,56 @@ def test_cli_errors(tiny_run, tmp_path, capsys):
     assert main([str(cfg.layout.round_dir(0)), str(tmp_path / "missing.json"), "--out", str(tmp_path / "x.csv")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_test_time_views_of_a_member(tiny_run):
+    cfg, _ = tiny_run
+    member = load_member(cfg.layout.member_dir(0, cfg.seeds[0]), TAX, "cpu")
+    rng = np.random.default_rng(0)
+    half = rng.integers(0, 255, (6, 1, 16, 8, 3), dtype=np.uint8)
+    symmetric = np.concatenate([half, half[:, :, :, ::-1]], axis=3)  # each row reads the same both ways
+    views = ("identity", "hflip", "down75")
+    out = predict_crop_views(member, symmetric, tta_views=views)
+    assert out.view_probs.shape == (3, 2, 6, 79) and out.views == views and out.avgk_scores is None
+    assert np.array_equal(out.view_probs[0], out.view_probs[1])  # hflip of a symmetric input: the same
+    assert not np.array_equal(out.view_probs[0], out.view_probs[2])
+    assert np.array_equal(out.probs, out.view_probs.mean(axis=0))
+    assert np.array_equal(predict_crops(member, symmetric, tta_views=views), out.probs)
+    plain = rng.integers(0, 255, (6, 1, 16, 16, 3), dtype=np.uint8)
+    flipped = predict_crop_views(member, plain, tta_views=("identity", "hflip")).view_probs
+    assert not np.array_equal(flipped[0], flipped[1])
+    assert np.array_equal(flipped[1], predict_crop_views(member, plain[:, :, :, ::-1].copy(), tta_views=["identity"])
+                          .view_probs[0])  # the hflip view is the flipped crop
+    assert np.array_equal(predict_crops(member, plain), flipped[0])  # default: the member's views (identity)
+
+
+def test_cli_decoder_column_and_tta_option(tiny_run, tiny_tta_run, tmp_path, capsys):
+    cfg, kaggle_input = tiny_tta_run
+    coco = str(Path(cfg.data_root) / "dataset_test.json")
+    common = ["--work", str(tmp_path / "work"), "--no-progress"]
+    assert main([str(kaggle_input), coco, "--out", str(tmp_path / "p.csv"), "--decoder", "frame_bayes",
+                 "--probs", str(tmp_path / "p.npz"), *common]) == 0
+    saved = load_predictions([cfg.layout.member_dir(0, 0)], "test", TAX)
+    with np.load(tmp_path / "p.npz") as z:
+        assert (z["member_means"] == saved.member_means).all() and tuple(z["views"]) == saved.views
+        assert (z["view_means"][0] == saved.member_views[0].mean(axis=1)).all()
+    table = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
+    assert table.columns[1] == "frame_bayes_concept"
+    submitted = pd.read_csv(cfg.layout.submission("frame_bayes"))
+    assert table["frame_bayes_concept"].tolist() == submitted["concept_name"].tolist()
+    assert main([str(kaggle_input), coco, "--out", str(tmp_path / "one.csv"), "--tta", "identity", *common]) == 0
+    one = pd.read_csv(tmp_path / "one.csv", keep_default_na=False)
+    identity = saved.member_views[0][0].mean(axis=0)
+    assert np.allclose(one["probability"], identity.max(axis=1), atol=1e-6)
+    assert not np.allclose(one["probability"], table["probability"], atol=1e-6)
+    round_dir = str(tiny_run[0].layout.round_dir(tiny_run[0].rounds))
+    assert main([round_dir, coco, "--out", str(tmp_path / "x.csv"), "--decoder", "frame_bayes", *common]) == 2
+    assert "package the ensemble" in capsys.readouterr().err
+    assert main([round_dir, coco, "--out", str(tmp_path / "x.csv"), "--tta", "identity,vflip", *common]) == 2
+    assert "vflip" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
+    assert main([round_dir, coco, "--out", str(tmp_path / "vote.csv"), "--decoder", "vote", *common]) == 0
+    votes = pd.read_csv(tmp_path / "vote.csv", keep_default_na=False)["vote_concept"]
+    assert votes.tolist() == pd.read_csv(tiny_run[0].layout.submission("vote"))["concept_name"].tolist()
 
 
 @pytest.mark.parametrize("module", ["src/predict.py", "src/ensemble.py", "src/score.py", "src/manifest.py"])

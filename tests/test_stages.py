@@ -30,9 +30,10 @@ from src.stages.pseudo_label import make_pseudo_labels
 from src.stages.retrain import retrain
 from src.stages.train_ensemble import train_ensemble
 from src.submission import read_label_csv, validate_submission
-from src.taxonomy import load_taxonomy
+from src.taxonomy import distance_matrix, load_taxonomy
 
 TAX = load_taxonomy()
+TAX_D = distance_matrix(TAX)
 C = len(TAX)
 N_TEST, N_VAL = 30, 20
 TEST_IDS = np.arange(101, 101 + N_TEST)
@@ -152,6 +153,152 @@ def test_u_threshold_and_min_votes_gate(cfg):
     assert make_pseudo_labels(cfg, 1)["count"] == 0
 
 
+def write_round(cfg, r: int, test_probs: list, val_probs: list, val_labels, val_frames=None, test_sets=None,
+                val_sets=None) -> None:
+    """Finished members of round r with the given (H, N, C) probabilities (and set-head scores)."""
+    names = np.array(TAX.names)
+    val_ids = np.arange(1, 1 + len(val_labels))
+    for m, seed in enumerate(cfg.seeds):
+        run_dir = cfg.layout.member_dir(r, seed)
+        extra = {} if test_sets is None else {"avgk_scores": test_sets}
+        atomic_save_npz(run_dir / "test_probs.npz", annotation_id=TEST_IDS, probs=test_probs[m], classes=names, **extra)
+        extra = {} if val_frames is None else {"image_id": np.asarray(val_frames)}
+        extra.update({} if val_sets is None else {"avgk_scores": val_sets})
+        atomic_save_npz(run_dir / "val_probs.npz", annotation_id=val_ids, probs=val_probs[m], classes=names,
+                        labels=np.asarray(val_labels), **extra)
+        atomic_write_json(run_dir / "done.json", {"seed": seed})
+
+
+def test_every_gate_at_equal_coverage_and_the_chosen_gate(cfg):
+    train_ensemble(cfg, FakeTrainer())
+    default = make_pseudo_labels(cfg, 1)
+    default_csv = cfg.layout.pseudo_labels(1).read_bytes()
+    table = {(row["gate"], row["target_coverage"]): row for row in default["gates_at_equal_coverage"]}
+    assert {g for g, _ in table} == {"agreement", "agreement_u", "expected_distance", "max_prob"}  # no set head
+    from src.stages.common import load_predictions
+
+    members = [cfg.layout.member_dir(0, s) for s in cfg.seeds]
+    mean = load_predictions(members, "test", TAX).mean
+    top = mean.max(axis=1)  # the max_prob gate by hand: the 15 most probable of 30 ROIs
+    keep = top >= np.sort(top)[::-1][14]
+    assert table["max_prob", 0.5]["count"] == keep.sum() == 15
+    assert table["max_prob", 0.5]["precision"] == pytest.approx((mean.argmax(1) == TRUTH)[keep].mean())
+    assert table["agreement", 0.6]["precision"] == 1.0 and table["agreement", 0.6]["coverage"] == pytest.approx(2 / 3)
+    assert default["gate"] == "agreement_u"
+    cfg.pseudo.gate = "agreement"  # with u_threshold 0 the same ROIs as agreement_u
+    assert make_pseudo_labels(cfg, 1)["count"] == 20 and cfg.layout.pseudo_labels(1).read_bytes() == default_csv
+    D = np.array([[TAX_D[i, j] for j in range(C)] for i in range(C)])
+    risk = (mean @ D).min(axis=1)
+    cfg.pseudo.gate, cfg.pseudo.tau = "expected_distance", float(np.median(risk))
+    stats = make_pseudo_labels(cfg, 1)
+    written = pd.read_csv(cfg.layout.pseudo_labels(1))
+    assert stats["count"] == len(written) == (risk <= cfg.pseudo.tau).sum()
+    assert sorted(written.annotation_id) == TEST_IDS[risk <= cfg.pseudo.tau].tolist()
+    cfg.pseudo.gate = "avgk_set_size"
+    with pytest.raises(StageError, match="avgk_head"):
+        make_pseudo_labels(cfg, 1)
+
+
+def test_avgk_set_size_gate_reads_the_members_set_scores(cfg):
+    probs = [head_probs(TRUTH, s) for s in range(3)]
+    val_sets = np.zeros((N_VAL, C), np.float32)
+    val_sets[:, :2] = [0.9, 0.8]  # 2 concepts per validation ROI at >= 0.8: avgk_k = 2 fits the threshold 0.8
+    test_sets = np.full((N_TEST, C), 0.1, np.float32)
+    for i in range(N_TEST):
+        test_sets[i, : i % 3 + 1] = 0.95  # sets of 1, 2, 3 concepts
+    write_round(cfg, 0, probs, [head_probs(VAL_TRUTH, s) for s in range(3)], VAL_TRUTH, test_sets=test_sets,
+                val_sets=val_sets)
+    cfg.pseudo.gate, cfg.pseudo.avgk_k, cfg.pseudo.max_set_size = "avgk_set_size", 2.0, 1
+    stats = make_pseudo_labels(cfg, 1)
+    written = pd.read_csv(cfg.layout.pseudo_labels(1))
+    assert written.annotation_id.tolist() == TEST_IDS[::3].tolist() and stats["accuracy"] == 1.0
+    assert {row["gate"] for row in stats["gates_at_equal_coverage"]} >= {"avgk_set_size"}
+
+
+def test_coarse_pseudo_labels_where_members_agree_on_a_taxon_only(cfg):
+    names = [TAX.names[t] for t in TRUTH]
+    members = np.array([names, names, names], dtype=object)
+    members[:, 10] = ["Pandalus amplus", "Pandalus platyceros", "Munidopsis"]  # genus Pandalus
+    members[:, 11] = ["Heterocarpus", "Pandalus amplus", "Sebastes"]  # family Pandalidae
+    members[:, 12] = ["Caridea", "Munidopsis", "Sebastes"]  # order Decapoda
+    members[:, 13] = ["Sebastes", "Porifera", "Mycale"]  # only the phylum Porifera: no coarse label
+    labels = TAX.indices(members.ravel()).reshape(3, N_TEST)
+    write_round(cfg, 0, [head_probs(labels[m], m) for m in range(3)], [head_probs(VAL_TRUTH, s) for s in range(3)],
+                VAL_TRUTH)
+    truth = np.array(names, dtype=object)
+    truth[10:13] = ["Pandalus platyceros", "Sebastes", "Munidopsis"]  # under the taxon, not, under it
+    pd.DataFrame({"annotation_id": TEST_IDS, "concept_name": truth}).to_csv(cfg.solution, index=False)
+    cfg.pseudo.gate, cfg.pseudo.coarse = "agreement", True
+    stats = make_pseudo_labels(cfg, 1)
+    written = pd.read_csv(cfg.layout.pseudo_labels(1), keep_default_na=False).set_index("annotation_id")
+    assert list(written.columns) == ["concept_name", "votes", "agreement", "U", "target_taxon"]
+    coarse = written[written.target_taxon != ""]
+    assert coarse.target_taxon.to_dict() == {TEST_IDS[10]: "Pandalus", TEST_IDS[11]: "Pandalidae",
+                                             TEST_IDS[12]: "Decapoda"}
+    assert coarse.votes.tolist() == [2, 2, 2] and len(written) == N_TEST - 1  # ROI 13 is left out
+    for taxon, concept in zip(coarse.target_taxon, coarse.concept_name):  # a concept under its taxon
+        assert taxon in TAX.lineages[TAX.index(concept)]
+    assert stats["coarse_count"] == 3 and stats["coarse_by_rank"] == {"genus": 1, "family": 1, "order": 1}
+    assert stats["coarse_precision"] == pytest.approx(2 / 3)
+    from src.gates import pseudo_label_targets
+
+    targets, masks = pseudo_label_targets(written.reset_index(), TAX)  # what training reads
+    assert (targets[10:13] >= C).all() and masks[10].sum() == 2 and masks[12].sum() == 9
+    cfg.pseudo.coarse_min_rank = "family"
+    assert make_pseudo_labels(cfg, 1)["coarse_by_rank"] == {"genus": 1, "family": 1}
+
+
+def test_frame_aware_pseudo_labels_and_frame_decoders(cfg):
+    """Frames of two ROIs of one label: one sure ROI, one leaning to a far label. The prior comes from the
+    training frames, w from the validation frames; test frames come from dataset_test.json."""
+    a, b = TAX.index("Sebastes diploproa"), TAX.index("Porifera")
+    root = Path(cfg.data_root)
+    train_labels = np.concatenate([np.repeat([a, b], 20), np.repeat([a, b], N_VAL // 2)])
+    train_frames = np.concatenate([np.repeat(np.arange(20), 2), 100 + np.arange(N_VAL) // 2])
+    train_ids = np.arange(1000, 1000 + len(train_labels) - N_VAL).tolist() + list(range(1, N_VAL + 1))
+    categories = [{"id": c + 1, "name": TAX.names[c]} for c in range(C)]
+
+    def coco(anns, frames):
+        return {"images": [{"id": int(f), "file_name": f"{f}.png"} for f in np.unique(frames)], "annotations": anns,
+                "categories": categories}
+
+    (root / "dataset_train.json").write_text(json.dumps(coco(
+        [{"id": int(i), "image_id": int(f), "category_id": int(c) + 1}
+         for i, f, c in zip(train_ids, train_frames, train_labels)], train_frames)))
+    truth = np.repeat(np.where(np.arange(N_TEST // 2) % 2 == 0, a, b), 2)
+    test_frames = 500 + np.arange(N_TEST) // 2
+    (root / "dataset_test.json").write_text(json.dumps(coco(
+        [{"id": int(i), "image_id": int(f), "category_id": None} for i, f in zip(TEST_IDS, test_frames)], test_frames)))
+    pd.DataFrame({"annotation_id": TEST_IDS, "concept_name": np.array(TAX.names)[truth]}).to_csv(cfg.solution,
+                                                                                                index=False)
+
+    def leaning(labels, seed):  # even ROIs sure, odd ones leaning to the other label
+        probs = np.full((2, len(labels), C), 1e-4)
+        other = np.where(labels == a, b, a)
+        sure = np.arange(len(labels)) % 2 == 0
+        rows = np.arange(len(labels))
+        probs[:, rows, labels] += np.where(sure, 0.9, 0.45) + 0.01 * seed
+        probs[:, rows, other] += np.where(sure, 0.05, 0.5)
+        return (probs / probs.sum(-1, keepdims=True)).astype(np.float32)
+
+    val_labels = np.repeat([a, b], N_VAL // 2)
+    write_round(cfg, 0, [leaning(truth, m) for m in range(3)], [leaning(val_labels, m) for m in range(3)], val_labels,
+                val_frames=100 + np.arange(N_VAL) // 2)
+    cfg.pseudo.gate = "agreement"
+    assert make_pseudo_labels(cfg, 1)["accuracy"] == 0.5  # every leaning ROI gets the wrong label
+    cfg.pseudo.frame_aware = True
+    assert make_pseudo_labels(cfg, 1)["accuracy"] == 1.0
+    cfg.decoding.decoders = ["argmax", "frame_argmax", "frame_bayes"]
+    rows = {row["decoder"]: row for row in submit_stage.submit(cfg, r=0)}
+    assert rows["argmax"]["test_accuracy"] == 0.5 and rows["frame_argmax"]["test_accuracy"] == 1.0
+    assert rows["frame_bayes"]["test_accuracy"] == 1.0 and rows["frame_bayes"]["val_distance"] == 0.0
+    weights = json.loads((cfg.layout.submit_dir / "scores.json").read_text())["frame_weights"]
+    assert set(weights) == {"frame_argmax", "frame_bayes"} and min(weights.values()) > 0
+    (root / "dataset_test.json").write_text(json.dumps(coco([], [])))
+    with pytest.raises(StageError, match="not in the COCO file"):
+        submit_stage.submit(cfg, r=0)
+
+
 def test_retrain_warm_start_and_missing_inputs(cfg):
     trainer = FakeTrainer()
     with pytest.raises(StageError, match="run the pseudo_label stage"):
@@ -265,6 +412,9 @@ def test_a_stage_alone_checks_the_fingerprint_and_never_rewrites_a_trained_round
     with pytest.raises(StageError, match=r"is what round 1's members .* were trained on.*name=t_2"):
         make_pseudo_labels(changed, 1)
     assert pseudo.read_bytes() == before
+    other_views = cfg.model_copy(update={"train_overrides": {"train": {"tta_views": ["identity", "hflip"]}}})
+    with pytest.raises(StageError, match=r"trained with another config \(train.tta_views\)"):
+        train_ensemble(other_views, FakeTrainer())  # resumable, but a finished member's predictions are final
     Path(cfg.train_config).write_text("train:\n  epochs: 30\n")
     with pytest.raises(StageError, match=r"trained with another config \(train.epochs\)"):
         train_ensemble(cfg, FakeTrainer())

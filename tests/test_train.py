@@ -14,7 +14,7 @@ from src.config import Config, load_config
 from src.data.training import DataMissingError, build_datasets, load_split
 from src.ensemble import decode_bayes
 from src.score import classification_metrics
-from src.taxonomy import load_taxonomy
+from src.taxonomy import load_taxonomy, taxonomy_tree
 from src.train import TrainingDiverged, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +70,40 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_root, tmp_path):
     assert np.array_equal(np.load(full / "test_probs.npz")["probs"], np.load(part / "test_probs.npz")["probs"])
 
 
+def test_loss_options_views_and_set_targets_train_and_resume_exactly(tiny_root, tmp_path):
+    """FIERCE, the average-K head, rank heads on coarse pseudo-labels and three test-time views together."""
+    taxonomy = load_taxonomy()
+    cache = load_split(_cfg(tiny_root, tmp_path), taxonomy, "test", progress=False)
+    ids = cache.index.annotation_id.to_numpy()[:6]
+    pd.DataFrame({"annotation_id": ids, "concept_name": ["Sebastes"] * 6,
+                  "target_taxon": ["", "Sebastes", "Sebastidae", "", "Cnidaria", ""]}).to_csv(tmp_path / "pl.csv",
+                                                                                               index=False)
+    options = ["train.epochs=2", "model.avgk_head=true", "loss.fierce_lambda=0.1", "model.aux_ranks=[phylum,order]",
+               f"data.pseudo_labels={tmp_path / 'pl.csv'}", "train.tta_views=[identity,hflip,down75]"]
+    full = train(_cfg(tiny_root, tmp_path, *options, "output.run_name=full"))
+    train(_cfg(tiny_root, tmp_path, *options, "output.run_name=part", "train.max_epochs_this_run=1"))
+    part = train(_cfg(tiny_root, tmp_path, *options, "output.run_name=part", "train.resume=true"))
+    a, b = (torch.load(r / "checkpoint.pt", weights_only=False) for r in (full, part))
+    assert "avgk.weight" in a["model"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    ma, mb = (pd.read_csv(r / "metrics.csv").drop(columns=list(TIMING)) for r in (full, part))
+    pd.testing.assert_frame_equal(ma, mb, check_exact=True)
+    for split in ("test", "val"):
+        za, zb = (np.load(r / f"{split}_probs.npz") for r in (full, part))
+        assert za.files == zb.files and all(np.array_equal(za[k], zb[k]) for k in za.files)
+    test = np.load(full / "test_probs.npz")
+    assert tuple(test["views"]) == ("identity", "hflip", "down75") and test["view_probs"].shape == (3, 2, 79, 79)
+    assert np.array_equal(test["probs"], test["view_probs"].mean(axis=0))  # probs: the mean over the views
+    assert not np.array_equal(test["view_probs"][0], test["view_probs"][1])
+    assert test["avgk_scores"].shape == (79, 79) and ((test["avgk_scores"] > 0) & (test["avgk_scores"] < 1)).all()
+    assert np.array_equal(test["image_id"], cache.index.image_id.to_numpy())
+    preds = pd.read_csv(full / "predictions.csv")  # decoded from the view mean
+    assert (preds.concept_name.to_numpy() == np.array(taxonomy.names)[test["probs"].mean(0).argmax(1)]).all()
+    val = np.load(full / "val_probs.npz")
+    train_index = load_split(_cfg(tiny_root, tmp_path), taxonomy, "train", progress=False).index
+    frames = train_index.set_index("annotation_id").loc[val["annotation_id"], "image_id"]
+    assert np.array_equal(val["image_id"], frames.to_numpy())
+
+
 def test_resume_refuses_a_changed_config(tiny_root, tmp_path):
     train(_cfg(tiny_root, tmp_path, "train.epochs=2", "train.max_epochs_this_run=1"))
     with pytest.raises(ValueError, match="optim.lr"):
@@ -121,6 +155,14 @@ def test_pseudo_labels_join_the_training_set(tiny_root, tmp_path):
     pseudo_part = data.train.datasets[-1]
     assert [pseudo_part[i][1] for i in range(3)] == [taxonomy.index(n) for n in
                                                      ("Octopus rubescens", "Porifera", "Sebastes")]
+    assert not data.set_targets
+    tree = taxonomy_tree(taxonomy)
+    pd.DataFrame({"annotation_id": ids, "concept_name": ["Octopus rubescens", "Porifera", "Sebastes"],
+                  "target_taxon": ["", "Porifera", "Sebastidae"]}).to_csv(tmp_path / "coarse.csv", index=False)
+    data = build_datasets(_cfg(tiny_root, tmp_path, f"data.pseudo_labels={tmp_path / 'coarse.csv'}"), taxonomy,
+                          train_cache, test_cache)
+    assert data.set_targets and [data.train.datasets[-1][i][1] for i in range(3)] == [
+        taxonomy.index("Octopus rubescens"), 79 + tree.taxon_node("Porifera"), 79 + tree.taxon_node("Sebastidae")]
     pd.DataFrame({"annotation_id": [ids[0]], "concept_name": ["Nessie"]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ValueError, match="unknown concept"):
         build_datasets(_cfg(tiny_root, tmp_path, f"data.pseudo_labels={tmp_path / 'bad.csv'}"), taxonomy,
@@ -155,6 +197,8 @@ def test_metrics_pure_functions():
     assert m["acc_phylum"] == 0 and m["acc_genus"] == 0
     assert config_differences({"a": {"b": 1}, "train": {"resume": False}}, {"a": {"b": 2}, "train": {"resume": True}}) \
         == ["a.b"]
+    # test-time views only change the final predictions: a checkpoint saved before the key existed resumes
+    assert config_differences({"train": {}}, {"train": {"tta_views": ["identity", "hflip"]}}) == []
 
 
 def test_torchrun_two_processes_gloo(tiny_root, tmp_path):

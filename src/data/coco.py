@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 
@@ -80,6 +81,26 @@ def load_coco(path: str | Path) -> Coco:
     categories = {int(c["id"]): c["name"] for c in data.get("categories", [])}
     return Coco(images=images, annotations=annotations, categories=categories,
                 frame_names=local_frame_names(images))
+
+
+def annotation_table(coco: Coco | str | Path) -> pd.DataFrame:
+    """One row per annotation, sorted by id: annotation_id, image_id (its frame), concept_name ('' unlabelled)."""
+    coco = coco if isinstance(coco, Coco) else load_coco(coco)
+    return pd.DataFrame({"annotation_id": [int(a["id"]) for a in coco.annotations],
+                         "image_id": [int(a["image_id"]) for a in coco.annotations],
+                         "concept_name": [coco.label_name(a) for a in coco.annotations]})
+
+
+def frame_ids_of(table: pd.DataFrame, annotation_ids) -> np.ndarray:
+    """(N,) int64 frame (image_id) of each annotation id, from an `annotation_table`; ValueError naming ids
+    the table lacks."""
+    frames = pd.Series(table["image_id"].to_numpy(np.int64), index=table["annotation_id"].to_numpy(np.int64))
+    ids = np.asarray(annotation_ids, dtype=np.int64)
+    missing = ~np.isin(ids, frames.index)
+    if missing.any():
+        raise ValueError(f"{int(missing.sum())} annotation ids are not in the COCO file, "
+                         f"e.g. {ids[missing][:3].tolist()}")
+    return frames.loc[ids].to_numpy(np.int64)
 
 
 def image_filename(image: dict) -> str:

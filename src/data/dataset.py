@@ -1,12 +1,13 @@
 """Torch datasets over the crop cache (fast path) and over ROI PNG files (for comparison)."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from src.data.coco import to_rgb
 from src.data.transforms import downscale
@@ -60,6 +61,15 @@ class CropCacheDataset(Dataset):
             _, filename, offset, shape, dtype = crops
             state["crops"] = np.memmap(filename, dtype=np.dtype(dtype), mode="r", offset=offset, shape=shape)
         self.__dict__.update(state)
+
+
+def with_transform(dataset: CropCacheDataset | Subset, transform) -> CropCacheDataset | Subset:
+    """The same items of a CropCacheDataset (or a Subset of one) through another transform (test-time views)."""
+    if isinstance(dataset, Subset):
+        return Subset(with_transform(dataset.dataset, transform), dataset.indices)
+    other = copy.copy(dataset)
+    other.transform = transform
+    return other
 
 
 class PngRoiDataset(Dataset):

@@ -23,6 +23,7 @@ from src.data.cache import CropCache, download_command, load_or_build_crop_cache
 from src.data.dataset import CropCacheDataset
 from src.data.splits import frame_grouped_split, shifted_downscale_factors
 from src.data.transforms import build_eval_transform, build_train_transform
+from src.gates import pseudo_label_targets
 from src.runtime import seed_worker
 from src.taxonomy import Taxonomy
 
@@ -117,13 +118,15 @@ def check_missing_pixels(cfg: Config, train_cache: CropCache, test_cache: CropCa
 
 
 def read_pseudo_labels(path: str | Path, test_index: pd.DataFrame, taxonomy: Taxonomy) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of the test cache named in a CSV annotation_id,concept_name, and their class indices."""
-    table = pd.read_csv(path)
+    """Rows of the test cache named in a CSV annotation_id,concept_name[,target_taxon], and their training
+    targets: the class index, or C + node for a row naming a target_taxon (`src.gates.pseudo_label_targets`)."""
+    table = pd.read_csv(path, keep_default_na=False, dtype={"concept_name": str, "target_taxon": str})
     if not {"annotation_id", "concept_name"} <= set(table.columns):
         raise ValueError(f"{path}: needs columns annotation_id,concept_name, has {list(table.columns)}")
-    labels = taxonomy.indices(table["concept_name"])
-    if (labels < 0).any():
-        raise ValueError(f"{path}: unknown concept names {sorted(set(table.concept_name[labels < 0]))[:5]}")
+    try:
+        labels, _ = pseudo_label_targets(table, taxonomy)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     row_of = pd.Series(np.arange(len(test_index)), index=test_index["annotation_id"].to_numpy())
     missing = ~table["annotation_id"].isin(row_of.index)
     if missing.any():
@@ -139,6 +142,7 @@ class Datasets:
     val_rows: np.ndarray               # rows of the train cache in the validation split
     val_labels: np.ndarray             # their class indices
     test: Dataset
+    set_targets: bool = False          # some pseudo-labels are coarse (target ids >= C: sets of concepts)
 
 
 def build_datasets(cfg: Config, taxonomy: Taxonomy, train_cache: CropCache, test_cache: CropCache) -> Datasets:
@@ -160,11 +164,13 @@ def build_datasets(cfg: Config, taxonomy: Taxonomy, train_cache: CropCache, test
         train_rows, val_rows = rows, rows[:0]
     parts = [Subset(CropCacheDataset(train_cache.crops, labels, train_tf), train_rows)]
     test_labels = np.full(len(test_cache), -1, dtype=np.int64)
+    set_targets = False
     if cfg.data.pseudo_labels:
         try:
             pl_rows, pl_labels = read_pseudo_labels(cfg.data.pseudo_labels, test_cache.index, taxonomy)
         except (OSError, ValueError) as err:  # missing, a folder, binary, not CSV, wrong columns, ids or names
             raise PseudoLabelError(f"data.pseudo_labels {cfg.data.pseudo_labels}: {err}") from None
+        set_targets = bool((pl_labels >= len(taxonomy)).any())
         pseudo = test_labels.copy()
         pseudo[pl_rows] = pl_labels
         parts.append(Subset(CropCacheDataset(test_cache.crops, pseudo, train_tf), pl_rows))
@@ -179,7 +185,7 @@ def build_datasets(cfg: Config, taxonomy: Taxonomy, train_cache: CropCache, test
             val["shifted"] = Subset(CropCacheDataset(train_cache.crops, labels, eval_tf, downscale_factors=factors),
                                     val_rows)
     test = CropCacheDataset(test_cache.crops, test_labels, eval_tf)
-    return Datasets(ConcatDataset(parts), val, val_rows, labels[val_rows], test)
+    return Datasets(ConcatDataset(parts), val, val_rows, labels[val_rows], test, set_targets)
 
 
 def _box_sizes(index: pd.DataFrame) -> np.ndarray:

@@ -8,6 +8,7 @@ kept as `build_torchvision_train_transform` for the speed comparison in bench/be
 from __future__ import annotations
 
 import os
+import re
 
 import albumentations as A
 import cv2
@@ -96,18 +97,21 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """Square to `size` (pad, never squash), optional fixed down-scaling, normalisation."""
+    """Square to `size` (pad, never squash), optional horizontal flip and fixed down-scaling, normalisation."""
 
-    def __init__(self, size: int, downscale_factor: float | None = None):
+    def __init__(self, size: int, downscale_factor: float | None = None, hflip: bool = False):
         if downscale_factor is not None and not 0 < downscale_factor <= 1:
             raise ValueError(f"downscale_factor must be in (0, 1], got {downscale_factor}")
         self.size = size
         self.downscale_factor = downscale_factor
+        self.hflip = hflip
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         image = _square(image, self.size)
+        if self.hflip:
+            image = image[:, ::-1]
         if self.downscale_factor is not None:
-            image = downscale(image, self.downscale_factor)
+            image = downscale(np.ascontiguousarray(image), self.downscale_factor)
         return to_normalized_tensor(image)
 
 
@@ -121,6 +125,25 @@ def build_train_transform(size: int, rrc_scale=(0.1, 1.0), hflip: bool = True, c
 def build_eval_transform(size: int, downscale_factor: float | None = None) -> EvalTransform:
     """Eval transform; `downscale_factor` < 1 simulates smaller objects (shifted validation)."""
     return EvalTransform(size, downscale_factor)
+
+
+_TTA_VIEW = re.compile(r"(identity)|(hflip)|(hflip_)?down(\d\d)")
+
+
+def parse_tta_view(name: str) -> tuple[bool, float | None]:
+    """(hflip, downscale factor or None) of a test-time view name: identity, hflip, down<NN> (shrunk to NN %
+    of its side and enlarged back, NN in 10..99), hflip_down<NN>; ValueError naming the valid forms."""
+    match = _TTA_VIEW.fullmatch(str(name))
+    if not match or (match[4] and int(match[4]) < 10):
+        raise ValueError(f"unknown test-time view {name!r}; valid: identity, hflip, down<NN>, hflip_down<NN> "
+                         "(NN in 10..99, e.g. down75)")
+    return bool(match[2] or match[3]), (int(match[4]) / 100 if match[4] else None)
+
+
+def build_tta_transform(size: int, view: str) -> EvalTransform:
+    """The eval transform of one test-time view (`parse_tta_view`); 'identity' is `build_eval_transform(size)`."""
+    hflip, factor = parse_tta_view(view)
+    return EvalTransform(size, factor, hflip)
 
 
 def build_torchvision_train_transform(size: int, color_jitter: float = 0.4):

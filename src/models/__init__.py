@@ -82,8 +82,6 @@ def build_model(cfg, num_classes: int, aux_classes: dict[str, int] | None = None
 
     aux_classes: {rank: number of taxa} for the auxiliary per-rank heads (cfg.model.aux_ranks)."""
     m = cfg.model
-    if m.avgk_head:  # refuse rather than build a head that nothing trains
-        raise NotImplementedError("model.avgk_head: the training loop does not train the set head (avgk_loss) yet")
     num_views = len(cfg.data.views)
     n_backbones = 1 if m.shared_backbone else num_views
     backbones = [create_backbone(m.backbone, m.pretrained, m.drop_rate) for _ in range(n_backbones)]

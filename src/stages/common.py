@@ -10,6 +10,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
@@ -23,7 +24,8 @@ from src.config import (
     ConfigError, config_sources, config_to_yaml, deep_merge, describe_config, load_config, load_yaml, parse_overrides,
     validate_config,
 )
-from src.ensemble import EnsemblePredictions
+from src.data.coco import annotation_table, frame_ids_of
+from src.ensemble import FRAME_DECODERS, EnsemblePredictions, FramePrior, fit_frame_prior, fit_validation_temperature
 from src.stages.pipeline_config import PipelineConfig, load_pipeline_config
 from src.submission import LabelFileError
 from src.taxonomy import Taxonomy, distance_matrix, load_taxonomy
@@ -224,7 +226,7 @@ def train_round(cfg: PipelineConfig, r: int, pseudo_labels: Path | None = None, 
 def check_member_config(cfg: PipelineConfig, r: int, seed: int, pseudo_labels: Path | None) -> None:
     """StageError when a finished member was trained with another config than this run now gives it (a
     changed train_config file, a run without state.json): it is never retrained or silently reused."""
-    from src.checkpoint import config_differences  # light enough: only the training stages call this
+    from src.checkpoint import FINAL_PREDICTION_KEYS, RESUMABLE_KEYS, config_differences  # training stages only
     from src.config import Config
 
     run_dir = cfg.layout.member_dir(r, seed)
@@ -236,7 +238,8 @@ def check_member_config(cfg: PipelineConfig, r: int, seed: int, pseudo_labels: P
         saved = {}
     warm = cfg.layout.member_dir(r - 1, seed) / "checkpoint.pt" if cfg.warm_start and r else None
     wanted = build_member_config(cfg, r, seed, pseudo_labels, warm).model_dump(mode="json")
-    changed = config_differences(saved, wanted) if saved else ["(unreadable config.yaml)"]
+    reusable = tuple(k for k in RESUMABLE_KEYS if k not in FINAL_PREDICTION_KEYS)  # its predictions are final
+    changed = config_differences(saved, wanted, reusable) if saved else ["(unreadable config.yaml)"]
     if changed:
         raise StageError(f"{run_dir} is finished but was trained with another config ({', '.join(changed[:5])}); "
                          f"it is not retrained: start a new run with name={new_run_name(cfg)}")
@@ -257,7 +260,7 @@ def load_predictions(member_dirs: list[Path], split: str, taxonomy: Taxonomy) ->
         return None
     if not all(present):
         raise StageError(f"{files[present.index(False)]} is missing while other members have it")
-    ids, members, labels = None, [], None
+    ids, members, labels, frames, views, member_views, set_scores = None, [], None, None, set(), [], []
     for f in files:
         with np.load(f, allow_pickle=False) as z:
             if tuple(z["classes"].tolist()) != taxonomy.names:
@@ -269,10 +272,71 @@ def load_predictions(member_dirs: list[Path], split: str, taxonomy: Taxonomy) ->
             if ids is None:
                 ids = these
                 labels = z["labels"][order].astype(np.int64) if "labels" in z.files else None
+                frames = z["image_id"][order].astype(np.int64) if "image_id" in z.files else None  # older files lack it
             elif not np.array_equal(ids, these):
                 raise StageError(f"{f}: annotation ids differ from the first member's (different {split} split?)")
             members.append(probs[:, order].astype(np.float32, copy=False))
-    return EnsemblePredictions(ids, members, labels)
+            views.add(tuple(z["views"].tolist()) if "views" in z.files else ("identity",))
+            if "view_probs" in z.files:
+                member_views.append(z["view_probs"][:, :, order])
+            if "avgk_scores" in z.files:
+                set_scores.append(z["avgk_scores"][order])
+    if len(views) > 1:
+        raise StageError(f"the members' {split} predictions were made with different test-time views {sorted(views)}")
+    return EnsemblePredictions(ids, members, labels, frames, views.pop(),
+                               member_views if len(member_views) == len(files) else None,
+                               set_scores if len(set_scores) == len(files) else None)
+
+
+@dataclass
+class RoundPredictions:
+    """A round's validation and test predictions (None where the members have none) and the decoders'
+    parameters fitted on validation: the temperature of bayes_cal, the frame prior of the frame decoders."""
+
+    val: EnsemblePredictions | None
+    test: EnsemblePredictions | None
+    temperature: float | None
+    frame_prior: FramePrior | None
+
+
+def load_round(cfg: PipelineConfig, members: list[Path], taxonomy: Taxonomy,
+               frame_decoders: list[str] | None = None) -> RoundPredictions:
+    """The members' val/test predictions (None where absent) and the decoders' parameters fitted on validation,
+    one code path for submit, package and the pseudo-label stage: bayes_cal's temperature and, for
+    `frame_decoders` (default: the frame decoders in decoding.decoders), a frame prior whose K is counted on
+    the training frames of data_root/dataset_train.json outside the validation frames. With frame decoders the
+    ROIs' frame ids are attached: test from dataset_test.json, validation from the val files (files written
+    before training saved image_id: from dataset_train.json)."""
+    val, test = load_predictions(members, "val", taxonomy), load_predictions(members, "test", taxonomy)
+    if frame_decoders is None:
+        frame_decoders = [d for d in cfg.decoding.decoders if d in FRAME_DECODERS]
+    frame_prior = None
+    if frame_decoders:
+        train_json, test_json = Path(cfg.data_root) / "dataset_train.json", Path(cfg.data_root) / "dataset_test.json"
+        train = _coco_table(train_json)
+        if test is not None:
+            test.frame_ids = _coco_frame_ids(test_json, _coco_table(test_json), test.annotation_id)
+        if val is not None and val.frame_ids is None:
+            val.frame_ids = _coco_frame_ids(train_json, train, val.annotation_id)
+        frame_prior = fit_frame_prior(val, train["image_id"].to_numpy(), taxonomy.indices(train["concept_name"]),
+                                      distance_matrix(taxonomy), frame_decoders, cfg.decoding.frame_iterations,
+                                      cfg.decoding.frame_smoothing)
+    return RoundPredictions(val, test, fit_validation_temperature(val), frame_prior)
+
+
+def _coco_table(path: Path):
+    """`annotation_table` of a COCO file; StageError when it cannot be read."""
+    try:
+        return annotation_table(path)
+    except ValueError as err:
+        raise StageError(str(err)) from None
+
+
+def _coco_frame_ids(path: Path, table, annotation_ids) -> np.ndarray:
+    try:
+        return frame_ids_of(table, annotation_ids)
+    except ValueError as err:
+        raise StageError(f"{path}: {err}") from None
 
 
 def format_table(rows: list[dict], columns: list[str]) -> str:

@@ -4,7 +4,9 @@
 
 DIR (created; never an existing folder) holds:
   manifest.json            written last: members, class order, decoder and its parameters (temperature
-                           fitted on validation exactly as `submit` does), file checksums
+                           and frame weights fitted on validation exactly as `submit` does), file checksums
+  frame_prior.npz          with frame decoders configured: the label co-occurrence prior K of the frame
+                           decoders (its checksum and the weights in the manifest's "decoding")
   members/seed_<s>/        model.pt (weights + class names + config; optimiser state dropped),
                            config.yaml, metrics.csv, done.json of each member of round R
   classes.json             the canonical class order (category ids 1..79)
@@ -24,9 +26,9 @@ from pathlib import Path
 
 from src.artifacts import atomic_write_json, atomic_write_text
 from src.config import config_to_yaml
-from src.ensemble import fit_validation_temperature
-from src.manifest import MANIFEST, MANIFEST_FORMAT, sha256
-from src.stages.common import StageError, load_predictions, open_run, run_cli, stage_parser
+from src.ensemble import FRAME_DECODERS
+from src.manifest import MANIFEST, MANIFEST_FORMAT, sha256, write_frame_prior
+from src.stages.common import StageError, load_round, open_run, run_cli, stage_parser
 from src.stages.pipeline_config import PipelineConfig
 from src.taxonomy import DEFAULT_TAXONOMY_PATH, load_taxonomy
 
@@ -64,9 +66,13 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
     unfinished = [str(m) for m in members if not (m / "done.json").is_file() or not (m / "checkpoint.pt").is_file()]
     if unfinished:
         raise StageError(f"round {r} members are not finished (no done.json/checkpoint.pt): {', '.join(unfinished)}")
-    temperature = fit_validation_temperature(load_predictions(members, "val", taxonomy))
+    fitted = load_round(cfg, members, taxonomy)
+    temperature, frame_prior = fitted.temperature, fitted.frame_prior
     if decoder == "bayes_cal" and temperature is None:
         raise StageError("decoder bayes_cal needs validation predictions to fit a temperature; the members have none")
+    if decoder in FRAME_DECODERS and frame_prior is None:
+        raise StageError(f"decoder {decoder} needs labelled validation predictions to fit its frame weight; "
+                         "the members have none")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -84,6 +90,10 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
                             "model_sha256": sha256(dest / "model.pt")})
         shutil.copytree(SRC_DIR, tmp / "src", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         atomic_write_json(tmp / "classes.json", list(taxonomy.names))
+        decoding = {"sigma": cfg.decoding.sigma, "diffusion_alpha": cfg.decoding.diffusion_alpha,
+                    "temperature": temperature}
+        if frame_prior is not None:
+            decoding.update(write_frame_prior(tmp, frame_prior))
         atomic_write_text(tmp / "pipeline.yaml", config_to_yaml(cfg))
         if kaggle_id is not None:
             atomic_write_json(tmp / "dataset-metadata.json", {
@@ -95,8 +105,7 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
             "members": entries, "classes_file": "classes.json",
             "taxonomy_file": f"src/{DEFAULT_TAXONOMY_PATH.name}", "pipeline_config": "pipeline.yaml",
             "decoder": decoder, "decoders": list(cfg.decoding.decoders),
-            "decoding": {"sigma": cfg.decoding.sigma, "diffusion_alpha": cfg.decoding.diffusion_alpha,
-                         "temperature": temperature},
+            "decoding": decoding,
         }
         atomic_write_json(tmp / MANIFEST, manifest)
         os.rename(tmp, out)  # atomic on one file system; fails rather than replace a folder made meanwhile

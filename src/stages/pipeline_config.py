@@ -7,7 +7,7 @@
     data_root: inputs/synthetic/demo    # becomes data.root of every member
     seeds: [0, 1, 2]                    # one ensemble member per seed
     rounds: 2                           # self-training rounds after the initial ensemble
-    pseudo: {min_votes: 2}              # the pseudo-label gate
+    pseudo: {min_votes: 2}              # the pseudo-label gate (and coarse / frame-aware options)
     decoding: {decoders: [argmax, bayes], sigma: top2_sigma, diffusion_alpha: 0.3}
     ...
 
@@ -26,7 +26,7 @@ from typing import Any, Literal, Optional
 from pydantic import Field, ValidationInfo, field_validator
 
 from src.config import StrictModel, load_config
-from src.ensemble import DECODERS, SIGMA_CONVENTIONS
+from src.ensemble import DECODERS, DIFFUSION_ALPHA, FRAME_DECODERS, SIGMA_CONVENTIONS
 
 Decoder = Literal[DECODERS]
 Sigma = Literal[SIGMA_CONVENTIONS]
@@ -41,21 +41,44 @@ class PrepareConfig(StrictModel):
     download: bool = Field(True, description="run src.data.download for the train and test splits when not done yet")
 
 
+GATES = ("agreement", "agreement_u", "expected_distance", "max_prob", "avgk_set_size")
+COARSE_RANKS = ("genus", "family", "order")
+
+
 class PseudoLabelConfig(StrictModel):
-    """Which test ROIs become pseudo-labels: at least `min_votes` agreeing members and ensemble U >= threshold."""
+    """Which test ROIs become pseudo-labels: by default at least `min_votes` agreeing members and ensemble
+    U >= threshold (gate agreement_u); `gate` picks another rule (src/gates.py)."""
 
     min_votes: int = Field(2, ge=1, description="members that must vote for the ensemble label (the team: 5 of 8)")
     u_threshold: float = Field(0.0, ge=0.0, le=1.0, description="minimum ensemble U (GMU over the members)")
+    gate: Literal[GATES] = Field(
+        "agreement_u", description="agreement: >= min_votes members agree; agreement_u: and U >= u_threshold; "
+        "expected_distance: min_c sum_j p_j D[j,c] <= tau (Bayes label); max_prob: max p >= prob_threshold "
+        "(argmax label); avgk_set_size: the members' average-K set head (model.avgk_head) gives a set of at most "
+        "max_set_size concepts at the threshold that averages avgk_k concepts on validation (argmax label)")
+    tau: float = Field(1.0, ge=0.0, description="expected_distance gate: largest accepted Bayes risk")
+    prob_threshold: float = Field(0.5, ge=0.0, le=1.0, description="max_prob gate: smallest accepted max p")
+    avgk_k: float = Field(2.0, ge=1.0, description="avgk_set_size gate: mean set size the threshold is fitted to")
+    max_set_size: int = Field(1, ge=1, description="avgk_set_size gate: largest accepted set size")
+    coarse: bool = Field(False, description="ROIs that fail the gate but where min_votes members agree on a "
+                         "genus/family/order get a target_taxon row (trained on the set of its concepts)")
+    coarse_min_rank: Literal[COARSE_RANKS] = Field(
+        "order", description="coarsest rank of a coarse pseudo-label: genus, family or order")
+    frame_aware: bool = Field(False, description="gate the frame-aware distributions (mean-field over each "
+                              "frame's ROIs, weight of decoder frame_bayes fitted on validation) of every member")
 
 
 class DecodingConfig(StrictModel):
     """How an ensemble's probabilities become labels (submit, the Kaggle package, src.predict)."""
 
-    decoders: list[Decoder] = Field(list(DECODERS),
+    decoders: list[Decoder] = Field([d for d in DECODERS if d not in FRAME_DECODERS],
                                     description=f"decoders to write submissions for: {', '.join(DECODERS)}")
     sigma: Sigma = Field("top2_sigma", description="GMU spread: top2_sigma (the team's code) or sigma_at_top2_mu; "
                          "used for the vote decoder's ties and the pseudo-label U")
-    diffusion_alpha: float = Field(0.3, ge=0.0, lt=1.0, description="a of the taxonomy diffusion decoder")
+    diffusion_alpha: float = Field(DIFFUSION_ALPHA, ge=0.0, lt=1.0, description="a of the taxonomy diffusion decoder")
+    frame_iterations: int = Field(1, ge=1, description="frame decoders: mean-field steps over each frame's ROIs")
+    frame_smoothing: float = Field(1.0, gt=0.0, description="frame decoders: additive smoothing of the label "
+                                   "co-occurrence counts of the training frames")
 
 
 class KaggleConfig(StrictModel):

@@ -6,8 +6,11 @@ Writes submissions/<name>_<decoder>.csv (every test annotation once, names check
 folder submit/scores.{json,md}: per decoder the validation mean distance (when members have a
 validation split) and, when `solution` is configured, the local-leaderboard score of the test CSV.
 Decoders: argmax, vote, bayes (least expected distance), bayes_cal (after temperature scaling fitted
-on validation), diffusion (taxonomy graph diffusion, a = decoding.diffusion_alpha); the
-`decoding` section of the config picks them.
+on validation), diffusion (taxonomy graph diffusion, a = decoding.diffusion_alpha), frame_bayes and
+frame_argmax (frame-aware: each ROI's distribution combined with its frame's other ROIs through a label
+co-occurrence prior of the training frames, its weight fitted on the validation frames); the
+`decoding` section of the config picks them. Members written with test-time views (train.tta_views)
+are decoded from their mean over the views.
 `--kaggle-submit` uploads one CSV with the kaggle API (needs credentials and internet).
 Members that predicted test ROIs without pixels (frames missing or undecodable: black crops; their
 done.json counts them) stop the stage unless the config sets allow_missing_test.
@@ -23,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from src.artifacts import atomic_write_json, atomic_write_text
-from src.ensemble import decode_ensemble, fit_validation_temperature
+from src.ensemble import decode_ensemble
 from src.score import mean_distance, read_solution, score_frames
 from src.stages.common import (
-    StageError, format_table, load_predictions, load_taxonomy_and_distance, new_run_name, open_run, run_cli,
+    StageError, format_table, load_round, load_taxonomy_and_distance, new_run_name, open_run, run_cli,
     stage_parser,
 )
 from src.stages.pipeline_config import PipelineConfig
@@ -44,6 +47,7 @@ class RoundEvaluation:
     skipped: dict[str, str]  # decoder -> why it could not run
     val: dict[str, float] = field(default_factory=dict)  # decoder -> validation mean distance
     test: dict[str, float] = field(default_factory=dict)  # decoder -> test mean distance (solution known)
+    frame_weights: dict[str, float] | None = None  # frame decoder -> w fitted on validation
 
 
 def evaluate_round(cfg: PipelineConfig, r: int) -> RoundEvaluation:
@@ -53,23 +57,23 @@ def evaluate_round(cfg: PipelineConfig, r: int) -> RoundEvaluation:
     unfinished = [str(m) for m in members if not (m / "done.json").is_file()]
     if unfinished:
         raise StageError(f"round {r} members are not finished: {', '.join(unfinished)}")
-    val = load_predictions(members, "val", taxonomy)
-    test = load_predictions(members, "test", taxonomy)
+    loaded = load_round(cfg, members, taxonomy)
+    val, test, temperature, frame_prior = loaded.val, loaded.test, loaded.temperature, loaded.frame_prior
     if test is None:
         raise StageError(f"round {r} members have no test_probs.npz")
-    temperature = fit_validation_temperature(val)
     d = cfg.decoding
     val_scores = {}
     if val is not None and val.labels is not None:
         keep = val.labels >= 0
-        decoded = decode_ensemble(val, d.decoders, taxonomy, d.sigma, d.diffusion_alpha, temperature)
+        decoded = decode_ensemble(val, d.decoders, taxonomy, d.sigma, d.diffusion_alpha, temperature, frame_prior)
         val_scores = {k: mean_distance(val.labels[keep], v[keep], D) for k, v in decoded.labels.items()}
-    decoded = decode_ensemble(test, d.decoders, taxonomy, d.sigma, d.diffusion_alpha, temperature)
+    decoded = decode_ensemble(test, d.decoders, taxonomy, d.sigma, d.diffusion_alpha, temperature, frame_prior)
     test_scores = {}
     if cfg.solution:
         truth = read_solution(cfg.solution, test.annotation_id, taxonomy)
         test_scores = {k: mean_distance(truth, v, D) for k, v in decoded.labels.items()}
-    return RoundEvaluation(r, temperature, test.annotation_id, decoded.labels, decoded.skipped, val_scores, test_scores)
+    return RoundEvaluation(r, temperature, test.annotation_id, decoded.labels, decoded.skipped, val_scores, test_scores,
+                           frame_prior.weights if frame_prior else None)
 
 
 def check_test_pixels(cfg: PipelineConfig, r: int) -> None:
@@ -118,9 +122,12 @@ def submit(cfg: PipelineConfig, r: int | None = None) -> list[dict]:
     header = f"# {cfg.name}: submissions from round {r} ({len(cfg.seeds)} members)\n\n"
     if evaluation.temperature is not None:
         header += f"temperature fitted on validation: {evaluation.temperature:.3f}\n\n"
+    scores = {"round": r, "temperature": evaluation.temperature, "rows": rows}
+    if evaluation.frame_weights is not None:
+        header += f"frame weights fitted on validation: {evaluation.frame_weights}\n\n"
+        scores["frame_weights"] = evaluation.frame_weights
     atomic_write_text(cfg.layout.submit_dir / "scores.md", header + table + "\n")
-    atomic_write_json(cfg.layout.submit_dir / "scores.json",
-                      {"round": r, "temperature": evaluation.temperature, "rows": rows})
+    atomic_write_json(cfg.layout.submit_dir / "scores.json", scores)
     print(table)
     return rows
 
