@@ -157,12 +157,20 @@ def test_retrain_warm_start_and_missing_inputs(cfg):
     train_ensemble(cfg, trainer)
     make_pseudo_labels(cfg, 1)
     cfg.warm_start = True
-    with pytest.raises(StageError, match="checkpoint.pt does not exist"):
+    cfg.train_overrides = {"train": {"epochs": 12, "batch_size": 32}}
+    cfg.warm_start_overrides = {"train": {"epochs": 4}, "optim": {"warmup_epochs": 0}}
+    with pytest.raises(StageError, match="warm start: .*neither model.pt nor checkpoint.pt"):
         retrain(cfg, 1, trainer)
-    for s in cfg.seeds:
+    for s in cfg.seeds:  # the weights-only model.pt is preferred where both exist
         (cfg.layout.member_dir(0, s) / "checkpoint.pt").write_bytes(b"x")
+    (cfg.layout.member_dir(0, 11) / "model.pt").write_bytes(b"x")
     retrain(cfg, 1, trainer)
-    assert [Path(c.model.pretrained_path).parent.name for c in trainer.configs[3:]] == ["seed_10", "seed_11", "seed_12"]
+    warm = trainer.configs[3:]
+    assert [Path(c.model.pretrained_path).parent.name for c in warm] == ["seed_10", "seed_11", "seed_12"]
+    assert [Path(c.model.pretrained_path).name for c in warm] == ["checkpoint.pt", "model.pt", "checkpoint.pt"]
+    # warm-started members take warm_start_overrides over train_overrides; round 0's members do not
+    assert [(c.train.epochs, c.train.batch_size, c.optim.warmup_epochs) for c in warm] == [(4, 32, 0)] * 3
+    assert all(c.train.epochs != 4 and c.model.pretrained_path is None for c in trainer.configs[:3])
 
 
 def test_submit_writes_valid_csvs_and_a_decoder_table(cfg, capsys):

@@ -57,7 +57,8 @@ def train_member(config) -> Path:
 
 def build_member_config(cfg: PipelineConfig, r: int, seed: int, pseudo_labels: Path | None = None,
                         init_checkpoint: Path | None = None, resume: bool = False):
-    """A new training Config for one member: the training YAML, the pipeline's train_overrides, its place in the run."""
+    """A new training Config for one member: the training YAML, the pipeline's train_overrides (and, when it starts
+    from init_checkpoint, warm_start_overrides), its place in the run."""
     from src.config import Config
 
     run_dir = cfg.layout.member_dir(r, seed)
@@ -72,7 +73,10 @@ def build_member_config(cfg: PipelineConfig, r: int, seed: int, pseudo_labels: P
         overrides.append(f"model.pretrained_path={init_checkpoint}")
     if resume:
         overrides.append("train.resume=true")
-    tree = deep_merge(deep_merge(base, cfg.train_overrides), parse_overrides(overrides))
+    tree = deep_merge(base, cfg.train_overrides)
+    if init_checkpoint is not None:
+        tree = deep_merge(tree, cfg.warm_start_overrides)
+    tree = deep_merge(tree, parse_overrides(overrides))
     return validate_config(Config, tree, source=f"{cfg.train_config or 'training defaults'} + train_overrides")
 
 
@@ -80,6 +84,9 @@ def train_round(cfg: PipelineConfig, r: int, pseudo_labels: Path | None = None, 
                 trainer: Callable | None = None, member_index: int | None = None) -> list[Path]:
     """Train (sequentially) every seed's member of round r, or only seeds[member_index] (a SLURM array task);
     members with done.json are skipped, an interrupted one resumes from its checkpoint."""
+    from src.checkpoint import saved_checkpoints  # torch: only the training stages load it
+    from src.predict import weights_file
+
     trainer = trainer or train_member
     if member_index is not None and not 0 <= member_index < len(cfg.seeds):
         raise StageError(f"member index {member_index} out of range for {len(cfg.seeds)} seeds")
@@ -94,12 +101,13 @@ def train_round(cfg: PipelineConfig, r: int, pseudo_labels: Path | None = None, 
             continue
         init = None
         if warm_from is not None:
-            init = cfg.layout.member_dir(warm_from, seed) / "checkpoint.pt"
-            if not init.is_file():
-                raise StageError(f"warm start: {init} does not exist")
+            try:
+                init = weights_file(cfg.layout.member_dir(warm_from, seed))
+            except FileNotFoundError as err:
+                raise StageError(f"warm start: {err}") from None
         start = time.time()
         print(f"  member seed {seed} ({i + 1}/{len(cfg.seeds)}): training -> {run_dir}", flush=True)
-        trainer(build_member_config(cfg, r, seed, pseudo_labels, init, resume=(run_dir / "checkpoint.pt").is_file()))
+        trainer(build_member_config(cfg, r, seed, pseudo_labels, init, resume=bool(saved_checkpoints(run_dir))))
         if not (run_dir / "done.json").is_file():
             raise StageError(f"training of {run_dir} returned without writing done.json")
         print(f"  member seed {seed}: finished in {time.time() - start:.0f} s", flush=True)

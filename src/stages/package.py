@@ -34,11 +34,14 @@ SRC_DIR = Path(__file__).resolve().parents[1]  # the project's src/ package
 MEMBER_FILES = ("config.yaml", "metrics.csv", "done.json")
 
 
-def slim_weights(checkpoint: Path, out: Path) -> None:
-    """model.pt: the checkpoint's model weights, class names, config and epoch (no optimiser/RNG state)."""
+def slim_weights(member: Path, out: Path) -> None:
+    """model.pt: the member's model weights, class names, config and epoch (no optimiser/RNG state), from its
+    weights-only model.pt or, for runs trained before there was one, its checkpoint.pt."""
     import torch
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    from src.predict import weights_file
+
+    state = torch.load(weights_file(member), map_location="cpu", weights_only=False)
     slim = {key: state[key] for key in ("model", "classes", "config", "epoch") if key in state}
     torch.save(slim, out)
 
@@ -61,9 +64,11 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
         raise StageError(f"--kaggle-id must look like USER/dataset-slug, got {kaggle_id!r}")
     taxonomy = load_taxonomy()
     members = [cfg.layout.member_dir(r, s) for s in cfg.seeds]
-    unfinished = [str(m) for m in members if not (m / "done.json").is_file() or not (m / "checkpoint.pt").is_file()]
+    unfinished = [str(m) for m in members if not (m / "done.json").is_file()
+                  or not any((m / name).is_file() for name in ("model.pt", "checkpoint.pt"))]
     if unfinished:
-        raise StageError(f"round {r} members are not finished (no done.json/checkpoint.pt): {', '.join(unfinished)}")
+        raise StageError(f"round {r} members are not finished (no done.json, or neither model.pt nor "
+                         f"checkpoint.pt): {', '.join(unfinished)}")
     temperature = fit_validation_temperature(load_predictions(members, "val", taxonomy))
     if decoder == "bayes_cal" and temperature is None:
         raise StageError("decoder bayes_cal needs validation predictions to fit a temperature; the members have none")
@@ -76,7 +81,7 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
             dest = tmp / "members" / f"seed_{seed}"
             dest.mkdir(parents=True)
             print(f"  member seed {seed}: {member} -> {dest.relative_to(tmp)}", flush=True)
-            slim_weights(member / "checkpoint.pt", dest / "model.pt")
+            slim_weights(member, dest / "model.pt")
             for name in MEMBER_FILES:
                 if (member / name).is_file():
                     shutil.copy2(member / name, dest / name)
