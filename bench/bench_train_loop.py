@@ -1,14 +1,15 @@
 """End-to-end training throughput: albumentations per sample in the DataLoader vs augment.batched.
 
-    python -m bench.bench_train_loop [--threads 2] [--steps 300] [--chunks 3] [--workers 0 1] [--device cpu]
+    python -m bench.bench_train_loop [--threads 2] [--steps 300] [--chunks 15] [--workers 0 1] [--device cpu]
 
 The reference small model (cfg/demo_wrn_dwce.yaml with WRN-10-2, 1 head, plain CE: 32 px, batch 64, AdamW)
 trains with the project's own loop (src.train.train_one_epoch on loaders from src.data.training) over a
 cache of random uint8 crops (the cost of the augmentation and of the model does not depend on the pixels),
 once with each augmentation path and each --workers count. The paths take turns in --chunks chunks of
-steps / chunks steps (one loader pass each, worker start-up included), so a change of machine load falls on
-both alike; img/s = images / seconds summed over a path's chunks, and the ratio batched / albumentations
-is taken within the same run. `uptime` is printed before and after.
+steps / chunks steps (one loader pass each, worker start-up included; order A B, B A, A B, ...; one untimed chunk first), so a change
+of machine load falls on both alike. Reported: img/s = images / seconds summed over a path's chunks, the
+ratio batched / albumentations of those, and the median of the per-chunk ratios (robust to load that
+changes between chunks, as on a shared machine). `uptime` is printed before and after.
 """
 from __future__ import annotations
 
@@ -71,9 +72,9 @@ class PathRun:
         self.scheduler = build_scheduler(self.optimizer, args.chunks * steps, steps // 2, self.cfg.optim.min_lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=False)
         self.loss_fn = build_loss(self.cfg.loss, taxonomy).to(self.rt.device)
-        self.images, self.seconds, self.losses = 0, 0.0, []
+        self.images, self.seconds, self.losses, self.chunk_rates = 0, 0.0, [], []
 
-    def chunk(self, chunk: int) -> None:
+    def chunk(self, chunk: int, timed: bool = True) -> None:
         """One pass over the loader (seeded as training seeds an epoch), timed by train_one_epoch."""
         seed = epoch_seed(self.cfg.seed, chunk)
         seed_everything(seed)
@@ -84,8 +85,11 @@ class PathRun:
         loss, seen, seconds = train_one_epoch(self.model, self.loaders.train, self.loss_fn, {}, 0.0, self.optimizer,
                                               self.scheduler, self.scaler, None, self.rt, None, "", False,
                                               self.loaders.augment)
+        if not timed:
+            return
         self.images, self.seconds = self.images + seen, self.seconds + seconds
         self.losses.append(loss)
+        self.chunk_rates.append(seen / seconds)
 
 
 def main(argv=None) -> dict:
@@ -93,7 +97,7 @@ def main(argv=None) -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--steps", type=int, default=300, help="timed training steps per path and worker count")
-    parser.add_argument("--chunks", type=int, default=3, help="the paths take turns in this many chunks")
+    parser.add_argument("--chunks", type=int, default=15, help="the paths take turns in this many chunks")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1], help="DataLoader worker counts to measure")
     parser.add_argument("--device", default="cpu", help="training device (the batched path runs there)")
@@ -114,17 +118,24 @@ def main(argv=None) -> dict:
     for workers in args.workers:
         runs = {name: PathRun(args, batched, workers, train_cache, test_cache, taxonomy)
                 for name, batched in PATHS.items()}
+        for run in runs.values():
+            run.chunk(-1, timed=False)  # warm-up: first calls, allocations
         for chunk in range(args.chunks):
-            for run in runs.values():
+            for run in list(runs.values())[::1 if chunk % 2 == 0 else -1]:
                 run.chunk(chunk)
         rates = {name: run.images / run.seconds for name, run in runs.items()}
+        alb, bat = runs["albumentations per sample"].chunk_rates, runs["batched"].chunk_rates
         row = {"workers": workers, "steps": args.chunks * steps_per_chunk,
                **{f"{name} img/s": rate for name, rate in rates.items()},
                "ratio batched / albumentations": rates["batched"] / rates["albumentations per sample"],
-               "final losses": {name: run.losses[-1] for name, run in runs.items()}}
+               "median chunk ratio": float(np.median(np.array(bat) / np.array(alb))),
+               "final losses": {name: run.losses[-1] for name, run in runs.items()},
+               "chunk img/s": {name: run.chunk_rates for name, run in runs.items()}}
         rows.append(row)
         print(f"workers {workers}: albumentations per sample {rates['albumentations per sample']:.0f} img/s, "
-              f"batched {rates['batched']:.0f} img/s, ratio {row['ratio batched / albumentations']:.2f}x",
+              f"batched {rates['batched']:.0f} img/s, ratio {row['ratio batched / albumentations']:.2f}x, median chunk "
+              f"ratio {row['median chunk ratio']:.2f}x; per chunk: "
+              + "; ".join(f"{name} " + " ".join(f"{r:.0f}" for r in run.chunk_rates) for name, run in runs.items()),
               flush=True)
     after = uptime()
     print(after)
