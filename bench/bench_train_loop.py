@@ -69,7 +69,7 @@ class PathRun:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, self.cfg.optim)
         steps = len(self.loaders.train)
-        self.scheduler = build_scheduler(self.optimizer, args.chunks * steps, steps // 2, self.cfg.optim.min_lr)
+        self.scheduler = build_scheduler(self.optimizer, (args.chunks + 1) * steps, steps // 2, self.cfg.optim.min_lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=False)
         self.loss_fn = build_loss(self.cfg.loss, taxonomy).to(self.rt.device)
         self.images, self.seconds, self.losses, self.chunk_rates = 0, 0.0, [], []
