@@ -30,7 +30,7 @@ from src.artifacts import atomic_write_json, atomic_write_text
 from src.config import Config, deep_merge, load_yaml, parse_overrides, validate_config
 from src.ensemble import decode_argmax, decode_bayes, decode_ensemble
 from src.score import mean_distance, read_solution
-from src.stages.common import load_predictions
+from src.stages.common import has_weights, load_predictions
 from src.stages.pipeline_config import PipelineConfig
 from src.taxonomy import distance_matrix, load_taxonomy
 
@@ -100,7 +100,7 @@ class Plan:
         tree = deep_merge(tree, parse_overrides([
             f"seed={seed}", "data.split_seed=0", f"data.root={self.root}", f"data.solution={self.solution}",
             f"output.dir={run_dir.parent}", f"output.run_name={run_dir.name}"]))
-        if (run_dir / "checkpoint.pt").is_file():
+        if has_weights(run_dir):  # a killed run: model.pt alone also needs train.resume
             tree = deep_merge(tree, {"train": {"resume": True}})
         return validate_config(Config, tree, source=f"{self.train_config} + {variant.name}")
 

@@ -14,7 +14,9 @@ The model is the project's (src.models.build_model on cfg/wrn_dwce.yaml: wide_re
   heads       the H heads batched vs a Python loop, forward + backward, fp32 and bf16
   predict     eval img/s (bf16, channels_last, softmax of every head copied to the host) and the derived
               time of --members members on --test-rois ROIs (weights-only load + prediction)
-  checkpoint  full (model + AdamW state, resumable) vs weights-only: write seconds, size, load seconds
+  checkpoint  src.checkpoint.CheckpointSaver's full checkpoint.pt (model + AdamW state, resumable) vs its
+              weights-only model.pt: write seconds, size, load seconds; derived seconds per epoch for
+              train.full_checkpoint_every 1, 5, 10
   loop        the training step fed from a uint8 cache of --crops random crops (cache size --cache-size):
               (a) today's path: DataLoader + albumentations per sample in --workers workers; (b) DataLoader of raw
               uint8 crops + batched augmentation on the GPU (src/data/gpu_augment.py); (c) the cache resident
@@ -277,24 +279,31 @@ def section_predict(b: Bench) -> list[dict]:
 
 
 def section_checkpoint(b: Bench) -> dict:
+    """The run folder's two files as src.checkpoint.CheckpointSaver writes them: checkpoint.pt (full) and
+    model.pt (weights only)."""
+    from src.checkpoint import CheckpointSaver
+    from src.schedule import build_scheduler
+
     b.set_channels_last(True)
     b.reset_memory()
     optimizer = b.optimizer()
     b.train_step(b.model, optimizer, b.dtype("bf16" if b.cuda else "fp32"))(*b.synthetic_batch(b.args.batches[0]))
-    meta = {"config": b.cfg.model_dump(mode="json"), "classes": list(b.taxonomy.names), "epoch": 1}
-    states = {"full": {"model": b.model.state_dict(), "optimizer": optimizer.state_dict(), **meta},
-              "weights_only": {"model": b.model.state_dict(), **meta}}
-    out = {"note": "write = torch.save of the CUDA tensors to a local file, atomically, no fsync (as training); "
-                   "load = torch.load right after writing (file in the page cache)"}
+    scheduler = build_scheduler(optimizer, 100, 10, b.cfg.optim.min_lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    out = {"note": "write = CheckpointSaver.save_full / save_weights (torch.save of the CUDA tensors to a local "
+                   "file, atomically, no fsync, as training); load = torch.load right after writing (file in the "
+                   "page cache)"}
     with tempfile.TemporaryDirectory(dir=b.args.ckpt_dir) as tmp:
-        for name, state in states.items():
-            path = Path(tmp) / f"{name}.pt"
-            _, write_s = timed(lambda: atomic_write_with(path, lambda p: torch.save(state, p)))
+        saver = CheckpointSaver(tmp, b.model, optimizer, scheduler, scaler, torch.Generator(),
+                                b.cfg.model_dump(mode="json"), b.taxonomy.names)
+        for name, write, path in (("full", lambda: saver.save_full(1, []), saver.path),
+                                  ("weights_only", lambda: saver.save_weights(1), saver.weights_path)):
+            _, write_s = timed(write)
             _, load_s = timed(lambda: torch.load(path, map_location=b.device, weights_only=False), sync=b.sync)
             out[name] = {"gb": path.stat().st_size / 1e9, "write_s": write_s, "load_to_device_s": load_s}
-            print(f"checkpoint {name}: {out[name]}", flush=True)
+            print(f"checkpoint {name}: {fmt_row(out[name])}", flush=True)
             path.unlink()
-    del states, optimizer
+    del saver, optimizer
     b.reset_memory()
     return out
 
@@ -466,6 +475,9 @@ def markdown(r: dict) -> str:
         for kind in ("full", "weights_only"):
             c = ck[kind]
             lines.append(f"| {kind} | {c['gb']:.2f} | {fmt(c['write_s'])} | {fmt(c['load_to_device_s'])} |")
+        w, f = ck["weights_only"]["write_s"], ck["full"]["write_s"]
+        lines += ["", "Derived: checkpoint writing per epoch (model.pt every epoch + checkpoint.pt every N): "
+                      + ", ".join(f"train.full_checkpoint_every={n}: {w + f / n:.2g} s" for n in (1, 5, 10)) + "."]
     if r.get("predict") and ck:
         best = max(p["img_per_s"] for p in r["predict"])
         members, rois = r["members"], r["test_rois"]

@@ -258,6 +258,9 @@ class TrainConfig(StrictModel):
     resume: bool = Field(False, description="continue the run in output.dir/output.run_name")
     max_epochs_this_run: Optional[int] = Field(
         None, ge=1, description="stop after this many epochs in this process (time-limited jobs); resume later")
+    full_checkpoint_every: int = Field(
+        1, ge=1, description="write the resumable checkpoint.pt (optimizer, scheduler, RNG) every N epochs and at "
+        "the end; the weights-only model.pt is written every epoch")
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
     progress: bool = Field(True, description="tqdm progress bars")
     tta_views: list[str] = Field(
@@ -285,10 +288,10 @@ class AugmentConfig(StrictModel):
     downscale: Optional[tuple[float, float]] = Field(
         None, description="random down-scaling factor range [min, max] (shrink and back), None: off")
     downscale_p: float = Field(0.5, ge=0, le=1, description="probability of the down-scaling")
-    device: Literal["cpu", "gpu"] = Field(
-        "cpu", description="cpu: albumentations per sample in the DataLoader workers (src/data/transforms.py); "
-        "gpu: the same ops batched on the training device after the uint8 batch is moved there "
-        "(src/data/gpu_augment.py; also runs on a CPU device)")
+    batched: bool = Field(
+        False, description="false: albumentations per sample in the DataLoader workers (src/data/transforms.py); "
+        "true: the same ops batched on the training device (train.device: GPU or CPU) after the uint8 batch "
+        "is moved there (src/data/gpu_augment.py)")
 
 
 class OutputConfig(StrictModel):

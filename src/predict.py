@@ -1,9 +1,10 @@
 """Predict with trained members outside the training loop (the Kaggle notebook, packaged ensembles).
 
-A member is a run folder of src.train (config.yaml + checkpoint.pt) or its slim packaged copy
-(config.yaml + model.pt, see src.stages.package). Prediction goes through the same code as the end
-of training (crop cache, eval transform, batch size, channels_last, autocast dtype), so on the same
-machine the probabilities match the run's test_probs.npz and the decoded labels match `submit`'s.
+A member is a run folder of src.train (config.yaml + the weights-only model.pt, or checkpoint.pt for runs
+trained before model.pt existed) or its packaged copy (config.yaml + model.pt, see src.stages.package).
+Prediction goes through the same code as the end of training (crop cache, eval transform, batch size,
+channels_last, autocast dtype), so on the same machine the probabilities match the run's test_probs.npz
+and the decoded labels match `submit`'s.
 
     member = load_member("outputs/pipeline/demo/round_2/members/seed_0")
     ids, crops = load_crops("data/dataset_test.json", "work/cache", member.crop_size, member.views,
@@ -32,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from src.artifacts import atomic_save_npz, atomic_write_with
-from src.checkpoint import CHECKPOINT_FILE
+from src.checkpoint import CHECKPOINT_FILE, WEIGHTS_FILE
 from src.config import Config, load_yaml, validate_config
 from src.data.coco import annotation_table, frame_ids_of
 from src.ensemble import (
@@ -42,7 +43,7 @@ from src.ensemble import (
 from src.submission import labels_frame
 from src.taxonomy import RANKS, Taxonomy, load_taxonomy
 
-MODEL_FILE = "model.pt"  # slim weights written by src.stages.package
+MODEL_FILE = WEIGHTS_FILE  # weights only: written by training every epoch and by src.stages.package
 
 
 # ------------------------------------------------------------------------ forward passes and artefacts
@@ -162,7 +163,7 @@ class Member:
 
 
 def weights_file(run_dir: str | Path) -> Path:
-    """model.pt when the folder is a packaged member, else the training checkpoint.pt."""
+    """The weights-only model.pt when present (a run folder's or a packaged member's), else checkpoint.pt."""
     run_dir = Path(run_dir)
     for name in (MODEL_FILE, CHECKPOINT_FILE):
         if (run_dir / name).is_file():
@@ -406,7 +407,7 @@ def find_members(model: str | Path) -> list[Path]:
         root, manifest = read_package(model)
         return [root / entry["dir"] for entry in manifest["members"]]
     if (model / "config.yaml").is_file():
-        if not (model / MODEL_FILE).is_file() and not (model / "done.json").is_file():
+        if not (model / "done.json").is_file():  # a run in progress has a model.pt too
             raise FileNotFoundError(f"{model}: the run is not finished (no done.json)")
         return [model]
     if (model / "members").is_dir():

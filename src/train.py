@@ -1,11 +1,12 @@
 """Train one classifier: `from src.train import train; run_dir = train(config)`.
 
 Reads the crop caches of data.root (train and test splits), holds out a frame-grouped validation split,
-trains with the configured loss (mean over the H heads), validates every epoch, checkpoints every epoch
+trains with the configured loss (mean over the H heads), validates every epoch, saves its weights every epoch
 atomically, and at the end writes the test (and validation) probabilities and predictions. The run
 folder output.dir/output.run_name holds:
 
-    config.yaml        the resolved config            checkpoint.pt   last finished epoch (resumable)
+    config.yaml        the resolved config            model.pt        weights of the last finished epoch
+    checkpoint.pt      resumable: every train.full_checkpoint_every epochs and at the end (src.checkpoint)
     metrics.csv        one row per epoch              curves.png      loss / accuracy / distance
     test_probs.npz     annotation_id (N,), probs (H, N, C) softmax per head, classes (C,), image_id (N,) frames;
                        with train.tta_views beyond identity probs is the mean over the views, view_probs
@@ -14,8 +15,8 @@ folder output.dir/output.run_name holds:
     val_probs.npz, val_predictions.csv   the same for the validation split, plus labels (N,)
     done.json          written last: the run is complete
 
-Resumption (train.resume=true) is exact: every epoch reseeds all random streams from (seed, epoch, rank),
-so an epoch's batches, augmentations and dropout do not depend on what ran before it.
+Resumption (train.resume=true, from checkpoint.pt) is exact: every epoch reseeds all random streams from
+(seed, epoch, rank), so an epoch's batches, augmentations and dropout do not depend on what ran before it.
 Under torchrun each process trains on its shard (DistributedSampler); rank 0 validates and writes.
 The pieces live in src.runtime (devices, seeding), src.checkpoint, src.data.training (caches, splits,
 loaders), src.predict (prediction, artefacts) and src.score (metrics).
@@ -37,7 +38,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from src.artifacts import atomic_write_json, atomic_write_text, atomic_write_with, remove_stale_temps, run_lock
-from src.checkpoint import CheckpointSaver
+from src.checkpoint import WEIGHTS_FILE, CheckpointSaver, saved_checkpoints
 from src.config import Config, config_to_yaml
 from src.data.dataset import with_transform
 from src.data.training import (Datasets, Loaders, build_datasets, build_loaders, check_data, check_missing_pixels,
@@ -72,8 +73,11 @@ def build_optimizer(model: nn.Module, o) -> torch.optim.Optimizer:
 
 def train_one_epoch(net: nn.Module, loader: DataLoader, loss_fn: TrainingLoss,
                     optimizer, scheduler, scaler, grad_clip: float | None, rt: Runtime, dtype, desc: str,
-                    show: bool) -> tuple[float, int, float]:
+                    show: bool, augment=None) -> tuple[float, int, float]:
     """One pass over the loader, lr stepped per batch. Returns (mean loss, images seen by all ranks, seconds).
+
+    augment: the batched augmentation (uint8 batch on the device -> network input), None when the loader's
+    items are already augmented.
 
     A NaN/inf loss (averaged over ranks, so that every rank stops) raises TrainingDiverged with the step."""
     net.train()
@@ -82,6 +86,8 @@ def train_one_epoch(net: nn.Module, loader: DataLoader, loss_fn: TrainingLoss,
     for step, (x, y) in enumerate(bar):
         x = x.to(rt.device, non_blocking=True)
         y = y.to(rt.device, non_blocking=True)
+        if augment is not None:
+            x = augment(x)
         with torch.autocast(rt.device.type, dtype=dtype) if dtype else nullcontext():
             out = net(x)
         loss = loss_fn.terms(out, y)
@@ -140,7 +146,7 @@ def _train(cfg: Config, rt: Runtime) -> Path:
     if (run_dir / "done.json").exists() and cfg.train.resume:
         print(f"{run_dir} is already complete (done.json)")
         return run_dir
-    if (run_dir / "checkpoint.pt").exists() and not cfg.train.resume:
+    if saved_checkpoints(run_dir) and not cfg.train.resume:
         raise FileExistsError(f"{run_dir} already holds a run: pass train.resume=true to continue it, "
                               "or choose another output.run_name")
     if cfg.train.threads:
@@ -185,14 +191,23 @@ def _train(cfg: Config, rt: Runtime) -> Path:
     dtype = amp_dtype(cfg.train.amp, rt.device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     saver = CheckpointSaver(run_dir, model, optimizer, scheduler, scaler, loaders.generator,
-                            cfg.model_dump(mode="json"), classes)
+                            cfg.model_dump(mode="json"), classes, cfg.train.full_checkpoint_every,
+                            defaults=Config().model_dump(mode="json"))
 
     start_epoch, history = 0, []
+    weights_epoch = saver.weights_epoch() if cfg.train.resume else None
     if cfg.train.resume and saver.exists():
         start_epoch, history = saver.resume()
         if rt.main:
             print(f"resuming {run_dir} after epoch {start_epoch}")
+            if weights_epoch and weights_epoch > start_epoch:
+                print(f"  ({WEIGHTS_FILE} holds epoch {weights_epoch}, but only the full {saver.path.name} "
+                      f"(epoch {start_epoch}) can be continued from: epochs {start_epoch + 1}-{weights_epoch} "
+                      "are trained again; see train.full_checkpoint_every)")
     elif rt.main:
+        if weights_epoch:
+            print(f"{run_dir}: {WEIGHTS_FILE} holds epoch {weights_epoch} but there is no full {saver.path.name} "
+                  "to continue from: training starts again from epoch 0 (see train.full_checkpoint_every)")
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
 
@@ -207,6 +222,8 @@ def _train(cfg: Config, rt: Runtime) -> Path:
         seed = epoch_seed(cfg.seed, epoch, rt.rank)
         seed_everything(seed)
         loaders.generator.manual_seed(seed)
+        if loaders.augment_generator is not None:
+            loaders.augment_generator.manual_seed(seed + 2**31)  # a stream apart from the loader's (seeds < 2**31)
         reseed_transforms(data.train, seed)
         if loaders.sampler is not None:
             loaders.sampler.set_epoch(epoch)
@@ -214,12 +231,16 @@ def _train(cfg: Config, rt: Runtime) -> Path:
         try:
             train_loss, seen, elapsed = train_one_epoch(net, loaders.train, loss_fn,
                                                         optimizer, scheduler, scaler, o.grad_clip, rt, dtype, desc,
-                                                        show)
+                                                        show, loaders.augment)
         except TrainingDiverged as err:
-            kept = f"the last good checkpoint is {saver.path} (after epoch {epoch})" if epoch else "no checkpoint yet"
+            last_full = max(start_epoch, epoch - epoch % cfg.train.full_checkpoint_every)
+            kept = f"the last good checkpoint is {saver.path} (after epoch {last_full})" if last_full else \
+                "no checkpoint yet"
             raise TrainingDiverged(f"loss is {err.value} at {desc}, step {err.step} (global step "
                                    f"{epoch * steps_per_epoch + err.step}); {kept}; lower optim.lr or set "
                                    "optim.grad_clip", err.value, err.step) from None
+        stop = bool(cfg.train.max_epochs_this_run) and epoch + 1 - start_epoch >= cfg.train.max_epochs_this_run \
+            and epoch + 1 < cfg.train.epochs
         row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "train_loss": train_loss,
                "epoch_seconds": elapsed, "train_img_per_s": seen / elapsed}
         if rt.main:
@@ -228,15 +249,14 @@ def _train(cfg: Config, rt: Runtime) -> Path:
                                    dtype)
                 row.update({f"{name}_{k}": v for k, v in metrics.items()})
             history.append(row)
-            saver.save(epoch + 1, history)
+            saver.save(epoch + 1, history, last=stop or epoch + 1 == cfg.train.epochs)
             atomic_write_with(run_dir / "metrics.csv", lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
             plot_training_curves(history, run_dir / "curves.png")
             summary = ", ".join(f"{k} {v:.4g}" for k, v in row.items()
                                 if k in ("train_loss", "val_loss", "val_accuracy", "val_distance", "train_img_per_s"))
             print(f"epoch {epoch + 1}/{cfg.train.epochs}: {summary}", flush=True)
         rt.barrier()
-        if cfg.train.max_epochs_this_run and epoch + 1 - start_epoch >= cfg.train.max_epochs_this_run \
-                and epoch + 1 < cfg.train.epochs:
+        if stop:
             if rt.main:
                 print(f"stopping after {epoch + 1} epochs (train.max_epochs_this_run); "
                       "continue with train.resume=true")

@@ -1,6 +1,8 @@
-"""bench_gpu and bench_augment run end to end on the CPU with tiny sizes (the GPU numbers need a GPU)."""
+"""bench_gpu, bench_augment and bench_train_loop run end to end on the CPU with tiny sizes (the GPU numbers
+need a GPU)."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,3 +44,14 @@ def test_bench_augment_smoke(tmp_path, monkeypatch):
     result = bench_augment.main(["--device", "cpu", "--repeats", "1", "--out", str(tmp_path / "aug.json")])
     assert len(result["rows"]) == len(bench_augment.RECIPES)
     assert all(r["ratio"] > 0 and r["batched_crops_per_s"] > 0 for r in result["rows"])
+
+
+def test_bench_train_loop_smoke(tmp_path):
+    from bench import bench_train_loop
+
+    result = bench_train_loop.main(["--threads", "1", "--steps", "2", "--chunks", "2", "--batch", "8", "--workers", "0",
+                                    "--out", str(tmp_path / "loop.json")])
+    (row,) = result["rows"]
+    assert row["steps"] == 2 and row["ratio batched / albumentations"] > 0
+    assert all(np.isfinite(v) for v in row["final losses"].values())
+    assert json.loads((tmp_path / "loop.json").read_text())["uptime_before"]

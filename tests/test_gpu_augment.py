@@ -89,7 +89,7 @@ def test_deterministic_given_a_generator():
 
 def test_build_batch_augment_reads_the_config():
     cfg = AugmentConfig(rrc_scale=(0.3, 0.6), hflip=False, color_jitter=0.2, pca_lighting=0.0,
-                        downscale=(0.5, 0.8), downscale_p=0.25, device="gpu")
+                        downscale=(0.5, 0.8), downscale_p=0.25, batched=True)
     augment = build_batch_augment(cfg, 32)
     assert (augment.size, augment.rrc_scale, augment.hflip, augment.color_jitter, augment.pca_lighting,
             augment.downscale, augment.downscale_p) == (32, (0.3, 0.6), False, 0.2, 0.0, (0.5, 0.8), 0.25)

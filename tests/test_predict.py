@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.predict import find_members, load_member, main, predict_crop_views, predict_crops, prediction_table
+from src.predict import (find_members, load_member, main, predict_crop_views, predict_crops, prediction_table,
+                         weights_file)
 from src.stages.common import load_predictions
 from src.taxonomy import RANKS, distance_matrix, load_taxonomy
 
@@ -145,6 +146,13 @@ def test_cli_decoder_column_and_tta_option(tiny_run, tiny_tta_run, tmp_path, cap
     assert table.columns[1] == "frame_bayes_concept"
     submitted = pd.read_csv(cfg.layout.submission("frame_bayes"))
     assert table["frame_bayes_concept"].tolist() == submitted["concept_name"].tolist()
+    # the member's run folder: its weights-only model.pt gives the very same test-time views
+    member_dir = cfg.layout.member_dir(0, 0)
+    assert weights_file(member_dir).name == "model.pt"
+    assert main([str(member_dir), coco, "--out", str(tmp_path / "run.csv"), "--probs", str(tmp_path / "run.npz"),
+                 *common]) == 0
+    with np.load(tmp_path / "run.npz") as z:
+        assert (z["view_means"][0] == saved.member_views[0].mean(axis=1)).all() and tuple(z["views"]) == saved.views
     assert main([str(kaggle_input), coco, "--out", str(tmp_path / "one.csv"), "--tta", "identity", *common]) == 0
     one = pd.read_csv(tmp_path / "one.csv", keep_default_na=False)
     identity = saved.member_views[0][0].mean(axis=0)

@@ -178,7 +178,7 @@ def test_a_second_run_of_the_same_folder_stops_naming_the_first(tiny_root, tmp_p
             train(cfg)
         assert main_script.main(_args(tiny_root, tmp_path)) == 2
         assert f"in use by pid {os.getpid()}" in _one_line_error(capsys)
-    assert not (tmp_path / cfg.output.run_name / "checkpoint.pt").exists()
+    assert not any((tmp_path / cfg.output.run_name / name).exists() for name in ("checkpoint.pt", "model.pt"))
 
 
 # --------------------------------------------------------------------------- 8. cache_dir, 9. temps
@@ -192,7 +192,7 @@ def test_cache_dir_keeps_the_data_root_untouched(tiny_root, tmp_path):
 
 def test_a_resumed_run_removes_its_stale_temporary_files(tiny_root, tmp_path):
     run = train(_cfg(tiny_root, tmp_path, "train.epochs=2", "train.max_epochs_this_run=1"))
-    stale = [run / ".curves.png.k2j3h4.tmp", run / ".checkpoint.pt.x8y9.tmp"]
+    stale = [run / ".curves.png.k2j3h4.tmp", run / ".checkpoint.pt.x8y9.tmp", run / ".model.pt.a1b2.tmp"]
     for path in stale:
         path.write_bytes(b"partial")
     train(_cfg(tiny_root, tmp_path, "train.epochs=2", "train.resume=true"))
@@ -263,7 +263,7 @@ def test_main_says_no_space_left_when_the_checkpoint_cannot_be_written(tiny_root
         monkeypatch.setattr("src.artifacts.shutil.disk_usage", lambda path: usage(10 << 30, 10 << 30, 4096))
     assert main_script.main(_args(tiny_root, tmp_path, "train.epochs=1")) == 1
     err = _one_line_error(capsys)
-    assert "No space left on device" in err and "checkpoint.pt" in err
+    assert "No space left on device" in err and "model.pt" in err  # the first file an epoch writes
     assert not list((tmp_path / "demo_tiny").glob(".*.tmp"))
 
 

@@ -71,8 +71,8 @@ def head_probs(labels: np.ndarray, seed: int, heads: int = 2) -> np.ndarray:
 class FakeTrainer:
     """Stands in for src.train.train: records its configs and writes a finished run folder."""
 
-    def __init__(self, fail_at_call: int | None = None):
-        self.configs, self.fail_at_call = [], fail_at_call
+    def __init__(self, fail_at_call: int | None = None, weights: bool = False):
+        self.configs, self.fail_at_call, self.weights = [], fail_at_call, weights
 
     def __call__(self, config):
         if self.fail_at_call is not None and len(self.configs) + 1 == self.fail_at_call:
@@ -87,6 +87,8 @@ class FakeTrainer:
         atomic_save_npz(run_dir / "val_probs.npz", annotation_id=VAL_IDS, probs=head_probs(VAL_TRUTH, config.seed + 99),
                         classes=names, labels=VAL_TRUTH)
         atomic_write_text(run_dir / "config.yaml", config_to_yaml(config))
+        if self.weights:  # the weights-only file training writes every epoch (its content is not read here)
+            atomic_write_text(run_dir / "model.pt", "weights")
         atomic_write_json(run_dir / "done.json", {"seed": config.seed})
         return run_dir
 
@@ -308,12 +310,46 @@ def test_retrain_warm_start_and_missing_inputs(cfg):
     train_ensemble(cfg, trainer)
     make_pseudo_labels(cfg, 1)
     cfg.warm_start = True
-    with pytest.raises(StageError, match="checkpoint.pt does not exist"):
+    cfg.train_overrides = {"train": {"epochs": 12, "batch_size": 32}}
+    cfg.warm_start_overrides = {"train": {"epochs": 4}, "optim": {"warmup_epochs": 0}}
+    with pytest.raises(StageError, match="warm start: .*neither model.pt nor checkpoint.pt"):
         retrain(cfg, 1, trainer)
-    for s in cfg.seeds:
+    for s in cfg.seeds:  # the weights-only model.pt is preferred where both exist
         (cfg.layout.member_dir(0, s) / "checkpoint.pt").write_bytes(b"x")
+    (cfg.layout.member_dir(0, 11) / "model.pt").write_bytes(b"x")
     retrain(cfg, 1, trainer)
-    assert [Path(c.model.pretrained_path).parent.name for c in trainer.configs[3:]] == ["seed_10", "seed_11", "seed_12"]
+    warm = trainer.configs[3:]
+    assert [Path(c.model.pretrained_path).parent.name for c in warm] == ["seed_10", "seed_11", "seed_12"]
+    assert [Path(c.model.pretrained_path).name for c in warm] == ["checkpoint.pt", "model.pt", "checkpoint.pt"]
+    # warm-started members take warm_start_overrides over train_overrides; round 0's members do not
+    assert [(c.train.epochs, c.train.batch_size, c.optim.warmup_epochs) for c in warm] == [(4, 32, 0)] * 3
+    assert all(c.train.epochs != 4 and c.model.pretrained_path is None for c in trainer.configs[:3])
+
+
+def test_warm_started_members_from_model_pt_are_kept_and_their_overrides_fingerprinted(cfg, capsys):
+    """A finished member warm-started from round r-1's model.pt is skipped by a rerun of its stage (not refused
+    as trained with another config); warm_start_overrides are part of the run's config; a member with only a
+    model.pt (killed before its first full checkpoint) keeps its round's pseudo-labels from being rewritten."""
+    cfg.rounds, cfg.warm_start, cfg.warm_start_overrides = 1, True, {"train": {"epochs": 3}}
+    trainer = FakeTrainer(weights=True)
+    pipeline_stage.run_pipeline(cfg, trainer)
+    assert [Path(c.model.pretrained_path).name for c in trainer.configs[3:]] == ["model.pt"] * 3
+    assert [c.train.epochs for c in trainer.configs] == [1, 1, 1, 3, 3, 3]
+    again = FakeTrainer(weights=True)
+    capsys.readouterr()
+    retrain(cfg, 1, again)  # the stage alone, past its recorded step: every member is checked and skipped
+    assert again.configs == [] and capsys.readouterr().out.count("done, skipped") == 3
+    changed = cfg.model_copy(update={"warm_start_overrides": {"train": {"epochs": 4}}})
+    with pytest.raises(StageError, match="different config"):
+        pipeline_stage.run_pipeline(changed, again)
+    cfg.layout.state.unlink()  # beneath the fingerprint: the member check still sees the change
+    with pytest.raises(StageError, match=r"trained with another config \(train.epochs\)"):
+        retrain(changed, 1, again)
+    for s in cfg.seeds:
+        (cfg.layout.member_dir(1, s) / "done.json").unlink()
+    other = cfg.model_copy(update={"pseudo": cfg.pseudo.model_copy(update={"u_threshold": 0.5})})
+    with pytest.raises(StageError, match="is what round 1's members"):
+        make_pseudo_labels(other, 1)
 
 
 def test_submit_writes_valid_csvs_and_a_decoder_table(cfg, capsys):

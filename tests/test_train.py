@@ -31,7 +31,7 @@ def test_train_writes_the_contracted_artefacts(tiny_root, tmp_path):
                "model.aux_ranks=[phylum,order]", "train.epochs=1")
     run = train(cfg)
     names = {p.name for p in run.iterdir()}
-    assert {"config.yaml", "checkpoint.pt", "metrics.csv", "curves.png", "done.json", "test_probs.npz",
+    assert {"config.yaml", "checkpoint.pt", "model.pt", "metrics.csv", "curves.png", "done.json", "test_probs.npz",
             "predictions.csv", "val_probs.npz", "val_predictions.csv"} <= names
     classes = load_taxonomy().names
     test = np.load(run / "test_probs.npz")
@@ -55,19 +55,106 @@ def test_train_writes_the_contracted_artefacts(tiny_root, tmp_path):
     assert train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"resume": True})})) == run
 
 
-def test_resume_reproduces_the_uninterrupted_run(tiny_root, tmp_path):
-    full = train(_cfg(tiny_root, tmp_path, "train.epochs=3", "output.run_name=full"))
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_root, tmp_path_factory):
+    """A 3-epoch tiny run in one go, with the default checkpointing (full checkpoint every epoch)."""
+    return train(_cfg(tiny_root, tmp_path_factory.mktemp("uninterrupted"), "train.epochs=3", "output.run_name=full"))
+
+
+def assert_same_run(a, b):
+    """Two finished run folders hold the same weights, metrics (but timings) and test probabilities, exactly."""
+    wa, wb = (torch.load(r / "model.pt", weights_only=False) for r in (a, b))
+    assert wa["epoch"] == wb["epoch"] == torch.load(b / "checkpoint.pt", weights_only=False)["epoch"]
+    for key in wa["model"]:
+        assert torch.equal(wa["model"][key], wb["model"][key]), key
+    ma, mb = (pd.read_csv(r / "metrics.csv").drop(columns=list(TIMING)) for r in (a, b))
+    pd.testing.assert_frame_equal(ma, mb, check_exact=True)
+    assert np.array_equal(np.load(a / "test_probs.npz")["probs"], np.load(b / "test_probs.npz")["probs"])
+
+
+def kill_in_epoch(monkeypatch, n: int) -> None:
+    """Make the n-th train_one_epoch call of the next training raise KeyboardInterrupt (a kill)."""
+    real_epoch, calls = train_module.train_one_epoch, []
+
+    def killed(*a, **k):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real_epoch(*a, **k)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", killed)
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_root, tmp_path, uninterrupted):
     part = train(_cfg(tiny_root, tmp_path, "train.epochs=3", "output.run_name=part", "train.max_epochs_this_run=1"))
     assert not (part / "done.json").exists()
     assert len(pd.read_csv(part / "metrics.csv")) == 1
     train(_cfg(tiny_root, tmp_path, "train.epochs=3", "output.run_name=part", "train.resume=true"))
-    a, b = (torch.load(r / "checkpoint.pt", weights_only=False) for r in (full, part))
+    a, b = (torch.load(r / "checkpoint.pt", weights_only=False) for r in (uninterrupted, part))
     assert a["epoch"] == b["epoch"] == 3
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    ma, mb = (pd.read_csv(r / "metrics.csv").drop(columns=list(TIMING)) for r in (full, part))
-    pd.testing.assert_frame_equal(ma, mb, check_exact=True)
-    assert np.array_equal(np.load(full / "test_probs.npz")["probs"], np.load(part / "test_probs.npz")["probs"])
+    assert_same_run(uninterrupted, part)
+
+
+def test_sparse_full_checkpoints_resume_from_the_full_one(tiny_root, tmp_path, uninterrupted, monkeypatch, capsys):
+    """model.pt every epoch, checkpoint.pt every 3rd (and at a planned stop); a kill after a weights-only epoch
+    resumes from the older full checkpoint, says so, and ends exactly as the uninterrupted run."""
+    args = ("train.epochs=3", "output.run_name=sparse", "train.full_checkpoint_every=3")
+    run = train(_cfg(tiny_root, tmp_path, *args, "train.max_epochs_this_run=1"))
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["epoch"] == 1  # a planned stop writes it
+    kill_in_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny_root, tmp_path, *args, "train.resume=true"))
+    monkeypatch.undo()
+    weights, full = (torch.load(run / name, weights_only=False) for name in ("model.pt", "checkpoint.pt"))
+    assert (weights["epoch"], full["epoch"]) == (2, 1)
+    assert set(weights) == {"model", "epoch", "config", "classes"} and tuple(weights["classes"]) == load_taxonomy().names
+    # the AdamW moments make the full checkpoint about 3x the weights
+    assert (run / "checkpoint.pt").stat().st_size > 2.5 * (run / "model.pt").stat().st_size
+    capsys.readouterr()
+    train(_cfg(tiny_root, tmp_path, *args, "train.resume=true"))
+    out = capsys.readouterr().out
+    assert "resuming" in out and "after epoch 1" in out and "model.pt holds epoch 2" in out
+    assert_same_run(uninterrupted, run)
+
+
+def test_weights_only_checkpoint_without_a_full_one(tiny_root, tmp_path, monkeypatch, capsys):
+    """Killed before the first full checkpoint: the run folder is taken (no silent overwrite), and a resume
+    starts again from epoch 0, saying why."""
+    cfg = _cfg(tiny_root, tmp_path, "train.epochs=2", "train.full_checkpoint_every=5")
+    kill_in_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.undo()
+    run = tmp_path / cfg.output.run_name
+    assert sorted(p.name for p in run.glob("*.pt")) == ["model.pt"]
+    with pytest.raises(FileExistsError, match="resume"):
+        train(cfg)
+    capsys.readouterr()
+    train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"resume": True})}))
+    assert "no full checkpoint.pt to continue from: training starts again from epoch 0" in capsys.readouterr().out
+    assert (run / "done.json").exists() and len(pd.read_csv(run / "metrics.csv")) == 2
+
+
+def test_batched_augmentation_trains_and_resumes_exactly(tiny_root, tmp_path):
+    """augment.batched: the loader yields uint8 crops, the loop augments them; a split run equals an
+    uninterrupted one bit for bit."""
+    args = ("augment.batched=true", "train.epochs=3", "augment.downscale=[0.5,1.0]")
+    taxonomy = load_taxonomy()
+    cfg = _cfg(tiny_root, tmp_path, *args)
+    caches = [load_split(cfg, taxonomy, s, progress=False) for s in ("train", "test")]
+    data = build_datasets(cfg, taxonomy, *caches)
+    x, _ = data.train[0]
+    assert x.dtype == torch.uint8 and x.shape == (1, 16, 16, 3)  # raw cached view: augmented on the device
+    assert data.val["val"][0][0].dtype == torch.float32  # evaluation is unchanged
+    full = train(_cfg(tiny_root, tmp_path, *args, "output.run_name=full"))
+    metrics = pd.read_csv(full / "metrics.csv")
+    assert len(metrics) == 3 and np.isfinite(metrics[["train_loss", "val_loss"]]).all().all()
+    part = train(_cfg(tiny_root, tmp_path, *args, "output.run_name=part", "train.max_epochs_this_run=2"))
+    assert not (part / "done.json").exists()
+    train(_cfg(tiny_root, tmp_path, *args, "output.run_name=part", "train.resume=true"))
+    assert_same_run(full, part)
 
 
 def test_loss_options_views_and_set_targets_train_and_resume_exactly(tiny_root, tmp_path):
@@ -199,6 +286,12 @@ def test_metrics_pure_functions():
         == ["a.b"]
     # test-time views only change the final predictions: a checkpoint saved before the key existed resumes
     assert config_differences({"train": {}}, {"train": {"tta_views": ["identity", "hflip"]}}) == []
+    # a key added since the checkpoint was saved counts as its default there
+    assert config_differences({"a": {"b": 1}}, {"a": {"b": 1, "new": 0}}, defaults={"a": {"new": 0}}) == []
+    assert config_differences({"a": {"b": 1}}, {"a": {"b": 1, "new": 1}}, defaults={"a": {"new": 0}}) == ["a.new"]
+    # both at once: a custom ignore list and the defaults
+    assert config_differences({"a": {"b": 1}}, {"a": {"b": 2, "new": 0}}, ("a.b",), {"a": {"new": 0}}) == []
+    assert config_differences({"a": {}}, {"a": {"b": 2, "new": 1}}, ("a.b",), {"a": {"new": 0}}) == ["a.new"]
 
 
 def test_torchrun_two_processes_gloo(tiny_root, tmp_path):

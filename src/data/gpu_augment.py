@@ -28,9 +28,10 @@ Where it is not bit-identical to the albumentations path, and why:
     given (CPU) generator and then moved to the device, so a seed gives the same augmentation on CPU and CUDA.
 Inputs must be square, as the crop cache's are (TrainTransform pads non-square inputs first).
 
-When augment.device is 'gpu', the training DataLoader returns raw uint8 crops: `CropCacheDataset(crops,
-labels, transform=uint8_view)` yields (V, S, S, 3) uint8 tensors per item (batched (B, V, S, S, 3)), and
-the loop calls the augmentation after moving the batch to the device.
+With augment.batched (src.data.training), the training DataLoader returns raw uint8 crops:
+`CropCacheDataset(crops, labels, transform=uint8_view)` yields (V, S, S, 3) uint8 tensors per item (batched
+(B, V, S, S, 3)), and the loop calls the augmentation after moving the batch to the training device (a GPU,
+or the CPU, where at 32 px it is also faster than albumentations per sample: bench/bench_augment.py).
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ BRIGHTNESS, CONTRAST, SATURATION = range(3)
 
 
 def uint8_view(view: np.ndarray) -> torch.Tensor:
-    """Dataset transform for augment.device=gpu: the cached uint8 (S, S, 3) view as a tensor, unchanged."""
+    """Dataset transform for augment.batched: the cached uint8 (S, S, 3) view as a tensor, unchanged."""
     return torch.from_numpy(np.ascontiguousarray(view))
 
 

@@ -5,12 +5,18 @@ pseudo-labelled test rows, transforms and DataLoaders.
     warnings = check_missing_pixels(cfg, train_cache, test_cache)   # refuses, or warns (print them)
     data = build_datasets(cfg, taxonomy, train_cache, test_cache)
     loaders = build_loaders(cfg, data, rank, world, device)
+
+With augment.batched the training loader yields raw uint8 crops and `loaders.augment` (the batched
+augmentation of src.data.gpu_augment, drawing from `loaders.augment_generator`) turns each batch into the
+network's input on the training device; otherwise the loader's items are augmented per sample.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -21,6 +27,7 @@ from torch.utils.data.distributed import DistributedSampler
 from src.config import Config
 from src.data.cache import CropCache, download_command, load_or_build_crop_cache
 from src.data.dataset import CropCacheDataset
+from src.data.gpu_augment import build_batch_augment, uint8_view
 from src.data.splits import frame_grouped_split, shifted_downscale_factors
 from src.data.transforms import build_eval_transform, build_train_transform
 from src.gates import pseudo_label_targets
@@ -149,8 +156,12 @@ def build_datasets(cfg: Config, taxonomy: Taxonomy, train_cache: CropCache, test
     """Frame-grouped split, pseudo-labelled test rows added to training, train / eval transforms."""
     a = cfg.augment
     size = cfg.data.image_size
-    train_tf = build_train_transform(size, rrc_scale=tuple(a.rrc_scale), hflip=a.hflip, color_jitter=a.color_jitter,
-                                     pca_lighting=a.pca_lighting, downscale=a.downscale, downscale_p=a.downscale_p)
+    if a.batched:  # raw uint8 views: the loop augments whole batches on the device (Loaders.augment)
+        train_tf = uint8_view
+    else:
+        train_tf = build_train_transform(size, rrc_scale=tuple(a.rrc_scale), hflip=a.hflip,
+                                         color_jitter=a.color_jitter, pca_lighting=a.pca_lighting,
+                                         downscale=a.downscale, downscale_p=a.downscale_p)
     eval_tf = build_eval_transform(size)
     labels = train_cache.labels
     # Rows the cache flags (frame missing, bad box) keep their place but are not trained on.
@@ -194,13 +205,16 @@ def _box_sizes(index: pd.DataFrame) -> np.ndarray:
 
 @dataclass
 class Loaders:
-    """The shuffled training loader (its sampler under DDP, its generator) and how evaluation loaders are made."""
+    """The shuffled training loader (its sampler under DDP, its generator), the batched augmentation of its
+    batches (None: augmented per sample) and how evaluation loaders are made."""
 
     train: DataLoader
     sampler: DistributedSampler | None
     generator: torch.Generator
     eval_batch_size: int
     loader_args: dict
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+    augment_generator: torch.Generator | None = None
 
     def eval(self, dataset: Dataset) -> DataLoader:
         """An in-order loader over `dataset` at the evaluation batch size."""
@@ -215,4 +229,10 @@ def build_loaders(cfg: Config, data: Datasets, rank: int, world: int, device: to
                        worker_init_fn=seed_worker)
     train = DataLoader(data.train, cfg.train.batch_size, shuffle=sampler is None, sampler=sampler,
                        drop_last=len(data.train) > cfg.train.batch_size * world, generator=generator, **loader_args)
-    return Loaders(train, sampler, generator, cfg.train.eval_batch_size or 2 * cfg.train.batch_size, loader_args)
+    augment, augment_generator = None, None
+    if cfg.augment.batched:
+        augment_generator = torch.Generator()  # CPU: a seed draws the same augmentation on CPU and CUDA
+        augment = partial(build_batch_augment(cfg.augment, cfg.data.image_size, device,
+                                              channels_last=cfg.model.channels_last), generator=augment_generator)
+    return Loaders(train, sampler, generator, cfg.train.eval_batch_size or 2 * cfg.train.batch_size, loader_args,
+                   augment, augment_generator)

@@ -126,7 +126,7 @@ def validate_member_configs(cfg: PipelineConfig) -> None:
     train_overrides is a ConfigError before any step runs, not after `prepare` recorded the run."""
     build_member_config(cfg, 0, cfg.seeds[0])
     if cfg.rounds:
-        warm = cfg.layout.member_dir(0, cfg.seeds[0]) / "checkpoint.pt" if cfg.warm_start else None
+        warm = cfg.layout.member_dir(0, cfg.seeds[0]) / WEIGHTS_FILES[0] if cfg.warm_start else None
         build_member_config(cfg, 1, cfg.seeds[0], cfg.layout.pseudo_labels(1).resolve(), warm)
 
 
@@ -155,6 +155,16 @@ def open_run(cfg: PipelineConfig, step: str | None = None, wait: bool = False, l
 
 
 # ---------------------------------------------------------------------------------------- training
+# A member's weight files, preferred first: src.checkpoint's WEIGHTS_FILE and CHECKPOINT_FILE (named here so
+# that the ensemble-only stages need not load torch).
+WEIGHTS_FILES = ("model.pt", "checkpoint.pt")
+
+
+def has_weights(run_dir: Path) -> bool:
+    """Whether a member's folder holds saved weights (model.pt or checkpoint.pt): its training has begun."""
+    return any((Path(run_dir) / name).is_file() for name in WEIGHTS_FILES)
+
+
 def train_member(config) -> Path:
     """src.train.train, imported late so the ensemble-only stages do not load torch; its input errors
     (a resume with a changed config, bad pseudo-labels) become StageError."""
@@ -170,7 +180,8 @@ def train_member(config) -> Path:
 
 def build_member_config(cfg: PipelineConfig, r: int, seed: int, pseudo_labels: Path | None = None,
                         init_checkpoint: Path | None = None, resume: bool = False):
-    """A new training Config for one member: the training YAML, the pipeline's train_overrides, its place in the run."""
+    """A new training Config for one member: the training YAML, the pipeline's train_overrides (and, when it starts
+    from init_checkpoint, warm_start_overrides), its place in the run."""
     from src.config import Config
 
     run_dir = cfg.layout.member_dir(r, seed)
@@ -187,7 +198,10 @@ def build_member_config(cfg: PipelineConfig, r: int, seed: int, pseudo_labels: P
         overrides.append("train.resume=true")
     if cfg.allow_missing_test:
         overrides.append("data.allow_missing_test=true")
-    tree = deep_merge(deep_merge(base, cfg.train_overrides), parse_overrides(overrides, Config))
+    tree = deep_merge(base, cfg.train_overrides)
+    if init_checkpoint is not None:
+        tree = deep_merge(tree, cfg.warm_start_overrides)
+    tree = deep_merge(tree, parse_overrides(overrides, Config))
     return validate_config(Config, tree, source=f"{cfg.train_config or 'training defaults'} + train_overrides")
 
 
@@ -195,6 +209,8 @@ def train_round(cfg: PipelineConfig, r: int, pseudo_labels: Path | None = None, 
                 trainer: Callable | None = None, member_index: int | None = None) -> list[Path]:
     """Train (sequentially) every seed's member of round r, or only seeds[member_index] (a SLURM array task);
     members with done.json are skipped, an interrupted one resumes from its checkpoint."""
+    from src.predict import weights_file  # torch: only the training stages load it
+
     trainer = trainer or train_member
     if member_index is not None and not 0 <= member_index < len(cfg.seeds):
         raise StageError(f"member index {member_index} out of range for {len(cfg.seeds)} seeds")
@@ -210,12 +226,13 @@ def train_round(cfg: PipelineConfig, r: int, pseudo_labels: Path | None = None, 
             continue
         init = None
         if warm_from is not None:
-            init = cfg.layout.member_dir(warm_from, seed) / "checkpoint.pt"
-            if not init.is_file():
-                raise StageError(f"warm start: {init} does not exist")
+            try:
+                init = weights_file(cfg.layout.member_dir(warm_from, seed))
+            except FileNotFoundError as err:
+                raise StageError(f"warm start: {err}") from None
         start = time.time()
         print(f"  member seed {seed} ({i + 1}/{len(cfg.seeds)}): training -> {run_dir}", flush=True)
-        trainer(build_member_config(cfg, r, seed, pseudo_labels, init, resume=(run_dir / "checkpoint.pt").is_file()))
+        trainer(build_member_config(cfg, r, seed, pseudo_labels, init, resume=has_weights(run_dir)))
         if not (run_dir / "done.json").is_file():
             raise StageError(f"training of {run_dir} returned without writing done.json")
         print(f"  member seed {seed}: finished in {time.time() - start:.0f} s", flush=True)
@@ -236,7 +253,11 @@ def check_member_config(cfg: PipelineConfig, r: int, seed: int, pseudo_labels: P
         saved = load_config(Config, run_dir / "config.yaml").model_dump(mode="json")
     except ConfigError:
         saved = {}
-    warm = cfg.layout.member_dir(r - 1, seed) / "checkpoint.pt" if cfg.warm_start and r else None
+    warm = None
+    if cfg.warm_start and r:  # the file train_round started it from: model.pt, or an older run's checkpoint.pt
+        previous = cfg.layout.member_dir(r - 1, seed)
+        warm = next((previous / name for name in WEIGHTS_FILES if (previous / name).is_file()),
+                    previous / WEIGHTS_FILES[0])
     wanted = build_member_config(cfg, r, seed, pseudo_labels, warm).model_dump(mode="json")
     reusable = tuple(k for k in RESUMABLE_KEYS if k not in FINAL_PREDICTION_KEYS)  # its predictions are final
     changed = config_differences(saved, wanted, reusable) if saved else ["(unreadable config.yaml)"]

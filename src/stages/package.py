@@ -28,7 +28,7 @@ from src.artifacts import atomic_write_json, atomic_write_text
 from src.config import config_to_yaml
 from src.ensemble import FRAME_DECODERS
 from src.manifest import MANIFEST, MANIFEST_FORMAT, sha256, write_frame_prior
-from src.stages.common import StageError, load_round, open_run, run_cli, stage_parser
+from src.stages.common import StageError, has_weights, load_round, open_run, run_cli, stage_parser
 from src.stages.pipeline_config import PipelineConfig
 from src.taxonomy import DEFAULT_TAXONOMY_PATH, load_taxonomy
 
@@ -36,11 +36,14 @@ SRC_DIR = Path(__file__).resolve().parents[1]  # the project's src/ package
 MEMBER_FILES = ("config.yaml", "metrics.csv", "done.json")
 
 
-def slim_weights(checkpoint: Path, out: Path) -> None:
-    """model.pt: the checkpoint's model weights, class names, config and epoch (no optimiser/RNG state)."""
+def slim_weights(member: Path, out: Path) -> None:
+    """model.pt: the member's model weights, class names, config and epoch (no optimiser/RNG state), from its
+    weights-only model.pt or, for runs trained before there was one, its checkpoint.pt."""
     import torch
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    from src.predict import weights_file
+
+    state = torch.load(weights_file(member), map_location="cpu", weights_only=False)
     slim = {key: state[key] for key in ("model", "classes", "config", "epoch") if key in state}
     torch.save(slim, out)
 
@@ -63,9 +66,10 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
         raise StageError(f"--kaggle-id must look like USER/dataset-slug, got {kaggle_id!r}")
     taxonomy = load_taxonomy()
     members = [cfg.layout.member_dir(r, s) for s in cfg.seeds]
-    unfinished = [str(m) for m in members if not (m / "done.json").is_file() or not (m / "checkpoint.pt").is_file()]
+    unfinished = [str(m) for m in members if not (m / "done.json").is_file() or not has_weights(m)]
     if unfinished:
-        raise StageError(f"round {r} members are not finished (no done.json/checkpoint.pt): {', '.join(unfinished)}")
+        raise StageError(f"round {r} members are not finished (no done.json, or neither model.pt nor "
+                         f"checkpoint.pt): {', '.join(unfinished)}")
     fitted = load_round(cfg, members, taxonomy)
     temperature, frame_prior = fitted.temperature, fitted.frame_prior
     if decoder == "bayes_cal" and temperature is None:
@@ -82,7 +86,7 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
             dest = tmp / "members" / f"seed_{seed}"
             dest.mkdir(parents=True)
             print(f"  member seed {seed}: {member} -> {dest.relative_to(tmp)}", flush=True)
-            slim_weights(member / "checkpoint.pt", dest / "model.pt")
+            slim_weights(member, dest / "model.pt")
             for name in MEMBER_FILES:
                 if (member / name).is_file():
                     shutil.copy2(member / name, dest / name)

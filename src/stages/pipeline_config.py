@@ -7,6 +7,9 @@
     data_root: inputs/synthetic/demo    # becomes data.root of every member
     seeds: [0, 1, 2]                    # one ensemble member per seed
     rounds: 2                           # self-training rounds after the initial ensemble
+    warm_start: true                    # rounds >= 1 fine-tune the previous round's member of the same seed ...
+    warm_start_overrides:               # ... with these training keys (e.g. fewer epochs)
+      train: {epochs: 6}
     pseudo: {min_votes: 2}              # the pseudo-label gate (and coarse / frame-aware options)
     decoding: {decoders: [argmax, bayes], sigma: top2_sigma, diffusion_alpha: 0.3}
     ...
@@ -101,7 +104,10 @@ class PipelineConfig(StrictModel):
     seeds: list[int] = Field([0, 1, 2], description="one ensemble member per seed")
     split_seed: int = Field(0, description="one validation split for every member (a fair ensemble validation score)")
     rounds: int = Field(2, ge=0, description="self-training rounds after the initial ensemble")
-    warm_start: bool = Field(False, description="round r members start from round r-1's checkpoint of the same seed")
+    warm_start: bool = Field(False, description="round r members start from round r-1's weights of the same seed")
+    warm_start_overrides: dict[str, Any] = Field(
+        {}, description="with warm_start: nested training keys merged over train_overrides for the warm-started "
+        "members (rounds >= 1), e.g. {train: {epochs: 10}, optim: {lr: 3.0e-4, warmup_epochs: 0}}")
     allow_missing_test: bool = Field(
         False, description="go on although test ROIs have no pixels (frames missing or undecodable): members predict "
         "them from black crops and submit writes them (default: prepare, training and submit stop, naming the "

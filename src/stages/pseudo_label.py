@@ -34,7 +34,7 @@ from src.gates import (
 from src.plots import plot_threshold_curves
 from src.score import mean_distance, read_solution
 from src.stages.common import (
-    StageError, load_round, load_taxonomy_and_distance, new_run_name, open_run, run_cli, stage_parser,
+    StageError, has_weights, load_round, load_taxonomy_and_distance, new_run_name, open_run, run_cli, stage_parser,
 )
 from src.stages.pipeline_config import COARSE_RANKS, PipelineConfig, PseudoLabelConfig
 
@@ -127,7 +127,7 @@ def refuse_rewrite_under_trained_round(cfg: PipelineConfig, r: int, new_text: st
     from `new_text`: an artefact later steps were built on is never rewritten."""
     path = cfg.layout.pseudo_labels(r)
     started = [d for d in (cfg.layout.member_dir(r, s) for s in cfg.seeds)
-               if (d / "done.json").is_file() or (d / "checkpoint.pt").is_file()]
+               if (d / "done.json").is_file() or has_weights(d)]
     if started and path.is_file() and path.read_text() != new_text:
         raise StageError(f"{path} is what round {r}'s members ({started[0]}, ...) were trained on; it is not "
                          f"rewritten with other pseudo-labels: start a new run with name={new_run_name(cfg)}")

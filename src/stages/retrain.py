@@ -3,7 +3,8 @@
     python -m src.stages.retrain CONFIG.yaml [overrides] --round R [--print-sbatch]
 
 Each member reads round_R/pseudo_labels.csv through data.pseudo_labels (the training annotations are
-never modified); with warm_start, member seed s starts from round R-1's checkpoint of seed s.
+never modified); with warm_start, member seed s starts from the weights of round R-1's member of seed s
+(its model.pt) and trains with warm_start_overrides over train_overrides.
 Finished members (done.json) are skipped. --print-sbatch prints the SLURM job-array command
 (train_model.sh CONFIG --round R, one task per seed).
 """
