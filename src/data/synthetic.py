@@ -5,14 +5,22 @@ The structure is the real competition's (src/data/skeleton.py): the train split 
 frames with their real label multisets, the test split the 325 real test frames with their real sizes
 and box geometry, labels drawn with the real per-frame composition (mostly one taxon per frame) and
 class-dependent sizes. The pixels are drawn (src/data/synthetic_shapes.py). It writes, under ROOT:
-  frames/train/*.png, frames/test/*.png   underwater-looking frames
+  frames/train/*.jpg, frames/test/*.jpg   underwater-looking frames
   dataset_train.json, dataset_test.json   COCO files like the competition's (test category_id null,
                                           coco_url = file:// URL of the frame)
   solution.csv                            annotation_id,concept_name for every test annotation
   generator.json                          the generator's parameters (written last: complete)
 Frames are drawn at `render_scale` times the real pixel size (default 32/112: a 32-px model sees a box
 as the team's 112-px model sees the real one). The test split is shifted like the real one: train
-objects are larger (by 1 + 0.6 x shift), test frames blurrier, more turbid, darker, with another lamp.
+objects are larger (by 1 + TRAIN_SIZE_GAIN x shift), more test frames are bad (murky, dim, out of
+focus), the lamp is another colour, and more test individuals look like a concept of another class.
+
+Why models err here as they do on the real test (see bench/REALISM.md): deep-sea animals of unrelated
+phyla share a few colours, so a small or degraded animal is mistaken for a look-alike of another
+phylum; body plans and shapes follow the taxonomy, so a well-seen animal is mistaken, if at all, for a
+relative; concepts named at class or phylum rank look like any of their members; a share of the
+individuals look like another class's concept (every model fails on them); and bad frames degrade all
+their animals at once.
 
     python -m src.data.synthetic --out inputs/synthetic/demo --preset demo --seed 0 --preview preview.png
 """
@@ -40,7 +48,7 @@ from tqdm import tqdm
 from src.artifacts import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 from src.data.skeleton import Skeleton, load_skeleton
 from src.data.synthetic_shapes import (PELAGIC_PLANS, UPRIGHT_PLANS, Appearance, Genes, concept_genes, draw_sprite,
-                                       instance_genes)
+                                       instance_genes, rotate_sprite)
 from src.taxonomy import Taxonomy, load_taxonomy
 
 
@@ -60,21 +68,24 @@ PRESETS = {
     "fathomnet": Preset(None, None, "all 23,699 train / 788 test ROIs of the real data set, for GPU runs"),
 }
 DEFAULT_SHIFT = 1.0
-DEFAULT_RENDER_SCALE = 32 / 112
-TRAIN_SIZE_GAIN = 0.6  # train objects are 1 + gain x shift times the test size: the real test is "smaller"
+DEFAULT_RENDER_SCALE = 0.5
+TRAIN_SIZE_GAIN = 0.35  # train objects are 1 + gain x shift times the test size: the real test is "smaller"
 MIN_REL_SIZE, MAX_REL_SIZE = 0.006, 0.6  # object long side relative to the frame's long side
+SHAPE_FIT_WEIGHT = 10.0  # how strongly test labels follow the shape of their boxes (log-likelihood weight)
 SPLIT_CODE = {"train": 0, "test": 1}
 GENERATOR_VERSION = 2
-# Noisy frames barely compress with LZ77: Huffman-only coding is as fast as level 1 and 20% smaller.
-PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
+# Video frame grabs: JPEG at quality 95 is 6x smaller than PNG for these noisy frames, artefacts barely visible.
+JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 95]
 
 
 @dataclass(frozen=True)
 class FrameStyle:
-    """Imaging conditions of a split. Each frame draws a quality q in 0..1 (Beta(*quality)); the ranges
-    below go from a good frame (q = 0) to a bad one (q = 1), so bad frames are bad for all their animals."""
+    """Imaging conditions of a split. Each frame draws a badness q in 0..1: a share `bad_frames` of the frames
+    (murky water, a dim lamp, out of focus) draw it from U(0.6, 1), the others from Beta(*quality); the ranges
+    below go from a good frame (q = 0) to a bad one (q = 1), so a bad frame is bad for all its animals."""
 
-    quality: tuple[float, float]      # Beta parameters of the frame's badness
+    quality: tuple[float, float]      # Beta parameters of the badness of ordinary frames
+    bad_frames: float                 # share of bad frames
     blur: tuple[float, float]         # Gaussian sigma (px at the default render scale)
     noise: tuple[float, float]        # sensor noise sigma (0..255)
     turbidity: tuple[float, float]    # blend towards the water colour
@@ -91,15 +102,16 @@ def split_style(split: str, shift: float) -> FrameStyle:
         raise ValueError(f"shift must be in 0..1, got {shift}")
     s = shift if split == "test" else 0.0
     return FrameStyle(
-        quality=(1.6, 4.0 - 1.6 * s),
-        blur=(0.35 + 0.1 * s, 1.6 + 0.6 * s),
-        noise=(1.0 + 0.5 * s, 6.0 + 2.0 * s),
-        turbidity=(0.04 + 0.04 * s, 0.45 + 0.1 * s),
-        lamp_bgr=(1.0 - 0.15 * s, 1.0 - 0.03 * s, 1.0 + 0.15 * s),
-        vignette=(0.15 + 0.1 * s, 0.5 + 0.15 * s),
-        brightness=(1.1 - 0.05 * s, 0.55 - 0.1 * s),
-        snow=(10 + int(10 * s), 80 + int(60 * s)),
-        p_lookalike=0.05 + 0.05 * s,
+        quality=(1.2, 6.0 - 2.0 * s),
+        bad_frames=0.08 + 0.17 * s,
+        blur=(0.3 + 0.1 * s, 0.9 + 0.3 * s),
+        noise=(1.0 + 0.5 * s, 5.0 + 1.5 * s),
+        turbidity=(0.03 + 0.03 * s, 0.3 + 0.08 * s),
+        lamp_bgr=(1.0 - 0.06 * s, 1.0 - 0.01 * s, 1.0 + 0.06 * s),
+        vignette=(0.15 + 0.1 * s, 0.45 + 0.15 * s),
+        brightness=(1.1 - 0.05 * s, 0.7 - 0.1 * s),
+        snow=(10 + int(10 * s), 60 + int(40 * s)),
+        p_lookalike=0.03 + 0.05 * s,
     )
 
 
@@ -137,7 +149,34 @@ def cooccurrence(multisets: list[np.ndarray], n_classes: int, smoothing: float =
     return counts / counts.sum(1, keepdims=True)
 
 
-def assign_test_labels(skeleton: Skeleton, n_classes: int, rng: np.random.Generator,
+def class_extents(genes: list[Genes], rng: np.random.Generator, instances: int = 6,
+                  angles: int = 16) -> np.ndarray:
+    """(C, instances, angles, 2) tight-box width and height of drawn individuals of each class at evenly
+    spaced rotations, relative to their longest extent: the boxes each class's silhouette can fill."""
+    theta = np.deg2rad(np.arange(angles) * 180.0 / angles)[:, None]  # a box is the same at theta + 180
+    out = np.empty((len(genes), instances, angles, 2))
+    for c in range(len(genes)):
+        for k in range(instances):
+            _, alpha = draw_sprite(instance_genes(genes, c, rng), 40.0, 0.0, rng)
+            ys, xs = np.nonzero(alpha > 0.2)
+            x, y = xs[None] - xs.mean(), ys[None] - ys.mean()
+            out[c, k, :, 0] = np.ptp(x * np.cos(theta) + y * np.sin(theta), axis=1) + 1
+            out[c, k, :, 1] = np.ptp(-x * np.sin(theta) + y * np.cos(theta), axis=1) + 1
+            out[c, k] /= out[c, k].max()
+    return out
+
+
+def box_fit(extents: np.ndarray, wh: np.ndarray) -> np.ndarray:
+    """(N, C) how fully an individual of each class can fill each w x h box at its best rotation: the
+    largest min(w / width, h / height) over rotations with both relative to the long side (1: it fills the
+    box), averaged over the drawn individuals."""
+    box = wh / wh.max(axis=1, keepdims=True)
+    ratio = np.minimum(box[:, None, None, None, 0] / extents[None, ..., 0],
+                       box[:, None, None, None, 1] / extents[None, ..., 1])
+    return np.clip(ratio.max(axis=3), 0, 1).mean(axis=2)
+
+
+def assign_test_labels(skeleton: Skeleton, n_classes: int, rng: np.random.Generator, fit: np.ndarray | None = None,
                        sweeps: int = 20, sharpness: float = 1.0) -> list[np.ndarray]:
     """Class per ROI of every real test frame (frame order, ROIs in annotation order).
 
@@ -146,7 +185,9 @@ def assign_test_labels(skeleton: Skeleton, n_classes: int, rng: np.random.Genera
     after it) x (likelihood of its box sizes under the class's real size distribution) x (co-occurrence
     with the frame's first taxon in real train frames), large frames first while every quota is open.
     Metropolis swaps of the taxa of two equal-size groups then sample the assignment from the size
-    likelihood at fixed class counts, so classes stay about equally frequent with their real sizes."""
+    likelihood at fixed class counts, so classes stay about equally frequent with their real sizes.
+    `fit` (N, C), from `box_fit`, adds how well each class's silhouette fills each box (an urchin is not
+    put in a long thin box)."""
     geometry = skeleton.test_geometry
     mu, sigma = class_size_model(skeleton, n_classes)
     K = cooccurrence(skeleton.train_multisets(), n_classes)
@@ -168,6 +209,8 @@ def assign_test_labels(skeleton: Skeleton, n_classes: int, rng: np.random.Genera
             start += group_size
             z = (log_rel[members, None] - mu[None]) / sigma[None]
             loglik = -(0.5 * z ** 2 + np.log(sigma)[None]).sum(0)
+            if fit is not None:
+                loglik = loglik + SHAPE_FIT_WEIGHT * np.log(fit[rows.index[members]] + 1e-3).sum(0)
             room = quota - group_size  # a group fits a class with quota left for all of it
             score = np.where(room >= 0, np.log1p(np.maximum(room, 0.0)), room - 3.0) + loglik
             if chosen:
@@ -248,10 +291,13 @@ def sample_frames(multisets: list[np.ndarray], target_rois: int | None, n_classe
 
 
 def plan_frames(skeleton: Skeleton, preset: Preset, seed: int, shift: float, render_scale: float,
-                n_classes: int) -> dict[str, list[FramePlan]]:
+                genes: list[Genes]) -> dict[str, list[FramePlan]]:
     """The frames of both splits for a preset: which real frames, their labels, sizes and geometry."""
+    n_classes = len(genes)
+    fit = box_fit(class_extents(genes, np.random.default_rng([seed, 2])),
+                  skeleton.test_geometry[["w", "h"]].to_numpy(np.float64))
     rng_test = np.random.default_rng([seed, SPLIT_CODE["test"], 0])
-    test_labels = assign_test_labels(skeleton, n_classes, rng_test)
+    test_labels = assign_test_labels(skeleton, n_classes, rng_test, fit)
     test_pick = sample_frames(test_labels, preset.test_rois, n_classes, rng_test)
     geometry = [g for _, g in skeleton.test_geometry.groupby("frame", sort=True)]
     test = []
@@ -340,16 +386,46 @@ def _iou(a, b) -> float:
     return inter / (a[2] * a[3] + b[2] * b[3] - inter + 1e-9)
 
 
-def _sprite(genes: Genes, size: float, upright: bool, rng) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
-    """A drawn individual and its tight box (x0, y0, x1, y1) inside the sprite."""
-    angle = rng.normal(0, 15) if upright else rng.uniform(0, 360)
-    rgb, alpha = draw_sprite(genes, size, angle, rng, flip=bool(rng.random() < 0.5))
+def _tight_box(alpha: np.ndarray) -> tuple[int, int, int, int]:
     ys, xs = np.nonzero(alpha > 0.2)
     if len(xs) == 0:
         ys, xs = np.nonzero(alpha > 0)
     if len(xs) == 0:
-        return rgb, alpha, (0, 0, alpha.shape[1], alpha.shape[0])
-    return rgb, alpha, (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+        return 0, 0, alpha.shape[1], alpha.shape[0]
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def _sprite(genes: Genes, size: float, upright: bool, rng) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """A drawn individual and its tight box (x0, y0, x1, y1) inside the sprite."""
+    angle = rng.normal(0, 15) if upright else rng.uniform(0, 360)
+    rgb, alpha = draw_sprite(genes, size, angle, rng, flip=bool(rng.random() < 0.5))
+    return rgb, alpha, _tight_box(alpha)
+
+
+def _sprite_in_box(genes: Genes, w: float, h: float, upright: bool,
+                   rng) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """An individual drawn to fill a w x h box: the orientation whose extent fits the box best (near upright
+    for animals standing on the seafloor), then scaled so its tight box fits the box."""
+    rgb, alpha = draw_sprite(genes, max(w, h), 0.0, rng, flip=bool(rng.random() < 0.5))
+    ys, xs = np.nonzero(alpha > 0.2)
+    if len(xs) < 2:
+        return rgb, alpha, _tight_box(alpha)
+    centre = (alpha.shape[0] - 1) / 2
+    offset = rng.uniform(0, 360)
+    angles = rng.normal(0, 15, 6) if upright else (offset + np.arange(0, 360, 22.5)) % 360
+    rad = np.deg2rad(angles)[:, None]
+    x, y = xs[None] - centre, ys[None] - centre
+    extent_w = np.ptp(x * np.cos(rad) + y * np.sin(rad), axis=1) + 1
+    extent_h = np.ptp(-x * np.sin(rad) + y * np.cos(rad), axis=1) + 1
+    fit = np.minimum(w / extent_w, h / extent_h)
+    best = int(np.argmax(fit + rng.uniform(0, 0.02, len(fit))))
+    rgb, alpha = rotate_sprite(rgb, alpha, float(angles[best]))
+    scale = float(np.clip(fit[best], 0.25, 1.6))
+    if abs(scale - 1) > 0.03:
+        side = max(2, round(alpha.shape[0] * scale))
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        rgb, alpha = cv2.resize(rgb, (side, side), interpolation=interp), cv2.resize(alpha, (side, side), interpolation=interp)
+    return rgb, alpha, _tight_box(alpha)
 
 
 def _place(bw: int, bh: int, width: int, height: int, on_floor: bool, horizon: float, placed: list,
@@ -379,7 +455,7 @@ def render_frame(plan: FramePlan, genes: list[Genes], style: FrameStyle, rng: np
     the planned long sides are placed and their tight boxes returned. The frame's habitat and water depth
     follow its first animal (weak cue); its quality (one draw per frame) degrades all its animals alike."""
     width, height, labels = plan.width, plan.height, plan.labels
-    quality = float(rng.beta(*style.quality))
+    quality = float(rng.uniform(0.6, 1.0) if rng.random() < style.bad_frames else rng.beta(*style.quality))
     first = genes[labels[0]]
     seafloor = bool(rng.random() < first.floor_prob)
     depth = float(np.clip(first.depth + rng.normal(0, 0.2), 0, 1))
@@ -392,13 +468,7 @@ def render_frame(plan: FramePlan, genes: list[Genes], style: FrameStyle, rng: np
         upright = on_floor and g.plan in UPRIGHT_PLANS
         if plan.boxes is not None:
             x, y, w, h = plan.boxes[k]
-            rgb, alpha, (bx0, by0, bx1, by1) = _sprite(g, max(w, h), upright, rng)
-            fit = min(w / (bx1 - bx0), h / (by1 - by0))
-            if fit < 0.97:  # rotated, the animal does not fit its box: shrink it to fit
-                side = max(2, round(alpha.shape[0] * fit))
-                rgb = cv2.resize(rgb, (side, side), interpolation=cv2.INTER_AREA)
-                alpha = cv2.resize(alpha, (side, side), interpolation=cv2.INTER_AREA)
-                bx0, by0, bx1, by1 = (round(v * side / len(alpha)) for v in (bx0, by0, bx1, by1))
+            rgb, alpha, (bx0, by0, bx1, by1) = _sprite_in_box(g, w, h, upright, rng)
             cx, cy = x + w / 2, y + h / 2
             box = np.clip([x, y, x + w, y + h], 0, [width, height, width, height])
         else:
@@ -449,7 +519,7 @@ def _imaging(frame: np.ndarray, depth: float, style: FrameStyle, quality: float,
         v = float(rng.uniform(120, 230))
         cv2.circle(frame, (int(rng.uniform(0, w)), int(rng.uniform(0, h))), int(rng.integers(0, 2)), (v, v, v), -1,
                    cv2.LINE_AA)
-    # Noise before blur: correlated like video sensor noise (and the PNGs compress better). Uniform
+    # Noise before blur: correlated like video sensor noise (and the frames compress better). Uniform
     # noise (5x faster to draw than normal) with the same variance; the blur makes it near-Gaussian.
     noise = rng.random(frame.shape, dtype=np.float32)
     noise -= 0.5
@@ -478,13 +548,13 @@ def _render_chunk(job: tuple) -> list[tuple[dict, list[list[float]]]]:
     out = []
     for i, plan in chunk:
         rng = np.random.default_rng([seed, SPLIT_CODE[split], 1, i])  # per frame: any order, same pixels
-        file_name = f"{uuid.UUID(bytes=rng.bytes(16), version=4)}.png"
+        file_name = f"{uuid.UUID(bytes=rng.bytes(16), version=4)}.jpg"
         image, boxes = render_frame(plan, genes, style, rng, blur_scale)
         path = Path(frame_dir) / file_name
-        ok, png = cv2.imencode(".png", image, PNG_PARAMS)
+        ok, encoded = cv2.imencode(".jpg", image, JPEG_PARAMS)
         if not ok:
             raise RuntimeError(f"could not encode frame {path}")
-        atomic_write_bytes(path, png.tobytes())
+        atomic_write_bytes(path, encoded.tobytes())
         url = path.resolve().as_uri()
         captured = (dt.datetime(2012, 1, 1) + dt.timedelta(minutes=int(rng.integers(0, 6_000_000))))
         out.append(({"id": i + 1, "width": plan.width, "height": plan.height, "file_name": file_name, "license": 0,
@@ -571,10 +641,10 @@ def generate_benchmark(out_dir: str | Path, preset: str = "demo", seed: int = 0,
     workers = workers or os.cpu_count() or 1
     (out_dir / "generator.json").unlink(missing_ok=True)  # the folder is incomplete until rewritten
     for split in SPLIT_CODE:  # frames of an earlier generation (ours, see the check above)
-        for old in (out_dir / "frames" / split).glob("*.png"):
+        for old in [*(out_dir / "frames" / split).glob("*.png"), *(out_dir / "frames" / split).glob("*.jpg")]:
             old.unlink()
     genes = concept_genes(taxonomy, appearance)
-    plans = plan_frames(skeleton, PRESETS[preset], seed, shift, render_scale, len(taxonomy))
+    plans = plan_frames(skeleton, PRESETS[preset], seed, shift, render_scale, genes)
     blur_scale = render_scale / DEFAULT_RENDER_SCALE
     header = _coco_header(preset, seed, shift)
     solution: list[tuple[int, str]] = []
@@ -675,7 +745,7 @@ def write_preview(root: str | Path, out_png: str | Path, taxonomy: Taxonomy | No
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m src.data.synthetic",
-        description="Generate a FathomNet-shaped benchmark (COCO files, PNG frames, solution.csv): the real 79 "
+        description="Generate a FathomNet-shaped benchmark (COCO files, JPEG frames, solution.csv): the real 79 "
                     "concepts and taxonomy, the real frames' label multisets and the real test geometry, with "
                     "drawn pixels; the test split is shifted (smaller objects, worse imaging).")
     parser.add_argument("--out", required=True, type=Path, help="output folder (ROOT)")

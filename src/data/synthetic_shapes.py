@@ -74,12 +74,14 @@ class Appearance:
     concept. Real errors cross phyla because deep-sea animals of unrelated groups share colours and
     silhouettes once small or blurred; these knobs set that (calibrated with `python -m bench.realism`)."""
 
-    p_class_colour: float = 0.25    # share of concepts coloured like their class
+    p_class_colour: float = 0.45    # share of concepts coloured like their class
     p_order_colour: float = 0.15    # ... like their order; the rest get a colour of their own
-    colour_spread: float = 1.0      # scale of the finer ranks' hue / saturation / value offsets
+    colour_spread: float = 1.8      # scale of the finer ranks' hue / saturation / value offsets
     p_relative: float = 0.4         # a concept named at family..order rank drawn like a finer relative
     p_relative_coarse: float = 0.6  # the same for concepts named at class or phylum rank
     n_lookalikes: int = 2           # look-alikes of another class per concept
+    fine_shape: float = 1.8         # scale of the genus and species steps of the shape walk
+    p_own_texture: float = 0.5      # share of concepts with a texture of their own (else their order's)
 
 
 # Deep-sea animals of every phylum share a few colours (OpenCV HSV): red, orange, salmon pink, pale,
@@ -129,7 +131,8 @@ def concept_genes(taxonomy: Taxonomy, look: Appearance = Appearance()) -> list[G
                     PLANS[int(u["phylum"][0] * len(PLANS)) % len(PLANS)])
         # Shape: a random walk down the tree (the phylum already chose the plan): big steps at class,
         # small ones at species.
-        weights = {"class": 0.75, "order": 0.4, "family": 0.28, "genus": 0.18, "species": 0.1}
+        weights = {"class": 0.75, "order": 0.4, "family": 0.28, "genus": 0.18 * look.fine_shape,
+                   "species": 0.1 * look.fine_shape}
         shape = 0.5 + sum(w * (u[r][3:3 + N_SHAPE] - 0.5) for r, w in weights.items())
         count_delta = int(np.floor(u["genus"][12] * 3)) - 1 + (u["species"][12] > 0.8) - (u["species"][12] < 0.2)
         body = _body_colour(name, u, dict(zip(RANKS[1:], (key for key, _ in keys))), look)
@@ -137,6 +140,8 @@ def concept_genes(taxonomy: Taxonomy, look: Appearance = Appearance()) -> list[G
         sec = (sec_hue, 60 + 160 * u["order"][14], 60 + 170 * u["order"][15])
         acc = ((180 * u["species"][13] + 30 * u["genus"][13]) % 180, 120 + 130 * u["species"][14],
                150 + 100 * u["species"][15])
+        own = hash_unit(f"{name}#texture")
+        texture_draw = own[1] if own[0] < look.p_own_texture else u["order"][16]
         pelagic = plan in PELAGIC_PLANS
         floor_prob = (0.15 + 0.25 * u["class"][16]) if pelagic else (0.6 + 0.35 * u["class"][16])
         out.append(Genes(
@@ -146,7 +151,7 @@ def concept_genes(taxonomy: Taxonomy, look: Appearance = Appearance()) -> list[G
             body_hsv=body,
             sec_hsv=tuple(float(np.clip(x, 0, 255)) for x in sec),
             acc_hsv=tuple(float(np.clip(x, 0, 255)) for x in acc),
-            texture=TEXTURES[int(u["order"][16] * len(TEXTURES)) % len(TEXTURES)],
+            texture=TEXTURES[int(texture_draw * len(TEXTURES)) % len(TEXTURES)],
             tex_contrast=float(0.35 + 0.5 * u["order"][17]),
             tex_freq=float(2.0 + 5.0 * u["family"][17] + 1.0 * (u["genus"][17] - 0.5)),
             spot_density=float(np.clip(0.2 + 0.6 * u["genus"][18] + 0.2 * (u["species"][18] - 0.5), 0, 1)),
@@ -667,6 +672,13 @@ def draw_sprite(g: Genes, size: float, angle_deg: float, rng: np.random.Generato
     if flip:
         stack = stack[:, ::-1]
     stack = cv2.resize(stack, (out, out), interpolation=cv2.INTER_AREA)
+    return rotate_sprite(stack[..., :3], stack[..., 3], angle_deg)
+
+
+def rotate_sprite(bgr: np.ndarray, alpha: np.ndarray, angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate a sprite about its centre (drawings stay inside the inscribed circle, so nothing is cut)."""
+    out = alpha.shape[0]
+    stack = np.concatenate([bgr, alpha[..., None]], 2)
     M = cv2.getRotationMatrix2D(((out - 1) / 2, (out - 1) / 2), float(angle_deg), 1.0)
     stack = cv2.warpAffine(stack, M, (out, out), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0, 0))
     return stack[..., :3], np.clip(stack[..., 3], 0, 1)
