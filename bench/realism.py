@@ -1,6 +1,6 @@
 """Does the generated benchmark put models where real FathomNet 2025 models are? Writes bench/REALISM.md.
 
-    python -m bench.realism                       # bench preset, 3 generator seeds, about 40 min on 2 idle cores
+    python -m bench.realism                       # bench preset, 3 generator seeds, about 35 min on 2 idle cores
     python -m bench.realism --gen-seeds 0 --model-seeds 0      # one run, a quick look
 
 It generates the preset for each generator seed (skipped when the folder already holds the same

@@ -4,12 +4,15 @@ import pandas as pd
 import pytest
 
 from src.data.skeleton import FILES, SKELETON_DIR, derive_skeleton, load_skeleton
-from src.data.synthetic import (PRESETS, assign_test_labels, class_size_model, cooccurrence, plan_frames,
+from src.data.synthetic import (PRESETS, TRAIN_SIZE_GAIN, assign_test_labels, class_size_model, cooccurrence, plan_frames,
                                 sample_frames)
+from src.data.synthetic_shapes import Appearance, concept_genes
 from src.error_profile import spearman
+from src.taxonomy import load_taxonomy
 
 SKELETON = load_skeleton()
 C = 79
+GENES = concept_genes(load_taxonomy(), Appearance())
 
 
 def test_shipped_skeleton_has_the_real_counts():
@@ -70,7 +73,7 @@ def test_sample_frames_keeps_whole_frames_and_balance():
 
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_presets_plan_real_frames(preset):
-    plans = plan_frames(SKELETON, PRESETS[preset], seed=0, shift=1.0, render_scale=0.25, n_classes=C)
+    plans = plan_frames(SKELETON, PRESETS[preset], seed=0, shift=1.0, render_scale=0.25, genes=GENES)
     p = PRESETS[preset]
     n_train = sum(len(f.labels) for f in plans["train"])
     n_test = sum(len(f.labels) for f in plans["test"])
@@ -89,9 +92,9 @@ def test_train_objects_are_larger_with_shift():
     def median_rel(plans):
         return np.median(np.concatenate([f.sizes / max(f.width, f.height) for f in plans]))
 
-    shifted = plan_frames(SKELETON, PRESETS["demo"], 0, 1.0, 0.25, C)["train"]
-    same = plan_frames(SKELETON, PRESETS["demo"], 0, 0.0, 0.25, C)["train"]
-    assert median_rel(shifted) / median_rel(same) == pytest.approx(1.6, rel=0.05)
+    shifted = plan_frames(SKELETON, PRESETS["demo"], 0, 1.0, 0.25, GENES)["train"]
+    same = plan_frames(SKELETON, PRESETS["demo"], 0, 0.0, 0.25, GENES)["train"]
+    assert median_rel(shifted) / median_rel(same) == pytest.approx(1 + TRAIN_SIZE_GAIN, rel=0.05)
     mu, _ = class_size_model(SKELETON, C)
     assert median_rel(same) == pytest.approx(np.exp(np.median(mu)), rel=0.35)
 

@@ -10,10 +10,10 @@ class-dependent sizes. The pixels are drawn (src/data/synthetic_shapes.py). It w
                                           coco_url = file:// URL of the frame)
   solution.csv                            annotation_id,concept_name for every test annotation
   generator.json                          the generator's parameters (written last: complete)
-Frames are drawn at `render_scale` times the real pixel size (default 32/112: a 32-px model sees a box
-as the team's 112-px model sees the real one). The test split is shifted like the real one: train
-objects are larger (by 1 + TRAIN_SIZE_GAIN x shift), more test frames are bad (murky, dim, out of
-focus), the lamp is another colour, and more test individuals look like a concept of another class.
+Frames are drawn at `render_scale` times the real pixel size (default 0.5) and saved as JPEG. The test
+split is shifted like the real one: train objects are larger (by 1 + TRAIN_SIZE_GAIN x shift), more test
+frames are bad (murky, dim, out of focus), the lamp is another colour, and more test individuals look
+like a concept of another class.
 
 Why models err here as they do on the real test (see bench/REALISM.md): deep-sea animals of unrelated
 phyla share a few colours, so a small or degraded animal is mistaken for a look-alike of another
@@ -67,7 +67,7 @@ PRESETS = {
     "bench": Preset(8000, None, "about 8,000 train ROIs / the 788 real test ROIs, for studies on a CPU"),
     "fathomnet": Preset(None, None, "all 23,699 train / 788 test ROIs of the real data set, for GPU runs"),
 }
-DEFAULT_SHIFT = 1.0
+DEFAULT_SHIFT = 0.6
 DEFAULT_RENDER_SCALE = 0.5
 TRAIN_SIZE_GAIN = 0.35  # train objects are 1 + gain x shift times the test size: the real test is "smaller"
 MIN_REL_SIZE, MAX_REL_SIZE = 0.006, 0.6  # object long side relative to the frame's long side

@@ -76,9 +76,9 @@ class Appearance:
 
     p_class_colour: float = 0.45    # share of concepts coloured like their class
     p_order_colour: float = 0.15    # ... like their order; the rest get a colour of their own
-    colour_spread: float = 1.8      # scale of the finer ranks' hue / saturation / value offsets
-    p_relative: float = 0.4         # a concept named at family..order rank drawn like a finer relative
-    p_relative_coarse: float = 0.6  # the same for concepts named at class or phylum rank
+    colour_spread: float = 1.0      # scale of the finer ranks' hue / saturation / value offsets
+    p_relative: float = 0.25        # a concept named at family..order rank drawn like a finer relative
+    p_relative_coarse: float = 0.3  # the same for concepts named at class or phylum rank
     n_lookalikes: int = 2           # look-alikes of another class per concept
     fine_shape: float = 1.8         # scale of the genus and species steps of the shape walk
     p_own_texture: float = 0.5      # share of concepts with a texture of their own (else their order's)
