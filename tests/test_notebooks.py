@@ -74,7 +74,7 @@ def test_kaggle_notebook_from_roi_files_with_test_time_views_and_a_frame_decoder
     saved = load_predictions([cfg.layout.member_dir(0, s) for s in cfg.seeds], "test", load_taxonomy())
     with np.load(tmp_path / "ensemble_probs.npz") as z:
         assert (z["member_means"] == saved.member_means).all()  # the mean over the views, bit for bit
-        assert tuple(z["views"]) == saved.views and z["view_means"].shape == (1, 3, 79, 79)
+        assert tuple(z["views"]) == saved.views and z["view_means"].shape == (1, 3, 80, 79)
         assert (z["view_means"][:, 1] == saved.member_views[0][1].mean(axis=0)).all()  # the hflip view
         assert (z["image_id"] == load_round(cfg, [cfg.layout.member_dir(0, 0)], load_taxonomy()).test.frame_ids).all()
 
@@ -145,5 +145,5 @@ def test_results_notebook_runs(tiny_run, tmp_path):
     cfg, _ = tiny_run
     text = run_notebook("results.ipynb", tmp_path, RUN_DIR=str(cfg.layout.root), REPO_DIR=str(REPO))
     assert "rounds present [0, 1] of 1" in text
-    assert "round 1, decoder bayes, test: 79 ROIs" in text
+    assert "round 1, decoder bayes, test: 80 ROIs" in text
     assert "species" in text and "concept" in text

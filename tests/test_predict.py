@@ -61,14 +61,14 @@ def test_cli_on_a_round_a_package_a_run_and_roi_files(tiny_run, tmp_path, capsys
 
     assert main([str(round_dir), coco, "--out", str(tmp_path / "round.csv"), *common]) == 0
     table = pd.read_csv(tmp_path / "round.csv", keep_default_na=False)
-    assert len(table) == 79 and table["annotation_id"].is_monotonic_increasing
+    assert len(table) == 80 and table["annotation_id"].is_monotonic_increasing
     # the same ensemble mean as the pipeline's own decoders: argmax and Bayes match submit's CSVs
     for column, decoder in (("concept", "argmax"), ("bayes_concept", "bayes")):
         submitted = pd.read_csv(cfg.layout.submission(decoder))
         assert table[column].tolist() == submitted["concept_name"].tolist(), decoder
     for rank in RANKS[1:]:
         assert table[f"{rank}_probability"].between(0, 1).all()
-    assert "79 ROIs, 2 member(s)" in capsys.readouterr().out
+    assert "80 ROIs, 2 member(s)" in capsys.readouterr().out
 
     # the package (one level down) and the pipeline run folder give the very same file
     for model, name in ((kaggle_input, "package.csv"), (cfg.layout.root, "run.csv")):
@@ -90,7 +90,7 @@ def test_cli_on_a_round_a_package_a_run_and_roi_files(tiny_run, tmp_path, capsys
     assert find_members(member) == [member]
     assert main([str(member), str(rois), "--out", str(tmp_path / "files.csv"), *common]) == 0
     files = pd.read_csv(tmp_path / "files.csv", keep_default_na=False)
-    assert len(files) == 79 and files["file"].str.endswith(".png").all()
+    assert len(files) == 80 and files["file"].str.endswith(".png").all()
     assert files["phylum_probability"].between(0, 1).all()
     # ROI files hold the cache's 'roi' view: the member's own test predictions come back
     files["annotation_id"] = files["file"].str.extract(r"_(\d+)\.png$")[0].astype(int)

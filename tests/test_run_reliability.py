@@ -64,29 +64,29 @@ def _one_line_error(capsys) -> str:
 def test_training_refuses_test_rois_without_pixels_unless_allowed(tiny_root, tmp_path, capsys):
     root, n_missing = _copy_without_frames(tiny_root, tmp_path, "test", 15)
     assert n_missing > 0
-    with pytest.raises(DataMissingError, match=rf"{n_missing} of 79 test ROIs have no pixels") as err:
+    with pytest.raises(DataMissingError, match=rf"{n_missing} of 80 test ROIs have no pixels") as err:
         train(_cfg(root, tmp_path / "runs"))
     assert f"python -m src.data.download {root}/dataset_test.json {root}/test" in str(err.value)
     assert "data.allow_missing_test=true" in str(err.value)
     assert main_script.main(_args(root, tmp_path / "runs")) == 2
-    assert f"{n_missing} of 79 test ROIs have no pixels" in capsys.readouterr().err
+    assert f"{n_missing} of 80 test ROIs have no pixels" in capsys.readouterr().err
 
     run = train(_cfg(root, tmp_path / "runs", "data.allow_missing_test=true", "train.epochs=1"))
-    assert f"warning: {n_missing} of 79 test ROIs have no pixels" in capsys.readouterr().err
+    assert f"warning: {n_missing} of 80 test ROIs have no pixels" in capsys.readouterr().err
     done = json.loads((run / "done.json").read_text())
     assert done["test_missing_pixels"] == n_missing and done["train_dropped"] == 0
 
 
 def test_training_drops_train_rois_without_pixels_up_to_a_limit(tiny_root, tmp_path, capsys):
     root, n_missing = _copy_without_frames(tiny_root, tmp_path, "train", 40)
-    share = n_missing / 237
+    share = n_missing / 240
     assert share > 0.02
-    with pytest.raises(DataMissingError, match=rf"{n_missing} of 237 labelled training ROIs .* have no pixels.*"
+    with pytest.raises(DataMissingError, match=rf"{n_missing} of 240 labelled training ROIs .* have no pixels.*"
                                                r"data.max_missing_train_share=0.02"):
         train(_cfg(root, tmp_path / "runs"))
     run = train(_cfg(root, tmp_path / "runs", f"data.max_missing_train_share={share + 0.01:.3f}", "train.epochs=1"))
     err = capsys.readouterr().err
-    assert f"warning: {n_missing} of 237 labelled training ROIs" in err and "training without them" in err
+    assert f"warning: {n_missing} of 240 labelled training ROIs" in err and "training without them" in err
     assert f"python -m src.data.download {root}/dataset_train.json {root}/train" in err
     assert json.loads((run / "done.json").read_text())["train_dropped"] == n_missing
 
@@ -116,21 +116,21 @@ def test_missing_pixel_limit_counts_only_labelled_rows_without_pixels(tmp_path):
 def test_prepare_refuses_test_rois_without_frames_unless_allowed(tiny_root, tmp_path, capsys):
     root, n_missing = _copy_without_frames(tiny_root, tmp_path, "test", 3)
     cfg = PipelineConfig(data_root=str(root), output_root=str(tmp_path / "out"))
-    with pytest.raises(StageError, match=rf"{n_missing} of 79 test ROIs have no frame .*src.data.download .*"
+    with pytest.raises(StageError, match=rf"{n_missing} of 80 test ROIs have no frame .*src.data.download .*"
                                          "allow_missing_test: true"):
         prepare(cfg)
     prepare(cfg.model_copy(update={"allow_missing_test": True}))
-    assert f"warning: {n_missing} of 79 test ROIs have no frame" in capsys.readouterr().out
+    assert f"warning: {n_missing} of 80 test ROIs have no frame" in capsys.readouterr().out
 
 
 def test_prediction_refuses_frames_and_roi_files_without_pixels(tiny_root, tmp_path, capsys):
     root, n_missing = _copy_without_frames(tiny_root, tmp_path, "test", 5)
-    with pytest.raises(MissingPixelsError, match=f"{n_missing} of 79 ROIs have no pixels"):
+    with pytest.raises(MissingPixelsError, match=f"{n_missing} of 80 ROIs have no pixels"):
         load_crops(root / "dataset_test.json", tmp_path / "cache", 16, images_dir=root / "test" / "images",
                    progress=False)
     ids, crops = load_crops(root / "dataset_test.json", tmp_path / "cache", 16, images_dir=root / "test" / "images",
                             progress=False, allow_missing=True)
-    assert len(ids) == 79 and int((crops.reshape(79, -1).max(axis=1) == 0).sum()) == n_missing
+    assert len(ids) == 80 and int((crops.reshape(80, -1).max(axis=1) == 0).sum()) == n_missing
     rois = sorted((tiny_root / "test" / "rois").glob("*.png"))[:3] + [tmp_path / "absent.png"]
     with pytest.raises(MissingPixelsError, match="1 of 4 ROIs have no pixels"):
         read_roi_files(rois, 16, progress=False)

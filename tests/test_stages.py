@@ -408,6 +408,11 @@ def test_pipeline_resumes_after_a_kill_and_summarises(cfg, capsys):
     assert rounds[1]["pseudo_labels"] == 20 and rounds[2]["pseudo_labels"] == 20
     assert rounds[2]["pseudo_accuracy"] == pytest.approx(0.85)
     assert all(f"test_{d}" in rounds[0] and f"val_{d}" in rounds[0] for d in cfg.decoding.decoders)
+    for decoder in cfg.decoding.decoders:  # accuracy and distinct labels of the last round = its submission's
+        submitted = pd.read_csv(cfg.layout.submission(decoder)).set_index("annotation_id")["concept_name"]
+        truth = pd.read_csv(cfg.solution).set_index("annotation_id")["concept_name"].loc[submitted.index]
+        assert rounds[2][f"test_acc_{decoder}"] == pytest.approx((submitted == truth).mean())
+        assert rounds[2][f"distinct_{decoder}"] == submitted.nunique()
     saved = (cfg.layout.root / "summary.md").read_text()
     assert "| round |" in saved and "Time per step" in saved
     assert json.loads((cfg.layout.root / "summary.json").read_text())["rounds"][2]["pseudo_labels"] == 20

@@ -35,7 +35,7 @@ def test_train_writes_the_contracted_artefacts(tiny_root, tmp_path):
             "predictions.csv", "val_probs.npz", "val_predictions.csv"} <= names
     classes = load_taxonomy().names
     test = np.load(run / "test_probs.npz")
-    assert test["probs"].shape == (2, 79, 79) and test["probs"].dtype == np.float32
+    assert test["probs"].shape == (2, 80, 79) and test["probs"].dtype == np.float32
     assert np.allclose(test["probs"].sum(-1), 1, atol=1e-5)
     assert tuple(test["classes"]) == classes
     preds = pd.read_csv(run / "predictions.csv")
@@ -48,7 +48,7 @@ def test_train_writes_the_contracted_artefacts(tiny_root, tmp_path):
                    "shifted_distance", "train_loss", "lr"):
         assert column in metrics and np.isfinite(metrics[column]).all()
     done = pd.read_json(run / "done.json", typ="series")
-    assert done["test_n"] == 79 and 0 <= done["test_distance"] <= 12
+    assert done["test_n"] == 80 and 0 <= done["test_distance"] <= 12
     assert load_config(Config, run / "config.yaml") == cfg
     with pytest.raises(FileExistsError, match="resume"):
         train(cfg)
@@ -178,10 +178,10 @@ def test_loss_options_views_and_set_targets_train_and_resume_exactly(tiny_root, 
         za, zb = (np.load(r / f"{split}_probs.npz") for r in (full, part))
         assert za.files == zb.files and all(np.array_equal(za[k], zb[k]) for k in za.files)
     test = np.load(full / "test_probs.npz")
-    assert tuple(test["views"]) == ("identity", "hflip", "down75") and test["view_probs"].shape == (3, 2, 79, 79)
+    assert tuple(test["views"]) == ("identity", "hflip", "down75") and test["view_probs"].shape == (3, 2, 80, 79)
     assert np.array_equal(test["probs"], test["view_probs"].mean(axis=0))  # probs: the mean over the views
     assert not np.array_equal(test["view_probs"][0], test["view_probs"][1])
-    assert test["avgk_scores"].shape == (79, 79) and ((test["avgk_scores"] > 0) & (test["avgk_scores"] < 1)).all()
+    assert test["avgk_scores"].shape == (80, 79) and ((test["avgk_scores"] > 0) & (test["avgk_scores"] < 1)).all()
     assert np.array_equal(test["image_id"], cache.index.image_id.to_numpy())
     preds = pd.read_csv(full / "predictions.csv")  # decoded from the view mean
     assert (preds.concept_name.to_numpy() == np.array(taxonomy.names)[test["probs"].mean(0).argmax(1)]).all()
@@ -303,7 +303,7 @@ def test_torchrun_two_processes_gloo(tiny_root, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "demo_tiny"
     assert (run / "done.json").exists()
-    assert np.load(run / "test_probs.npz")["probs"].shape == (2, 79, 79)
+    assert np.load(run / "test_probs.npz")["probs"].shape == (2, 80, 79)
     assert len(pd.read_csv(run / "metrics.csv")) == 1
 
 
@@ -311,5 +311,5 @@ def test_context_views_with_attention_fusion(tiny_root, tmp_path):
     cfg = _cfg(tiny_root, tmp_path, "data.views=[roi,ctx3]", "model.fusion=attention", "train.epochs=1",
                "data.val_fraction=0")
     run = train(cfg)
-    assert np.load(run / "test_probs.npz")["probs"].shape == (2, 79, 79)
+    assert np.load(run / "test_probs.npz")["probs"].shape == (2, 80, 79)
     assert not (run / "val_probs.npz").exists()

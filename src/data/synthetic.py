@@ -1,17 +1,28 @@
-"""Generate a FathomNet-like benchmark in the real COCO format: the embedded default data set.
+"""Generate a FathomNet-shaped benchmark in the real COCO format: the embedded default data set.
 
 Real FathomNet images cannot be fetched offline, so tests, CI and the README's first command use this.
-It writes, under ROOT:
-  frames/train/*.png, frames/test/*.png   underwater-looking frames with several animals each
+The structure is the real competition's (src/data/skeleton.py): the train split replays real train
+frames with their real label multisets, the test split the 325 real test frames with their real sizes
+and box geometry, labels drawn with the real per-frame composition (mostly one taxon per frame) and
+class-dependent sizes. The pixels are drawn (src/data/synthetic_shapes.py). It writes, under ROOT:
+  frames/train/*.jpg, frames/test/*.jpg   underwater-looking frames
   dataset_train.json, dataset_test.json   COCO files like the competition's (test category_id null,
                                           coco_url = file:// URL of the frame)
   solution.csv                            annotation_id,concept_name for every test annotation
   generator.json                          the generator's parameters (written last: complete)
-The 79 concepts, their ids and taxonomy are the real ones; appearance follows the taxonomy (see
-src/data/synthetic_shapes.py). The test split is shifted like the real one: objects smaller (by a
-factor 1 - shift/2), more blur, turbidity and noise, a warmer lamp with a stronger vignette.
+Frames are drawn at `render_scale` times the real pixel size (default 0.5) and saved as JPEG. The test
+split is shifted like the real one: train objects are larger (by 1 + TRAIN_SIZE_GAIN x shift), more test
+frames are bad (murky, dim, out of focus), the lamp is another colour, and more test individuals look
+like a concept of another class.
 
-    python -m src.data.synthetic --out inputs/synthetic --preset demo --seed 0 --preview preview.png
+Why models err here as they do on the real test (see bench/REALISM.md): deep-sea animals of unrelated
+phyla share a few colours, so a small or degraded animal is mistaken for a look-alike of another
+phylum; body plans and shapes follow the taxonomy, so a well-seen animal is mistaken, if at all, for a
+relative; concepts named at class or phylum rank look like any of their members; a share of the
+individuals look like another class's concept (every model fails on them); and bad frames degrade all
+their animals at once.
+
+    python -m src.data.synthetic --out inputs/synthetic/demo --preset demo --seed 0 --preview preview.png
 """
 from __future__ import annotations
 
@@ -25,7 +36,7 @@ import sys
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -35,47 +46,54 @@ import pandas as pd
 from tqdm import tqdm
 
 from src.artifacts import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
-from src.data.synthetic_shapes import (PELAGIC_PLANS, UPRIGHT_PLANS, Genes, concept_genes, draw_sprite,
-                                       instance_genes)
-from src.taxonomy import Taxonomy, distance_matrix, load_taxonomy
+from src.data.skeleton import Skeleton, load_skeleton
+from src.data.synthetic_shapes import (PELAGIC_PLANS, UPRIGHT_PLANS, Appearance, Genes, concept_genes, draw_sprite,
+                                       instance_genes, rotate_sprite)
+from src.taxonomy import Taxonomy, load_taxonomy
 
 
 @dataclass(frozen=True)
 class Preset:
-    train_per_class: int
-    test_per_class: int
+    """How much of the real skeleton a preset replays: whole frames, sampled class-balanced."""
+
+    train_rois: int | None  # None: every real train frame (23,699 ROIs)
+    test_rois: int | None   # None: every real test frame (788 ROIs)
+    about: str
 
 
 PRESETS = {
-    "tiny": Preset(train_per_class=3, test_per_class=1),
-    "demo": Preset(train_per_class=20, test_per_class=5),
-    "bench": Preset(train_per_class=100, test_per_class=10),  # 790 test ROIs, like the real 788
+    "tiny": Preset(240, 80, "about 240 train / 80 test ROIs, for tests"),
+    "demo": Preset(2400, 400, "about 2,400 train / 400 test ROIs, the README's pipeline"),
+    "bench": Preset(8000, None, "about 8,000 train ROIs / the 788 real test ROIs, for studies on a CPU"),
+    "fathomnet": Preset(None, None, "all 23,699 train / 788 test ROIs of the real data set, for GPU runs"),
 }
-DEFAULT_SHIFT = 1.0  # test objects half the train size, about the real ratio
-TRAIN_FRAME = (320, 240)  # (width, height)
-TEST_FRAMES = ((384, 216), (360, 243), (320, 240))  # like 1920x1080 and 720x486 frames, scaled
-TEST_FRAME_P = (0.65, 0.25, 0.10)
-OBJECT_SIZE = (24.0, 96.0)  # longest extent of a train object, log-uniform (px)
-MAX_OBJECTS = 6
-MEAN_OBJECTS = {"train": 2.6, "test": 2.4}  # real: 23,699 / 8,980 and 788 / 325
+DEFAULT_SHIFT = 0.6
+DEFAULT_RENDER_SCALE = 0.5
+TRAIN_SIZE_GAIN = 0.35  # train objects are 1 + gain x shift times the test size: the real test is "smaller"
+MIN_REL_SIZE, MAX_REL_SIZE = 0.006, 0.6  # object long side relative to the frame's long side
+SHAPE_FIT_WEIGHT = 10.0  # how strongly test labels follow the shape of their boxes (log-likelihood weight)
 SPLIT_CODE = {"train": 0, "test": 1}
-GENERATOR_VERSION = 1
-# Noisy frames barely compress with LZ77: Huffman-only coding is as fast as level 1 and 20% smaller.
-PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
+GENERATOR_VERSION = 2
+# Video frame grabs: JPEG at quality 95 is 6x smaller than PNG for these noisy frames, artefacts barely visible.
+JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 95]
 
 
 @dataclass(frozen=True)
 class FrameStyle:
-    """Imaging conditions of a split; `shift` in 0..1 moves the test split away from the train one."""
+    """Imaging conditions of a split. Each frame draws a badness q in 0..1: a share `bad_frames` of the frames
+    (murky water, a dim lamp, out of focus) draw it from U(0.6, 1), the others from Beta(*quality); the ranges
+    below go from a good frame (q = 0) to a bad one (q = 1), so a bad frame is bad for all its animals."""
 
-    size_scale: float
-    blur: tuple[float, float]  # Gaussian sigma range (px)
-    noise: tuple[float, float]  # sensor noise sigma range (0..255)
-    turbidity: tuple[float, float]  # blend towards the water colour
+    quality: tuple[float, float]      # Beta parameters of the badness of ordinary frames
+    bad_frames: float                 # share of bad frames
+    blur: tuple[float, float]         # Gaussian sigma (px at the default render scale)
+    noise: tuple[float, float]        # sensor noise sigma (0..255)
+    turbidity: tuple[float, float]    # blend towards the water colour
     lamp_bgr: tuple[float, float, float]
     vignette: tuple[float, float]
-    brightness: tuple[float, float]
-    snow: tuple[int, int]  # marine-snow particles per frame
+    brightness: tuple[float, float]   # good frame -> bad frame
+    snow: tuple[int, int]             # marine-snow particles per 100k px
+    p_lookalike: float                # share of individuals that look like another class's concept
 
 
 def split_style(split: str, shift: float) -> FrameStyle:
@@ -84,45 +102,228 @@ def split_style(split: str, shift: float) -> FrameStyle:
         raise ValueError(f"shift must be in 0..1, got {shift}")
     s = shift if split == "test" else 0.0
     return FrameStyle(
-        size_scale=1.0 - s / 2,
-        blur=(0.4 + 0.1 * s, 0.9 + 0.25 * s),
-        noise=(1.0 + 0.5 * s, 3.0 + 1.5 * s),
-        turbidity=(0.05 + 0.06 * s, 0.2 + 0.1 * s),
-        lamp_bgr=(1.0 - 0.15 * s, 1.0 - 0.03 * s, 1.0 + 0.15 * s),
-        vignette=(0.15 + 0.15 * s, 0.45 + 0.2 * s),
-        brightness=(0.9 - 0.12 * s, 1.15 - 0.12 * s),
-        snow=(5 + int(15 * s), 40 + int(60 * s)),
+        quality=(1.2, 6.0 - 2.0 * s),
+        bad_frames=0.08 + 0.17 * s,
+        blur=(0.3 + 0.1 * s, 0.9 + 0.3 * s),
+        noise=(1.0 + 0.5 * s, 5.0 + 1.5 * s),
+        turbidity=(0.03 + 0.03 * s, 0.3 + 0.08 * s),
+        lamp_bgr=(1.0 - 0.06 * s, 1.0 - 0.01 * s, 1.0 + 0.06 * s),
+        vignette=(0.15 + 0.1 * s, 0.45 + 0.15 * s),
+        brightness=(1.1 - 0.05 * s, 0.7 - 0.1 * s),
+        snow=(10 + int(10 * s), 60 + int(40 * s)),
+        p_lookalike=0.03 + 0.05 * s,
     )
 
 
-# ---------------------------------------------------------------- which animals go in which frame
+@dataclass
+class FramePlan:
+    """One frame to draw: its size (rendered px), class per object, and either fixed boxes (test: the real
+    geometry, xywh) or target long sides (train: the renderer places the animals)."""
 
-def assign_frames(counts: np.ndarray, D: np.ndarray, rng: np.random.Generator, mean_objects: float,
-                  max_objects: int = MAX_OBJECTS) -> list[np.ndarray]:
-    """Group exactly counts[c] objects of every class c into frames of 1..max_objects objects.
+    width: int
+    height: int
+    labels: np.ndarray
+    boxes: np.ndarray | None = None
+    sizes: np.ndarray | None = None
 
-    Like real frames, companions of a frame's first object are often the same class (45%) or a
-    near taxon (30%, weighted by exp(-distance)), else any class. Returns class indices per frame."""
-    remaining = np.asarray(counts, dtype=np.int64).copy()
-    near = np.exp(-D.astype(np.float64) / 1.5)
-    np.fill_diagonal(near, 0.0)
-    frames = []
-    while remaining.sum() > 0:
-        k = int(min(1 + rng.poisson(mean_objects - 1), max_objects))
-        primary = int(rng.choice(len(remaining), p=remaining / remaining.sum()))
-        labels = [primary]
-        remaining[primary] -= 1
-        while len(labels) < k and remaining.sum() > 0:
-            r = rng.random()
-            weights = np.eye(len(remaining))[primary] if r < 0.45 else near[primary] if r < 0.75 else 1.0
-            w = weights * remaining
-            if w.sum() == 0:
-                w = remaining.astype(np.float64)
-            pick = int(rng.choice(len(remaining), p=w / w.sum()))
-            labels.append(pick)
-            remaining[pick] -= 1
-        frames.append(np.array(labels, dtype=np.int64))
-    return frames
+
+# ---------------------------------------------------------------- the skeleton: frames, labels, sizes
+
+def class_size_model(skeleton: Skeleton, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of log(long side / frame long side) per class, from the real test quartiles."""
+    sizes = skeleton.class_sizes.reindex(range(n_classes))
+    mu = np.log(sizes["rel_median"].to_numpy(np.float64))
+    sigma = (np.log(sizes["rel_q75"]) - np.log(sizes["rel_q25"])).to_numpy(np.float64) / 1.349
+    return mu, np.clip(sigma, 0.3, 1.2)
+
+
+def cooccurrence(multisets: list[np.ndarray], n_classes: int, smoothing: float = 0.5) -> np.ndarray:
+    """K[c, c'] = P(c' also in the frame | c in the frame, c' != c), row-normalised, from frames holding
+    two or more taxa."""
+    counts = np.full((n_classes, n_classes), smoothing / n_classes)
+    for labels in multisets:
+        present = np.unique(labels)
+        if len(present) > 1:
+            counts[np.ix_(present, present)] += 1.0
+    np.fill_diagonal(counts, 0.0)
+    return counts / counts.sum(1, keepdims=True)
+
+
+def class_extents(genes: list[Genes], rng: np.random.Generator, instances: int = 6,
+                  angles: int = 16) -> np.ndarray:
+    """(C, instances, angles, 2) tight-box width and height of drawn individuals of each class at evenly
+    spaced rotations, relative to their longest extent: the boxes each class's silhouette can fill."""
+    theta = np.deg2rad(np.arange(angles) * 180.0 / angles)[:, None]  # a box is the same at theta + 180
+    out = np.empty((len(genes), instances, angles, 2))
+    for c in range(len(genes)):
+        for k in range(instances):
+            _, alpha = draw_sprite(instance_genes(genes, c, rng), 40.0, 0.0, rng)
+            ys, xs = np.nonzero(alpha > 0.2)
+            x, y = xs[None] - xs.mean(), ys[None] - ys.mean()
+            out[c, k, :, 0] = np.ptp(x * np.cos(theta) + y * np.sin(theta), axis=1) + 1
+            out[c, k, :, 1] = np.ptp(-x * np.sin(theta) + y * np.cos(theta), axis=1) + 1
+            out[c, k] /= out[c, k].max()
+    return out
+
+
+def box_fit(extents: np.ndarray, wh: np.ndarray) -> np.ndarray:
+    """(N, C) how fully an individual of each class can fill each w x h box at its best rotation: the
+    largest min(w / width, h / height) over rotations with both relative to the long side (1: it fills the
+    box), averaged over the drawn individuals."""
+    box = wh / wh.max(axis=1, keepdims=True)
+    ratio = np.minimum(box[:, None, None, None, 0] / extents[None, ..., 0],
+                       box[:, None, None, None, 1] / extents[None, ..., 1])
+    return np.clip(ratio.max(axis=3), 0, 1).mean(axis=2)
+
+
+def assign_test_labels(skeleton: Skeleton, n_classes: int, rng: np.random.Generator, fit: np.ndarray | None = None,
+                       sweeps: int = 20, sharpness: float = 1.0) -> list[np.ndarray]:
+    """Class per ROI of every real test frame (frame order, ROIs in annotation order).
+
+    Each frame draws a composition pattern seen in real frames with as many ROIs (e.g. "2+1"); boxes of
+    similar size form one taxon's group. A first pass gives every group a taxon with weight (quota left
+    after it) x (likelihood of its box sizes under the class's real size distribution) x (co-occurrence
+    with the frame's first taxon in real train frames), large frames first while every quota is open.
+    Metropolis swaps of the taxa of two equal-size groups then sample the assignment from the size
+    likelihood at fixed class counts, so classes stay about equally frequent with their real sizes.
+    `fit` (N, C), from `box_fit`, adds how well each class's silhouette fills each box (an urchin is not
+    put in a long thin box)."""
+    geometry = skeleton.test_geometry
+    mu, sigma = class_size_model(skeleton, n_classes)
+    K = cooccurrence(skeleton.train_multisets(), n_classes)
+    quota = np.full(n_classes, len(geometry) / n_classes)
+    frames = [group for _, group in geometry.groupby("frame", sort=True)]
+    order = sorted(range(len(frames)), key=lambda f: (-len(frames[f]), rng.random()))
+    groups = []  # (frame, member rows, size log-likelihood per class (C,))
+    group_class: list[int] = []
+    for f in order:
+        rows = frames[f]
+        log_rel = np.log(rows[["w", "h"]].max(axis=1).to_numpy() / rows[["width", "height"]].max(axis=1).to_numpy())
+        patterns, weights = skeleton.patterns(len(rows))
+        pattern = list(patterns[int(rng.choice(len(patterns), p=weights))])
+        rng.shuffle(pattern)
+        by_size = np.argsort(log_rel, kind="stable")
+        start, chosen = 0, []
+        for group_size in pattern:
+            members = by_size[start:start + group_size]
+            start += group_size
+            z = (log_rel[members, None] - mu[None]) / sigma[None]
+            loglik = -(0.5 * z ** 2 + np.log(sigma)[None]).sum(0)
+            if fit is not None:
+                loglik = loglik + SHAPE_FIT_WEIGHT * np.log(fit[rows.index[members]] + 1e-3).sum(0)
+            room = quota - group_size  # a group fits a class with quota left for all of it
+            score = np.where(room >= 0, np.log1p(np.maximum(room, 0.0)), room - 3.0) + loglik
+            if chosen:
+                score = score + np.log(K[chosen[0]] + 1e-6)
+                score[chosen] = -np.inf
+            p = np.exp(score - score.max())
+            c = int(rng.choice(n_classes, p=p / p.sum()))
+            chosen.append(c)
+            quota[c] -= group_size
+            groups.append((f, members, loglik))
+            group_class.append(c)
+    _swap_classes(groups, group_class, rng, sweeps, sharpness)
+    labels = [np.empty(len(rows), np.int64) for rows in frames]
+    for (f, members, _), c in zip(groups, group_class):
+        labels[f][members] = c
+    return labels
+
+
+def _swap_classes(groups: list, group_class: list[int], rng: np.random.Generator, sweeps: int,
+                  sharpness: float) -> None:
+    """Metropolis swaps of the classes of two groups of equal size (class counts stay fixed); a swap that
+    would put one class twice in a frame is not proposed."""
+    by_size: dict[int, list[int]] = {}
+    for g, (_, members, _) in enumerate(groups):
+        by_size.setdefault(len(members), []).append(g)
+    in_frame: dict[int, set[int]] = {}
+    for (f, _, _), c in zip(groups, group_class):
+        in_frame.setdefault(f, set()).add(c)
+    for _ in range(sweeps * len(groups)):
+        size = len(groups[int(rng.integers(len(groups)))][1])
+        pool = by_size[size]
+        if len(pool) < 2:
+            continue
+        g, h = (pool[int(i)] for i in rng.choice(len(pool), 2, replace=False))
+        a, b = group_class[g], group_class[h]
+        (fg, _, lg), (fh, _, lh) = groups[g], groups[h]
+        if a == b or fg == fh or b in in_frame[fg] or a in in_frame[fh]:
+            continue
+        delta = sharpness * (lg[b] + lh[a] - lg[a] - lh[b])
+        if delta >= 0 or rng.random() < np.exp(delta):
+            group_class[g], group_class[h] = b, a
+            in_frame[fg].remove(a), in_frame[fg].add(b)
+            in_frame[fh].remove(b), in_frame[fh].add(a)
+
+
+def sample_frames(multisets: list[np.ndarray], target_rois: int | None, n_classes: int,
+                  rng: np.random.Generator, tries: int = 8) -> np.ndarray:
+    """Sorted indices of whole frames whose ROIs add up to about target_rois, class-balanced: repeatedly
+    take the class furthest below its share and add a random unused frame holding it (the first of a few
+    candidates that does not push any class far over its share). None takes every frame."""
+    if target_rois is None:
+        return np.arange(len(multisets))
+    cap = 1.5 * target_rois / n_classes + 1
+    counts = np.zeros(n_classes)
+    per_frame = [np.bincount(m, minlength=n_classes) for m in multisets]
+    holding: list[list[int]] = [[] for _ in range(n_classes)]
+    for f, labels in enumerate(multisets):
+        for c in np.unique(labels):
+            holding[c].append(f)
+    for frames in holding:
+        rng.shuffle(frames)
+    used = np.zeros(len(multisets), bool)
+    exhausted = np.zeros(n_classes, bool)
+    tie_break = rng.random(n_classes) * 1e-3
+    while counts.sum() < target_rois and not exhausted.all():
+        c = int(np.argmin(np.where(exhausted, np.inf, counts + tie_break)))
+        while holding[c] and used[holding[c][-1]]:
+            holding[c].pop()
+        if not holding[c]:
+            exhausted[c] = True
+            continue
+        candidates = [f for f in holding[c][-tries:] if not used[f]][::-1]
+        f = next((f for f in candidates if (counts + per_frame[f] <= cap).all()),
+                 min(candidates, key=lambda f: len(multisets[f])))
+        used[f] = True
+        counts += per_frame[f]
+    return np.flatnonzero(used)
+
+
+def plan_frames(skeleton: Skeleton, preset: Preset, seed: int, shift: float, render_scale: float,
+                genes: list[Genes]) -> dict[str, list[FramePlan]]:
+    """The frames of both splits for a preset: which real frames, their labels, sizes and geometry."""
+    n_classes = len(genes)
+    fit = box_fit(class_extents(genes, np.random.default_rng([seed, 2])),
+                  skeleton.test_geometry[["w", "h"]].to_numpy(np.float64))
+    rng_test = np.random.default_rng([seed, SPLIT_CODE["test"], 0])
+    test_labels = assign_test_labels(skeleton, n_classes, rng_test, fit)
+    test_pick = sample_frames(test_labels, preset.test_rois, n_classes, rng_test)
+    geometry = [g for _, g in skeleton.test_geometry.groupby("frame", sort=True)]
+    test = []
+    for f in test_pick:
+        g = geometry[f]
+        w, h = int(g["width"].iloc[0]), int(g["height"].iloc[0])
+        test.append(FramePlan(max(8, round(w * render_scale)), max(8, round(h * render_scale)), test_labels[f],
+                              boxes=g[["x", "y", "w", "h"]].to_numpy(np.float64) * render_scale))
+
+    rng_train = np.random.default_rng([seed, SPLIT_CODE["train"], 0])
+    multisets = skeleton.train_multisets()
+    train_pick = sample_frames(multisets, preset.train_rois, n_classes, rng_train)
+    # Train frames come from the same cameras: frame sizes drawn from the real test frames.
+    frame_sizes = np.array([(g["width"].iloc[0], g["height"].iloc[0]) for g in geometry], np.float64)
+    mu, sigma = class_size_model(skeleton, n_classes)
+    gain = np.log(1.0 + TRAIN_SIZE_GAIN * shift)
+    train = []
+    for f in train_pick:
+        labels = multisets[f]
+        w, h = frame_sizes[int(rng_train.integers(len(frame_sizes)))] * render_scale
+        # One camera distance per frame plus each animal's own size.
+        log_rel = (mu[labels] + gain + rng_train.normal(0, 0.25)
+                   + rng_train.normal(0, 1, len(labels)) * np.sqrt(np.maximum(sigma[labels] ** 2 - 0.25 ** 2, 0.01)))
+        rel = np.clip(np.exp(log_rel), MIN_REL_SIZE, MAX_REL_SIZE)
+        train.append(FramePlan(max(8, round(w)), max(8, round(h)), labels, sizes=rel * max(w, h)))
+    return {"train": train, "test": test}
 
 
 # ---------------------------------------------------------------- rendering
@@ -185,45 +386,100 @@ def _iou(a, b) -> float:
     return inter / (a[2] * a[3] + b[2] * b[3] - inter + 1e-9)
 
 
-def render_frame(labels: np.ndarray, genes: list[Genes], width: int, height: int, style: FrameStyle,
-                 rng: np.random.Generator) -> tuple[np.ndarray, list[list[float]]]:
-    """Draw one frame with the given classes. Returns (BGR uint8 image, bbox [x, y, w, h] per label).
+def _tight_box(alpha: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(alpha > 0.2)
+    if len(xs) == 0:
+        ys, xs = np.nonzero(alpha > 0)
+    if len(xs) == 0:
+        return 0, 0, alpha.shape[1], alpha.shape[0]
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
-    Boxes are tight around each drawn animal (its full extent, also where something occludes it),
-    clipped to the frame. The frame's habitat and water depth follow its first animal (weak cue)."""
+
+def _sprite(genes: Genes, size: float, upright: bool, rng) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """A drawn individual and its tight box (x0, y0, x1, y1) inside the sprite."""
+    angle = rng.normal(0, 15) if upright else rng.uniform(0, 360)
+    rgb, alpha = draw_sprite(genes, size, angle, rng, flip=bool(rng.random() < 0.5))
+    return rgb, alpha, _tight_box(alpha)
+
+
+def _sprite_in_box(genes: Genes, w: float, h: float, upright: bool,
+                   rng) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """An individual drawn to fill a w x h box: the orientation whose extent fits the box best (near upright
+    for animals standing on the seafloor), then scaled so its tight box fits the box."""
+    rgb, alpha = draw_sprite(genes, max(w, h), 0.0, rng, flip=bool(rng.random() < 0.5))
+    ys, xs = np.nonzero(alpha > 0.2)
+    if len(xs) < 2:
+        return rgb, alpha, _tight_box(alpha)
+    centre = (alpha.shape[0] - 1) / 2
+    offset = rng.uniform(0, 360)
+    angles = rng.normal(0, 15, 6) if upright else (offset + np.arange(0, 360, 22.5)) % 360
+    rad = np.deg2rad(angles)[:, None]
+    x, y = xs[None] - centre, ys[None] - centre
+    extent_w = np.ptp(x * np.cos(rad) + y * np.sin(rad), axis=1) + 1
+    extent_h = np.ptp(-x * np.sin(rad) + y * np.cos(rad), axis=1) + 1
+    fit = np.minimum(w / extent_w, h / extent_h)
+    best = int(np.argmax(fit + rng.uniform(0, 0.02, len(fit))))
+    rgb, alpha = rotate_sprite(rgb, alpha, float(angles[best]))
+    scale = float(np.clip(fit[best], 0.25, 1.6))
+    if abs(scale - 1) > 0.03:
+        side = max(2, round(alpha.shape[0] * scale))
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        rgb, alpha = cv2.resize(rgb, (side, side), interpolation=interp), cv2.resize(alpha, (side, side), interpolation=interp)
+    return rgb, alpha, _tight_box(alpha)
+
+
+def _place(bw: int, bh: int, width: int, height: int, on_floor: bool, horizon: float, placed: list,
+           rng) -> tuple[float, float]:
+    """Centre for a bw x bh animal: mostly inside the frame (on the seafloor if benthic), little overlap."""
+    for attempt in range(12):
+        if attempt < 11:
+            cx = rng.uniform(-0.2 * bw, width + 0.2 * bw)
+            lo = horizon + 0.3 * bh if on_floor else 0.0
+            cy = rng.uniform(min(lo, height - bh / 2), height + 0.2 * bh)
+        else:  # last resort: fully inside the frame
+            cx = rng.uniform(bw / 2, max(width - bw / 2, bw / 2 + 1))
+            cy = rng.uniform(bh / 2, max(height - bh / 2, bh / 2 + 1))
+        box = np.clip([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 0, [width, height, width, height])
+        cw, ch = box[2] - box[0], box[3] - box[1]
+        xywh = [box[0], box[1], cw, ch]
+        if cw * ch / (bw * bh) > 0.6 and min(cw, ch) >= 2 and all(_iou(xywh, p[5]) < 0.3 for p in placed):
+            break
+    return cx, cy
+
+
+def render_frame(plan: FramePlan, genes: list[Genes], style: FrameStyle, rng: np.random.Generator,
+                 blur_scale: float = 1.0) -> tuple[np.ndarray, list[list[float]]]:
+    """Draw one frame. Returns (BGR uint8 image, bbox [x, y, w, h] per object, clipped to the frame).
+
+    With fixed boxes (test) each animal is drawn to fit its box, centred; otherwise (train) animals of
+    the planned long sides are placed and their tight boxes returned. The frame's habitat and water depth
+    follow its first animal (weak cue); its quality (one draw per frame) degrades all its animals alike."""
+    width, height, labels = plan.width, plan.height, plan.labels
+    quality = float(rng.uniform(0.6, 1.0) if rng.random() < style.bad_frames else rng.beta(*style.quality))
     first = genes[labels[0]]
     seafloor = bool(rng.random() < first.floor_prob)
     depth = float(np.clip(first.depth + rng.normal(0, 0.2), 0, 1))
     frame, horizon = render_background(width, height, seafloor, depth, rng)
 
     placed = []  # (y for z-order, sprite rgb, alpha, x0, y0, box)
-    for label in labels:
-        g = instance_genes(genes, label, rng)
-        size = float(np.exp(rng.uniform(*np.log(OBJECT_SIZE)))) * style.size_scale
+    for k, label in enumerate(labels):
+        g = instance_genes(genes, label, rng, style.p_lookalike)
         on_floor = seafloor and g.plan not in PELAGIC_PLANS
-        angle = rng.normal(0, 15) if (on_floor and g.plan in UPRIGHT_PLANS) else rng.uniform(0, 360)
-        rgb, alpha = draw_sprite(g, size, angle, rng, flip=bool(rng.random() < 0.5))
-        ys, xs = np.nonzero(alpha > 0.2)
-        if len(xs) == 0:
-            ys, xs = np.nonzero(alpha > 0)
-        bx0, by0, bx1, by1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1  # tight box in the sprite
-        bw, bh = bx1 - bx0, by1 - by0
-        for attempt in range(12):
-            if attempt < 11:
-                cx = rng.uniform(-0.2 * bw, width + 0.2 * bw)
-                lo = horizon + 0.3 * bh if on_floor else 0.0
-                cy = rng.uniform(min(lo, height - bh / 2), height + 0.2 * bh)
-            else:  # last resort: fully inside the frame
-                cx = rng.uniform(bw / 2, max(width - bw / 2, bw / 2 + 1))
-                cy = rng.uniform(bh / 2, max(height - bh / 2, bh / 2 + 1))
-            x0, y0 = int(round(cx - bw / 2)) - bx0, int(round(cy - bh / 2)) - by0
-            box = np.array([x0 + bx0, y0 + by0, x0 + bx1, y0 + by1], dtype=np.float64)
-            clipped = np.clip(box, 0, [width, height, width, height])
-            cw, ch = clipped[2] - clipped[0], clipped[3] - clipped[1]
-            xywh = [float(clipped[0]), float(clipped[1]), float(cw), float(ch)]
-            inside = cw * ch / (bw * bh)
-            if attempt == 11 or (inside > 0.6 and min(cw, ch) >= 4 and all(_iou(xywh, p[5]) < 0.3 for p in placed)):
-                break
+        upright = on_floor and g.plan in UPRIGHT_PLANS
+        if plan.boxes is not None:
+            x, y, w, h = plan.boxes[k]
+            rgb, alpha, (bx0, by0, bx1, by1) = _sprite_in_box(g, w, h, upright, rng)
+            cx, cy = x + w / 2, y + h / 2
+            box = np.clip([x, y, x + w, y + h], 0, [width, height, width, height])
+        else:
+            rgb, alpha, (bx0, by0, bx1, by1) = _sprite(g, float(plan.sizes[k]), upright, rng)
+            cx, cy = _place(bx1 - bx0, by1 - by0, width, height, on_floor, horizon, placed, rng)
+            box = np.clip([cx - (bx1 - bx0) / 2, cy - (by1 - by0) / 2, cx + (bx1 - bx0) / 2, cy + (by1 - by0) / 2],
+                          0, [width, height, width, height])
+        x0 = int(round(cx - (bx1 - bx0) / 2)) - bx0
+        y0 = int(round(cy - (by1 - by0) / 2)) - by0
+        xywh = [round(float(box[0]), 2), round(float(box[1]), 2), round(float(box[2] - box[0]), 2),
+                round(float(box[3] - box[1]), 2)]
         placed.append((cy, rgb, alpha, x0, y0, xywh))
 
     boxes: list[list[float]] = [[] for _ in labels]
@@ -238,31 +494,38 @@ def render_frame(labels: np.ndarray, genes: list[Genes], width: int, height: int
             under = frame[min(max(centre[1], 0), height - 1), min(max(centre[0], 0), width - 1)]
             colour = tuple(float(v) for v in under * rng.uniform(0.5, 0.9))
             cv2.ellipse(frame, centre, axes, float(rng.uniform(0, 180)), 0, 360, colour, -1, cv2.LINE_AA)
-    return _imaging(frame, depth, style, rng), boxes
+    return _imaging(frame, depth, style, quality, blur_scale, rng), boxes
 
 
-def _imaging(frame: np.ndarray, depth: float, style: FrameStyle, rng) -> np.ndarray:
-    """Lamp and vignette, turbidity, marine snow, blur and sensor noise; to uint8."""
+def _lerp(bounds, q: float) -> float:
+    return bounds[0] + (bounds[1] - bounds[0]) * q
+
+
+def _imaging(frame: np.ndarray, depth: float, style: FrameStyle, quality: float, blur_scale: float,
+             rng) -> np.ndarray:
+    """Lamp and vignette, turbidity, marine snow, blur and sensor noise at the frame's quality; to uint8."""
     h, w = frame.shape[:2]
+    jitter = lambda: rng.uniform(0.8, 1.2)  # noqa: E731 - frames of one quality still differ
     cx, cy = rng.uniform(0.3, 0.7) * w, rng.uniform(0.2, 0.6) * h
     dx2 = ((np.arange(w, dtype=np.float32) - cx) ** 2)[None, :]
     dy2 = ((np.arange(h, dtype=np.float32) - cy) ** 2)[:, None]
-    lamp = (1.0 - rng.uniform(*style.vignette) / (w * w / 4 + h * h / 4) * (dx2 + dy2)) * rng.uniform(*style.brightness)
-    t = rng.uniform(*style.turbidity)
+    vignette = min(_lerp(style.vignette, quality) * jitter(), 0.9)
+    lamp = (1.0 - vignette / (w * w / 4 + h * h / 4) * (dx2 + dy2)) * _lerp(style.brightness, quality) * jitter()
+    t = min(_lerp(style.turbidity, quality) * jitter(), 0.9)
     gain = lamp[..., None] * (np.asarray(style.lamp_bgr, np.float32) * np.float32(1 - t))
     frame *= gain
     frame += water_colour(depth).astype(np.float32) * np.float32(1.2 * t)
-    for _ in range(int(rng.integers(*style.snow))):
+    for _ in range(int(_lerp(style.snow, quality) * jitter() * w * h / 1e5)):
         v = float(rng.uniform(120, 230))
         cv2.circle(frame, (int(rng.uniform(0, w)), int(rng.uniform(0, h))), int(rng.integers(0, 2)), (v, v, v), -1,
                    cv2.LINE_AA)
-    # Noise before blur: correlated like video sensor noise (and the PNGs compress better). Uniform
+    # Noise before blur: correlated like video sensor noise (and the frames compress better). Uniform
     # noise (5x faster to draw than normal) with the same variance; the blur makes it near-Gaussian.
     noise = rng.random(frame.shape, dtype=np.float32)
     noise -= 0.5
-    noise *= np.float32(1.6 * np.sqrt(12.0) * rng.uniform(*style.noise))
+    noise *= np.float32(1.6 * np.sqrt(12.0) * _lerp(style.noise, quality) * jitter())
     frame += noise
-    frame = cv2.GaussianBlur(frame, (0, 0), rng.uniform(*style.blur))
+    frame = cv2.GaussianBlur(frame, (0, 0), max(_lerp(style.blur, quality) * jitter() * blur_scale, 0.1))
     np.clip(frame, 0, 255, out=frame)
     frame += 0.5
     return frame.astype(np.uint8)
@@ -273,7 +536,7 @@ def _imaging(frame: np.ndarray, depth: float, style: FrameStyle, rng) -> np.ndar
 def _coco_header(preset: str, seed: int, shift: float) -> dict:
     return {
         "info": {"year": 2025, "version": str(GENERATOR_VERSION),
-                 "description": f"Synthetic FathomNet-like benchmark (preset={preset}, seed={seed}, shift={shift})",
+                 "description": f"Generated FathomNet-shaped benchmark (preset={preset}, seed={seed}, shift={shift})",
                  "contributor": "src.data.synthetic", "url": "", "date_created": "2025/01/08"},
         "images": [], "licenses": [{"id": 0, "name": "synthetic, CC0", "url": ""}], "annotations": [], "categories": [],
     }
@@ -281,107 +544,125 @@ def _coco_header(preset: str, seed: int, shift: float) -> dict:
 
 def _render_chunk(job: tuple) -> list[tuple[dict, list[list[float]]]]:
     """Render and write a chunk of frames (runs in a worker process). Returns (image record, boxes) each."""
-    split, seed, shift, frame_dir, genes, chunk = job
-    style = split_style(split, shift)
+    split, seed, style, blur_scale, frame_dir, genes, chunk = job
     out = []
-    for i, labels in chunk:
+    for i, plan in chunk:
         rng = np.random.default_rng([seed, SPLIT_CODE[split], 1, i])  # per frame: any order, same pixels
-        file_name = f"{uuid.UUID(bytes=rng.bytes(16), version=4)}.png"
-        if split == "train":
-            width, height = TRAIN_FRAME
-        else:
-            width, height = TEST_FRAMES[int(rng.choice(len(TEST_FRAMES), p=TEST_FRAME_P))]
-        image, boxes = render_frame(labels, genes, width, height, style, rng)
+        file_name = f"{uuid.UUID(bytes=rng.bytes(16), version=4)}.jpg"
+        image, boxes = render_frame(plan, genes, style, rng, blur_scale)
         path = Path(frame_dir) / file_name
-        ok, png = cv2.imencode(".png", image, PNG_PARAMS)
+        ok, encoded = cv2.imencode(".jpg", image, JPEG_PARAMS)
         if not ok:
             raise RuntimeError(f"could not encode frame {path}")
-        atomic_write_bytes(path, png.tobytes())
+        atomic_write_bytes(path, encoded.tobytes())
         url = path.resolve().as_uri()
         captured = (dt.datetime(2012, 1, 1) + dt.timedelta(minutes=int(rng.integers(0, 6_000_000))))
-        out.append(({"id": i + 1, "width": width, "height": height, "file_name": file_name, "license": 0,
+        out.append(({"id": i + 1, "width": plan.width, "height": plan.height, "file_name": file_name, "license": 0,
                      "flickr_url": url, "coco_url": url, "date_captured": captured.strftime("%Y-%m-%d %H:%M:%S")},
                     boxes))
     return out
 
 
-def _generate_split(split: str, counts: np.ndarray, genes, D, out_dir: Path, seed: int, shift: float,
-                    preset: str, taxonomy: Taxonomy, pool: ProcessPoolExecutor | None,
+def _generate_split(split: str, plans: list[FramePlan], genes, style: FrameStyle, blur_scale: float, out_dir: Path,
+                    seed: int, header: dict, taxonomy: Taxonomy, pool: ProcessPoolExecutor | None,
                     progress: bool) -> tuple[dict, list[int]]:
     """Render one split's frames; returns (COCO dict, class index of each annotation in id order)."""
-    frames = assign_frames(counts, D, np.random.default_rng([seed, SPLIT_CODE[split], 0]), MEAN_OBJECTS[split])
     frame_dir = out_dir / "frames" / split
     frame_dir.mkdir(parents=True, exist_ok=True)
     chunk = 16
-    jobs = [(split, seed, shift, str(frame_dir), genes, list(enumerate(frames))[k:k + chunk])
-            for k in range(0, len(frames), chunk)]
-    bar = tqdm(total=len(frames), desc=f"{split} frames", disable=not progress, leave=False)
+    numbered = list(enumerate(plans))
+    jobs = [(split, seed, style, blur_scale, str(frame_dir), genes, numbered[k:k + chunk])
+            for k in range(0, len(numbered), chunk)]
+    bar = tqdm(total=len(plans), desc=f"{split} frames", disable=not progress, leave=False)
     results = []
     for part in (pool.map if pool else map)(_render_chunk, jobs):
         results.extend(part)
         bar.update(len(part))
     bar.close()
-    coco = _coco_header(preset, seed, shift)
+    coco = json.loads(json.dumps(header))
     coco["categories"] = [{"id": cid, "name": name, "supercategory": ""}
                           for cid, name in zip(taxonomy.category_ids, taxonomy.names)]
     labels_out = []
-    for (image, boxes), labels in zip(results, frames):
+    for (image, boxes), plan in zip(results, plans):
         coco["images"].append(image)
-        for label, box in zip(labels, boxes):
+        for label, box in zip(plan.labels, boxes):
             labels_out.append(int(label))
             coco["annotations"].append({
                 "id": len(labels_out), "image_id": image["id"],
                 "category_id": int(taxonomy.category_ids[label]) if split == "train" else None,
-                "segmentation": [], "area": float(box[2] * box[3]), "bbox": [float(v) for v in box], "iscrowd": 0,
+                "segmentation": [], "area": round(box[2] * box[3], 2), "bbox": [float(v) for v in box], "iscrowd": 0,
             })
     return coco, labels_out
 
 
+def _code_hash() -> str:
+    """Hash of the generator's code and skeleton files: a changed drawing makes another data set."""
+    import hashlib
+    from src.data import skeleton, synthetic_shapes
+    digest = hashlib.blake2b(digest_size=8)
+    for path in (Path(__file__), Path(synthetic_shapes.__file__), Path(skeleton.__file__),
+                 *sorted(skeleton.SKELETON_DIR.glob("*.csv"))):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def generator_record(preset: str, seed: int, shift: float = DEFAULT_SHIFT, render_scale: float = DEFAULT_RENDER_SCALE,
+                     appearance: Appearance = Appearance(), taxonomy: Taxonomy | None = None) -> dict:
+    """The parameters a generation writes to generator.json: equal records mean equal data sets."""
+    taxonomy = taxonomy or load_taxonomy()
+    return json.loads(json.dumps({
+        "generator_version": GENERATOR_VERSION, "code": _code_hash(), "preset": preset, "seed": seed, "shift": shift,
+        "render_scale": render_scale, "preset_sizes": asdict(PRESETS[preset]),
+        "train_style": asdict(split_style("train", shift)), "test_style": asdict(split_style("test", shift)),
+        "appearance": asdict(appearance), "classes": list(taxonomy.names)}))
+
+
 def generate_benchmark(out_dir: str | Path, preset: str = "demo", seed: int = 0, shift: float = DEFAULT_SHIFT,
-                       taxonomy: Taxonomy | None = None, workers: int | None = None, progress: bool = True) -> Path:
+                       taxonomy: Taxonomy | None = None, workers: int | None = None, progress: bool = True,
+                       render_scale: float = DEFAULT_RENDER_SCALE, appearance: Appearance = Appearance(),
+                       skeleton: Skeleton | None = None) -> Path:
     """Write a generated benchmark (frames, COCO train/test files, solution.csv) under out_dir.
 
-    Frames are rendered by `workers` processes (default: up to 2 CPUs); the result does not depend on it.
-
-    Deterministic for (preset, seed, shift): same JSON and CSV bytes, same pixels. Refuses to write into
-    a folder that holds COCO files it did not generate. Returns out_dir."""
+    Frames are rendered by `workers` processes (default: every CPU); the result does not depend on it.
+    Deterministic for (preset, seed, shift, render_scale, appearance): same JSON and CSV bytes, same pixels.
+    Refuses to write into a folder that holds COCO files it did not generate. Returns out_dir."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     if not 0.0 <= shift <= 1.0:
         raise ValueError(f"shift must be in 0..1, got {shift}")
+    if not 0.05 <= render_scale <= 1.0:
+        raise ValueError(f"render_scale must be in 0.05..1, got {render_scale}")
     out_dir = Path(out_dir)
     if (out_dir / "dataset_train.json").exists() and not (out_dir / "generator.json").exists():
         raise FileExistsError(f"{out_dir} holds a dataset_train.json that this generator did not write; "
                               "choose another --out")
     taxonomy = taxonomy or load_taxonomy()
-    workers = workers or min(2, os.cpu_count() or 1)
+    skeleton = skeleton or load_skeleton()
+    workers = workers or os.cpu_count() or 1
     (out_dir / "generator.json").unlink(missing_ok=True)  # the folder is incomplete until rewritten
     for split in SPLIT_CODE:  # frames of an earlier generation (ours, see the check above)
-        for old in (out_dir / "frames" / split).glob("*.png"):
+        for old in [*(out_dir / "frames" / split).glob("*.png"), *(out_dir / "frames" / split).glob("*.jpg")]:
             old.unlink()
-    genes = concept_genes(taxonomy)
-    D = distance_matrix(taxonomy)
-    p = PRESETS[preset]
-    n = len(taxonomy)
+    genes = concept_genes(taxonomy, appearance)
+    plans = plan_frames(skeleton, PRESETS[preset], seed, shift, render_scale, genes)
+    blur_scale = render_scale / DEFAULT_RENDER_SCALE
+    header = _coco_header(preset, seed, shift)
     solution: list[tuple[int, str]] = []
     with contextlib.ExitStack() as stack:
         # spawn: workers never inherit a parent's thread pools (torch, OpenCV) mid-state.
         pool = stack.enter_context(ProcessPoolExecutor(
             max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
             initializer=cv2.setNumThreads, initargs=(1,))) if workers > 1 else None
-        for split, per_class in (("train", p.train_per_class), ("test", p.test_per_class)):
-            coco, labels = _generate_split(split, np.full(n, per_class), genes, D, out_dir, seed, shift, preset,
-                                           taxonomy, pool, progress)
+        for split in SPLIT_CODE:
+            coco, labels = _generate_split(split, plans[split], genes, split_style(split, shift), blur_scale, out_dir,
+                                           seed, header, taxonomy, pool, progress)
             if split == "test":
                 solution = [(ann["id"], taxonomy.names[label]) for ann, label in zip(coco["annotations"], labels)]
-            atomic_write_text(out_dir / f"dataset_{split}.json", json.dumps(coco, indent=4) + "\n")
+            atomic_write_text(out_dir / f"dataset_{split}.json", json.dumps(coco, indent=1) + "\n")
     frame = pd.DataFrame(solution, columns=["annotation_id", "concept_name"])
     atomic_write_text(out_dir / "solution.csv", frame.to_csv(index=False))
-    atomic_write_json(out_dir / "generator.json", {
-        "generator_version": GENERATOR_VERSION, "preset": preset, "seed": seed, "shift": shift,
-        "preset_sizes": asdict(p), "train_style": asdict(split_style("train", shift)),
-        "test_style": asdict(split_style("test", shift)), "classes": list(taxonomy.names),
-    })
+    atomic_write_json(out_dir / "generator.json", generator_record(preset, seed, shift, render_scale, appearance,
+                                                                   taxonomy))
     return out_dir
 
 
@@ -464,28 +745,37 @@ def write_preview(root: str | Path, out_png: str | Path, taxonomy: Taxonomy | No
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m src.data.synthetic",
-        description="Generate a FathomNet-like benchmark (COCO files, PNG frames, solution.csv) with the real "
-                    "79 concepts and taxonomy; the test split is shifted (smaller, blurrier objects).")
+        description="Generate a FathomNet-shaped benchmark (COCO files, JPEG frames, solution.csv): the real 79 "
+                    "concepts and taxonomy, the real frames' label multisets and the real test geometry, with "
+                    "drawn pixels; the test split is shifted (smaller objects, worse imaging).")
     parser.add_argument("--out", required=True, type=Path, help="output folder (ROOT)")
-    parser.add_argument("--preset", default="demo", choices=sorted(PRESETS),
-                        help="tiny: 3 train / 1 test object per class; demo: 20 / 5; bench: 100 / 10 (default demo)")
+    parser.add_argument("--preset", default="demo", choices=list(PRESETS),
+                        help="; ".join(f"{k}: {p.about}" for k, p in PRESETS.items()) + " (default demo)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--shift", type=float, default=DEFAULT_SHIFT,
-                        help="test shift strength 0..1: test objects are (1 - shift/2) times the train size, "
-                             f"with more blur, turbidity and noise (default {DEFAULT_SHIFT})")
+                        help=f"test shift strength 0..1: train objects are 1 + {TRAIN_SIZE_GAIN} x shift times the "
+                             f"test size, test frames blurrier, more turbid and darker (default {DEFAULT_SHIFT})")
+    parser.add_argument("--render-scale", type=float, default=DEFAULT_RENDER_SCALE,
+                        help="frame size relative to the real frames (default 32/112 = 0.286: for 32-px models; "
+                             "use 1.0 with 112-px models on a GPU)")
     parser.add_argument("--preview", type=Path, default=None, help="also write a contact sheet PNG here")
     parser.add_argument("--workers", type=int, default=None,
-                        help="processes rendering frames (default: up to 2); the output does not depend on it")
+                        help="processes rendering frames (default: every CPU); the output does not depend on it")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
     if not 0.0 <= args.shift <= 1.0:
         parser.error(f"--shift must be in 0..1, got {args.shift}")
+    if not 0.05 <= args.render_scale <= 1.0:
+        parser.error(f"--render-scale must be in 0.05..1, got {args.render_scale}")
     start = time.perf_counter()
     try:
         root = generate_benchmark(args.out, args.preset, args.seed, args.shift, workers=args.workers,
-                                  progress=not args.no_progress)
+                                  progress=not args.no_progress, render_scale=args.render_scale)
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except PermissionError as exc:
+        print(f"error: cannot write under {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     n_train = len(json.loads((root / "dataset_train.json").read_text())["annotations"])
     n_test = len(pd.read_csv(root / "solution.csv"))

@@ -64,14 +64,34 @@ class Genes:
     floor_prob: float  # weak habitat cue: probability of a seafloor frame
     depth: float  # weak habitat cue: preferred depth in 0..1 (water tint)
     relatives: tuple[int, ...] = ()  # finer concepts of the same group this concept may look like
+    lookalikes: tuple[int, ...] = ()  # concepts of other classes an atypical individual looks like
+    p_relative: float = 0.0  # probability that an individual is drawn like one of its relatives
 
 
-def deep_sea_hue(u: float) -> float:
-    """Map a uniform draw to an OpenCV hue (0..180) biased like deep-sea animals: mostly red, orange,
-    pink and purple, some yellow, few green or blue (the water already tints everything blue-green)."""
-    knots_u = (0.0, 0.5, 0.62, 0.8, 1.0)
-    knots_h = (-12.0, 22.0, 34.0, 120.0, 168.0)  # -12 wraps to magenta
-    return float(np.interp(u, knots_u, knots_h)) % 180
+@dataclass(frozen=True)
+class Appearance:
+    """How much of an animal's look follows its taxon, and how often an individual looks like another
+    concept. Real errors cross phyla because deep-sea animals of unrelated groups share colours and
+    silhouettes once small or blurred; these knobs set that (calibrated with `python -m bench.realism`)."""
+
+    p_class_colour: float = 0.45    # share of concepts coloured like their class
+    p_order_colour: float = 0.15    # ... like their order; the rest get a colour of their own
+    colour_spread: float = 1.0      # scale of the finer ranks' hue / saturation / value offsets
+    p_relative: float = 0.25        # a concept named at family..order rank drawn like a finer relative
+    p_relative_coarse: float = 0.3  # the same for concepts named at class or phylum rank
+    n_lookalikes: int = 2           # look-alikes of another class per concept
+    fine_shape: float = 1.8         # scale of the genus and species steps of the shape walk
+    p_own_texture: float = 0.5      # share of concepts with a texture of their own (else their order's)
+
+
+# Deep-sea animals of every phylum share a few colours (OpenCV HSV): red, orange, salmon pink, pale,
+# purple, yellow, brown, greyish pink. Colour therefore says little about the taxon.
+COLOUR_ARCHETYPES = ((2.0, 200.0, 165.0), (12.0, 215.0, 215.0), (172.0, 105.0, 225.0), (18.0, 40.0, 225.0),
+                     (145.0, 125.0, 150.0), (26.0, 190.0, 215.0), (12.0, 130.0, 120.0), (0.0, 70.0, 175.0))
+# Coarse silhouettes that stay recognisable when an animal is a few pixels wide.
+SILHOUETTE = {"star": "radial", "urchin": "radial", "octopus": "radial", "bell": "radial", "cucumber": "long",
+              "tube": "long", "fish": "long", "crustacean": "long", "vase": "blob", "shell": "blob", "snail": "blob",
+              "anemone": "upright", "branching": "upright"}
 
 
 def _rank_keys(lineage: tuple[str | None, ...], concept: str) -> list[tuple[str, bool]]:
@@ -85,7 +105,22 @@ def _rank_keys(lineage: tuple[str | None, ...], concept: str) -> list[tuple[str,
     return keys
 
 
-def concept_genes(taxonomy: Taxonomy) -> list[Genes]:
+def _body_colour(name: str, u: dict[str, np.ndarray], keys: dict[str, str], look: Appearance) -> tuple:
+    """Body HSV: a colour archetype chosen at the class, the order or the concept itself, plus small
+    offsets from the finer ranks (near relatives of one colour differ a little)."""
+    pick = hash_unit(f"{name}#colour-level")[0]
+    level = ("class" if pick < look.p_class_colour else
+             "order" if pick < look.p_class_colour + look.p_order_colour else None)
+    key = keys[level] if level else name
+    h0, s0, v0 = COLOUR_ARCHETYPES[int(hash_unit(f"{key}#colour")[0] * len(COLOUR_ARCHETYPES)) % len(COLOUR_ARCHETYPES)]
+    k = look.colour_spread
+    hue = (h0 + k * (10 * (u["family"][0] - 0.5) + 8 * (u["genus"][0] - 0.5) + 6 * (u["species"][0] - 0.5))) % 180
+    sat = s0 + k * (40 * (u["order"][1] - 0.5) + 24 * (u["genus"][1] - 0.5))
+    val = v0 + k * (30 * (u["family"][2] - 0.5) + 20 * (u["species"][2] - 0.5))
+    return float(hue), float(np.clip(sat, 0, 255)), float(np.clip(val, 0, 255))
+
+
+def concept_genes(taxonomy: Taxonomy, look: Appearance = Appearance()) -> list[Genes]:
     """Genes for every concept in the taxonomy's canonical order."""
     out: list[Genes] = []
     for name, lineage in zip(taxonomy.names, taxonomy.lineages):
@@ -96,27 +131,27 @@ def concept_genes(taxonomy: Taxonomy) -> list[Genes]:
                     PLANS[int(u["phylum"][0] * len(PLANS)) % len(PLANS)])
         # Shape: a random walk down the tree (the phylum already chose the plan): big steps at class,
         # small ones at species.
-        weights = {"class": 0.75, "order": 0.4, "family": 0.28, "genus": 0.18, "species": 0.1}
+        weights = {"class": 0.75, "order": 0.4, "family": 0.28, "genus": 0.18 * look.fine_shape,
+                   "species": 0.1 * look.fine_shape}
         shape = 0.5 + sum(w * (u[r][3:3 + N_SHAPE] - 0.5) for r, w in weights.items())
         count_delta = int(np.floor(u["genus"][12] * 3)) - 1 + (u["species"][12] > 0.8) - (u["species"][12] < 0.2)
-        hue = (deep_sea_hue(u["class"][0]) + 24 * (u["order"][0] - 0.5) + 12 * (u["family"][0] - 0.5)
-               + 7 * (u["genus"][0] - 0.5) + 4 * (u["species"][0] - 0.5)) % 180
-        sat = 90 + 120 * u["class"][1] + 30 * (u["order"][1] - 0.5) + 16 * (u["family"][1] - 0.5)
-        val = 130 + 100 * u["class"][2] + 24 * (u["order"][2] - 0.5) + 12 * (u["genus"][2] - 0.5)
-        sec_hue = (hue + 20 + 140 * u["order"][13] + 10 * (u["family"][13] - 0.5)) % 180
+        body = _body_colour(name, u, dict(zip(RANKS[1:], (key for key, _ in keys))), look)
+        sec_hue = (body[0] + 20 + 140 * u["order"][13] + 10 * (u["family"][13] - 0.5)) % 180
         sec = (sec_hue, 60 + 160 * u["order"][14], 60 + 170 * u["order"][15])
         acc = ((180 * u["species"][13] + 30 * u["genus"][13]) % 180, 120 + 130 * u["species"][14],
                150 + 100 * u["species"][15])
+        own = hash_unit(f"{name}#texture")
+        texture_draw = own[1] if own[0] < look.p_own_texture else u["order"][16]
         pelagic = plan in PELAGIC_PLANS
         floor_prob = (0.15 + 0.25 * u["class"][16]) if pelagic else (0.6 + 0.35 * u["class"][16])
         out.append(Genes(
             plan=plan,
             shape=tuple(float(x) for x in np.clip(shape, 0.0, 1.0)),
             count_delta=int(count_delta),
-            body_hsv=(float(hue), float(np.clip(sat, 0, 255)), float(np.clip(val, 0, 255))),
+            body_hsv=body,
             sec_hsv=tuple(float(np.clip(x, 0, 255)) for x in sec),
             acc_hsv=tuple(float(np.clip(x, 0, 255)) for x in acc),
-            texture=TEXTURES[int(u["order"][16] * len(TEXTURES)) % len(TEXTURES)],
+            texture=TEXTURES[int(texture_draw * len(TEXTURES)) % len(TEXTURES)],
             tex_contrast=float(0.35 + 0.5 * u["order"][17]),
             tex_freq=float(2.0 + 5.0 * u["family"][17] + 1.0 * (u["genus"][17] - 0.5)),
             spot_density=float(np.clip(0.2 + 0.6 * u["genus"][18] + 0.2 * (u["species"][18] - 0.5), 0, 1)),
@@ -124,7 +159,10 @@ def concept_genes(taxonomy: Taxonomy) -> list[Genes]:
             floor_prob=float(floor_prob),
             depth=float(np.clip(0.5 * u["order"][19] + 0.5 * u["class"][19], 0, 1)),
         ))
-    return [replace(g, relatives=_relatives(taxonomy, out, i)) for i, g in enumerate(out)]
+    p_coarse = [look.p_relative_coarse if taxonomy.rank_of(n) in ("phylum", "class") else look.p_relative
+                for n in taxonomy.names]
+    return [replace(g, relatives=_relatives(taxonomy, out, i), lookalikes=_lookalikes(taxonomy, out, i, look),
+                    p_relative=p_coarse[i]) for i, g in enumerate(out)]
 
 
 def _relatives(taxonomy: Taxonomy, genes: list[Genes], i: int) -> tuple[int, ...]:
@@ -140,13 +178,33 @@ def _relatives(taxonomy: Taxonomy, genes: list[Genes], i: int) -> tuple[int, ...
                  and all(a is None or a == b for a, b in zip(lineage, other)))
 
 
-def instance_genes(genes: list[Genes], label: int, rng: np.random.Generator, p_relative: float = 0.4) -> Genes:
-    """Genes of one drawn individual of class `label`. A concept named at a coarse rank looks, with
-    probability p_relative, like one of its finer relatives (with its own, larger variation)."""
+def _lookalikes(taxonomy: Taxonomy, genes: list[Genes], i: int, look: Appearance) -> tuple[int, ...]:
+    """The concepts of other classes whose colour and coarse silhouette are closest to concept i's: what
+    an atypical or badly seen individual of i is mistaken for."""
+    def colour_gap(a, b):
+        dh = abs((a[0] - b[0] + 90) % 180 - 90)
+        return dh / 15 + abs(a[1] - b[1]) / 60 + abs(a[2] - b[2]) / 60
+
+    own_class = taxonomy.lineages[i][2] or taxonomy.names[i]
+    gaps = [(colour_gap(genes[i].body_hsv, g.body_hsv) + 0.7 * (SILHOUETTE[g.plan] != SILHOUETTE[genes[i].plan]), j)
+            for j, g in enumerate(genes) if (taxonomy.lineages[j][2] or taxonomy.names[j]) != own_class]
+    return tuple(j for _, j in sorted(gaps)[: look.n_lookalikes])
+
+
+def instance_genes(genes: list[Genes], label: int, rng: np.random.Generator, p_lookalike: float = 0.0) -> Genes:
+    """Genes of one drawn individual of class `label`. With probability p_lookalike it looks like one of
+    its look-alikes of another class (an atypical individual, or one the camera renders misleadingly);
+    else a concept named at a coarse rank looks, with its own probability, like one of its finer
+    relatives. The individual keeps its own habitat and variation."""
     g = genes[label]
-    if g.relatives and rng.random() < p_relative:
+    look = None
+    if g.lookalikes and rng.random() < p_lookalike:
+        look = genes[int(rng.choice(g.lookalikes))]
+    elif g.relatives and rng.random() < g.p_relative:
         look = genes[int(rng.choice(g.relatives))]
-        g = replace(look, jitter=g.jitter, floor_prob=g.floor_prob, depth=g.depth, relatives=g.relatives)
+    if look is not None:
+        g = replace(look, jitter=g.jitter, floor_prob=g.floor_prob, depth=g.depth, relatives=g.relatives,
+                    lookalikes=g.lookalikes, p_relative=g.p_relative)
     return sample_instance(g, rng)
 
 
@@ -614,6 +672,13 @@ def draw_sprite(g: Genes, size: float, angle_deg: float, rng: np.random.Generato
     if flip:
         stack = stack[:, ::-1]
     stack = cv2.resize(stack, (out, out), interpolation=cv2.INTER_AREA)
+    return rotate_sprite(stack[..., :3], stack[..., 3], angle_deg)
+
+
+def rotate_sprite(bgr: np.ndarray, alpha: np.ndarray, angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate a sprite about its centre (drawings stay inside the inscribed circle, so nothing is cut)."""
+    out = alpha.shape[0]
+    stack = np.concatenate([bgr, alpha[..., None]], 2)
     M = cv2.getRotationMatrix2D(((out - 1) / 2, (out - 1) / 2), float(angle_deg), 1.0)
     stack = cv2.warpAffine(stack, M, (out, out), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0, 0))
     return stack[..., :3], np.clip(stack[..., 3], 0, 1)

@@ -9,7 +9,8 @@ config and the training config file: a run cannot be continued with a different 
 names a new `name` to use), by this command or by any stage run alone. The run folder is locked while
 a pipeline or stage works in it: a second one stops naming the first's pid and host (`--wait` waits).
 The members' configs are validated before any step runs. At the end a summary table (per round:
-pseudo-label count and accuracy when the solution is known, validation/test mean distance per decoder;
+pseudo-label count and accuracy when the solution is known; per decoder: validation/test mean distance,
+test accuracy and distinct test labels;
 plus the time of each step) is printed and saved as summary.md and summary.json in the run folder.
 """
 from __future__ import annotations
@@ -63,7 +64,8 @@ def run_pipeline(cfg: PipelineConfig, trainer: Callable | None = None, wait: boo
 
 
 def summarise(cfg: PipelineConfig, state: dict) -> dict:
-    """Per-round table (pseudo-labels, val/test mean distance per decoder) and step times, saved as md + json."""
+    """Per-round table (pseudo-labels; per decoder: val/test mean distance, test accuracy, distinct test labels)
+    and step times, saved as md + json."""
     rounds = []
     for r in range(cfg.rounds + 1):
         row: dict = {"round": r}
@@ -77,6 +79,8 @@ def summarise(cfg: PipelineConfig, state: dict) -> dict:
         row["temperature"] = evaluation.temperature
         row.update({f"val_{k}": v for k, v in evaluation.val.items()})
         row.update({f"test_{k}": v for k, v in evaluation.test.items()})
+        row.update({f"test_acc_{k}": v for k, v in evaluation.test_accuracy.items()})
+        row.update({f"distinct_{k}": v for k, v in evaluation.distinct.items()})
         rounds.append(row)
     first = ["round", "pseudo_labels", "pseudo_accuracy", "pseudo_distance", "added", "dropped", "changed", "temperature"]
     present = [key for row in rounds for key in row]
@@ -87,7 +91,8 @@ def summarise(cfg: PipelineConfig, state: dict) -> dict:
     markdown = (f"# Pipeline {cfg.name}: {len(cfg.seeds)} members, {cfg.rounds} self-training rounds, "
                 f"min_votes {cfg.pseudo.min_votes}, U >= {cfg.pseudo.u_threshold}\n\n"
                 "Mean hierarchical distance (0 best, 12 worst) per decoder; val = frame-grouped validation split, "
-                "test = generated/known test solution.\n\n"
+                "test = generated/known test solution; test_acc = exact test accuracy; distinct = labels predicted "
+                "on the test (of 79).\n\n"
                 + format_table(rounds, columns) + "\n\n## Time per step\n\n"
                 + format_table(time_rows, ["step", "seconds"]) + "\n")
     summary = {"rounds": rounds, "times": times, "total_seconds": total, "markdown": markdown}

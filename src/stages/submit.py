@@ -47,6 +47,8 @@ class RoundEvaluation:
     skipped: dict[str, str]  # decoder -> why it could not run
     val: dict[str, float] = field(default_factory=dict)  # decoder -> validation mean distance
     test: dict[str, float] = field(default_factory=dict)  # decoder -> test mean distance (solution known)
+    test_accuracy: dict[str, float] = field(default_factory=dict)  # decoder -> exact test accuracy (solution known)
+    distinct: dict[str, int] = field(default_factory=dict)  # decoder -> distinct labels it predicts on the test
     frame_weights: dict[str, float] | None = None  # frame decoder -> w fitted on validation
 
 
@@ -68,12 +70,15 @@ def evaluate_round(cfg: PipelineConfig, r: int) -> RoundEvaluation:
         decoded = decode_ensemble(val, d.decoders, taxonomy, d.sigma, d.diffusion_alpha, temperature, frame_prior)
         val_scores = {k: mean_distance(val.labels[keep], v[keep], D) for k, v in decoded.labels.items()}
     decoded = decode_ensemble(test, d.decoders, taxonomy, d.sigma, d.diffusion_alpha, temperature, frame_prior)
-    test_scores = {}
+    test_scores, test_accuracy = {}, {}
     if cfg.solution:
         truth = read_solution(cfg.solution, test.annotation_id, taxonomy)
         test_scores = {k: mean_distance(truth, v, D) for k, v in decoded.labels.items()}
+        test_accuracy = {k: float(np.mean(truth == v)) for k, v in decoded.labels.items()}
+    # A collapsed model predicts a handful of labels; real competition models use 78-79 of the 79.
+    distinct = {k: int(len(np.unique(v))) for k, v in decoded.labels.items()}
     return RoundEvaluation(r, temperature, test.annotation_id, decoded.labels, decoded.skipped, val_scores, test_scores,
-                           frame_prior.weights if frame_prior else None)
+                           test_accuracy, distinct, frame_prior.weights if frame_prior else None)
 
 
 def check_test_pixels(cfg: PipelineConfig, r: int) -> None:

@@ -1,0 +1,402 @@
+"""Does the generated benchmark put models where real FathomNet 2025 models are? Writes bench/REALISM.md.
+
+    python -m bench.realism                       # bench preset, 3 generator seeds, about 35 min on 2 idle cores
+    python -m bench.realism --gen-seeds 0 --model-seeds 0      # one run, a quick look
+
+It generates the preset for each generator seed (skipped when the folder already holds the same
+generation), crops it with src.data.download, trains the reference recipe (cfg/reference_ce.yaml: plain
+cross-entropy, one small Wide ResNet, argmax; never the method under study, so the calibration favours
+no method) with 3 model seeds on the first generator seed and one model seed on the others, and compares
+every figure of the real error profile (accuracy, error distances, where errors land in the taxonomy,
+per-rank accuracy, item and frame difficulty, size, calibration, geometry) with the real competition
+models' figures, with a verdict per band. Runs that finished are reused; a killed run resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.common import REPO, cpu_model, git_commit, load_average
+from src import error_profile as ep
+from src.artifacts import atomic_path, atomic_write_json, atomic_write_text
+from src.config import Config, deep_merge, load_yaml, parse_overrides, validate_config
+from src.data.skeleton import load_skeleton
+from src.taxonomy import distance_matrix, load_taxonomy
+
+REFERENCE_CONFIG = REPO / "cfg" / "reference_ce.yaml"
+
+# The real profile: competition models on the real 788 test ROIs (strong = 1st place plus four competitive
+# entries, argmax), and the real test geometry. `band` is what a reference model on the generated test must
+# reach (lo, hi); None where the figure is shown for comparison only.
+CHECKS = (
+    # key, label, real figure, band
+    ("accuracy", "exact accuracy", "0.61-0.73 strong, 0.51-0.53 mid", (0.55, 0.68)),
+    ("mean_distance", "mean distance", "1.56-2.73 strong, 3.36-3.58 mid", (2.2, 3.2)),
+    ("error_distance", "mean distance of the errors", "5.6-7.1 strong", (5.5, None)),
+    ("errors_within_2", "errors at distance <= 2", "11-17 % strong", (None, 0.20)),
+    ("within_order", "errors inside the true order", "14-24 % strong", (None, 0.35)),
+    ("within_phylum", "errors inside the true phylum", "44-63 % strong", (0.35, 0.63)),
+    ("distinct_labels", "distinct labels predicted (of 79)", "78-79", (75, None)),
+    ("val_minus_test", "validation minus test accuracy", "0.89 - 0.63 = 0.26", (0.12, None)),
+    ("size_q3_minus_q1", "accuracy, 3rd minus 1st quarter of box size", "20-35 points (ROI-only)", (0.15, None)),
+    ("species_minus_class", "accuracy of species minus class-level truths", "59-78 % vs 37-50 %", (0.01, None)),
+    ("jaccard", "Jaccard overlap of two seeds' error sets", "0.45-0.69 (two strong models)", (0.40, 0.75)),
+    ("all_wrong", "test ROIs wrong for all 3 seeds", "15-17 % (all strong models)", (0.08, None)),
+    ("frame_clustering", "error rate given a wrong sibling / base rate", "1.2-1.6x", (1.15, None)),
+    ("rois_per_frame", "ROIs per test frame", "2.42", (2.42 * 0.75, 2.42 * 1.25)),
+    ("single_taxon_frames", "single-taxon test frames", "74 %", (0.74 * 0.75, 0.74 * 1.25)),
+    ("rel_q25", "box long side / frame long side, q25", "0.029", (0.029 * 0.75, 0.029 * 1.25)),
+    ("rel_median", "box long side / frame long side, median", "0.041", (0.041 * 0.75, 0.041 * 1.25)),
+    ("rel_q75", "box long side / frame long side, q75", "0.066", (0.066 * 0.75, 0.066 * 1.25)),
+    ("size_spearman", "per-class median box size / frame size vs real (Spearman)", "1", (0.6, None)),
+)
+# Figures shown side by side without a band (REALISM sections 1-4).
+DETAIL_LABELS = {
+    "within_genus": "errors inside the true genus", "within_family": "errors inside the true family",
+    "within_class": "errors inside the true class", "kingdom_only": "errors sharing only the kingdom",
+    "lateral": "lateral errors", "too_coarse": "too coarse (an ancestor of the truth)",
+    "too_fine": "too fine (a descendant of the truth)",
+    "rank_phylum": "right phylum", "rank_class": "right class", "rank_order": "right order",
+    "rank_family": "right family", "rank_genus": "right genus", "rank_species": "right species",
+    "truth_class": "accuracy, class-level truths", "truth_genus": "accuracy, genus-level truths",
+    "truth_species": "accuracy, species-level truths", "class_acc_median": "per-class accuracy, median",
+    "class_acc_q25": "per-class accuracy, q25", "class_acc_min": "per-class accuracy, worst class",
+    "classes_at_least_0.9": "classes with accuracy >= 0.9", "both_wrong_same_label": "both wrong: same wrong label",
+    "all_agree_coverage": "all seeds agree: coverage", "all_agree_precision": "all seeds agree: precision",
+    "px_0_32": "accuracy, boxes < 32 px (real-frame px)", "px_128_256": "accuracy, boxes 128-256 px",
+    "cal_p_0_0.5": "accuracy when max prob < 0.5", "cal_p_0.5_0.8": "accuracy when max prob 0.5-0.8",
+    "cal_p_0.8_0.95": "accuracy when max prob 0.8-0.95", "val_accuracy": "validation (in-distribution) accuracy",
+}
+REAL_DETAIL = {
+    "within_genus": "3-7 %", "within_family": "6-11 %", "within_class": "30-45 %", "kingdom_only": "37-56 %",
+    "lateral": "70-82 %", "too_coarse": "9-24 %", "too_fine": "4-11 %",
+    "rank_phylum": "80-90 %", "rank_class": "73-86 %", "rank_order": "68-84 %", "rank_family": "64-80 %",
+    "rank_genus": "64-81 %", "rank_species": "59-78 %",
+    "truth_class": "37-50 %", "truth_genus": "68-79 %", "truth_species": "59-78 %",
+    "class_acc_median": "60-80 %", "class_acc_q25": "40-60 %", "class_acc_min": "~0 %",
+    "classes_at_least_0.9": "15-29",
+    "both_wrong_same_label": "35-46 %", "all_agree_coverage": "56 % (5/5 of 5 seeds)",
+    "all_agree_precision": "85 % (5/5 of 5 seeds)",
+    "px_0_32": "~0.52", "px_128_256": "~0.82",
+    "cal_p_0_0.5": "30 %", "cal_p_0.5_0.8": "60 %", "cal_p_0.8_0.95": "88 %",
+    "val_accuracy": "0.89",
+}
+REAL_GEOMETRY = {"rois_per_frame": 2.42, "rois_per_frame_median": 1, "rois_per_frame_p90": 5, "rois_per_frame_max": 23,
+                 "single_roi_frames": 0.53, "taxa_per_frame": 1.38, "single_taxon_frames": 0.74,
+                 "rois_in_single_taxon_frames": 0.51, "rel_q25": 0.029, "rel_median": 0.041, "rel_q75": 0.066,
+                 "aspect_median": 1.32, "size_spearman_px": 1.0}
+# Real error placement (strong models; share of errors inside the true taxon), for the plot.
+REAL_PLACEMENT = {"genus": (0.03, 0.07), "family": (0.06, 0.11), "order": (0.14, 0.24), "class": (0.30, 0.45),
+                  "phylum": (0.44, 0.63)}
+
+
+# ------------------------------------------------------------------------------------------- data
+def prepare_data(work: Path, preset: str, seed: int, progress: bool) -> Path:
+    """The generated, cropped data set of one generator seed (reused when it is the same generation)."""
+    from src.data.download import download_split
+    from src.data.synthetic import generate_benchmark, generator_record
+
+    root = work / f"{preset}_g{seed}"
+    record = json.loads((root / "generator.json").read_text()) if (root / "generator.json").is_file() else None
+    if record != generator_record(preset, seed):
+        for sub in ("train", "test"):  # crops of an older generation
+            shutil.rmtree(root / sub, ignore_errors=True)
+        generate_benchmark(root, preset, seed, progress=progress)
+    for split in ("train", "test"):
+        if not (root / split / "annotations.csv").is_file():
+            download_split(root / f"dataset_{split}.json", root / split, progress=progress)
+    return root
+
+
+def data_fingerprint(root: Path) -> str:
+    import hashlib
+    return hashlib.blake2b((root / "generator.json").read_bytes(), digest_size=5).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------- training
+def reference_config(root: Path, seed: int, run_dir: Path, overrides: list[str]) -> Config:
+    tree = deep_merge(load_yaml(REFERENCE_CONFIG), parse_overrides([
+        f"seed={seed}", f"data.root={root}", f"data.solution={root / 'solution.csv'}",
+        f"output.dir={run_dir.parent}", f"output.run_name={run_dir.name}", *overrides]))
+    if (run_dir / "checkpoint.pt").is_file() and not (run_dir / "done.json").is_file():
+        tree = deep_merge(tree, {"train": {"resume": True}})
+    return validate_config(Config, tree, source=f"{REFERENCE_CONFIG.name} + overrides")
+
+
+def train_reference(root: Path, seed: int, run_dir: Path, overrides: list[str]) -> Path:
+    from src.train import train
+    if not (run_dir / "done.json").is_file():
+        train(reference_config(root, seed, run_dir, overrides))
+    return run_dir
+
+
+# ------------------------------------------------------------------------------------------- figures
+def _probs(run_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    z = np.load(run_dir / f"{split}_probs.npz")
+    return z["annotation_id"], z["probs"].mean(0), (z["labels"] if "labels" in z.files else None)
+
+
+def test_table(root: Path, taxonomy) -> pd.DataFrame:
+    """One row per test annotation: truth, frame, box and frame size (rendered px)."""
+    coco = json.loads((root / "dataset_test.json").read_text())
+    images = {im["id"]: im for im in coco["images"]}
+    truth = pd.read_csv(root / "solution.csv").set_index("annotation_id")["concept_name"]
+    rows = [{"annotation_id": a["id"], "frame": a["image_id"], "truth": taxonomy.index(truth[a["id"]]),
+             "w": a["bbox"][2], "h": a["bbox"][3], "frame_w": images[a["image_id"]]["width"],
+             "frame_h": images[a["image_id"]]["height"]} for a in coco["annotations"]]
+    return pd.DataFrame(rows).set_index("annotation_id")
+
+
+def run_figures(run_dir: Path, table: pd.DataFrame, taxonomy, D: np.ndarray, render_scale: float) -> dict:
+    """Every single-model figure of one finished run on the generated test (and its validation split)."""
+    ids, probs, _ = _probs(run_dir, "test")
+    rows = table.loc[ids]
+    truth, pred = rows["truth"].to_numpy(), probs.argmax(1)
+    lineages = taxonomy.lineages
+    out = ep.operating_point(truth, pred, D)
+    out.update(ep.error_placement(truth, pred, lineages))
+    out.update({f"rank_{k}": v for k, v in ep.rank_accuracy(truth, pred, lineages).items()})
+    truth_rank = np.array([taxonomy.rank_of(taxonomy.names[t]) for t in truth])
+    out.update({f"truth_{k}": v for k, v in ep.accuracy_by_group(truth, pred, truth_rank).items()})
+    out["species_minus_class"] = out.get("truth_species", np.nan) - out.get("truth_class", np.nan)
+    per_class = ep.per_class_accuracy(truth, pred, len(taxonomy))
+    out.update({"class_acc_median": per_class["median"], "class_acc_q25": per_class["q25"],
+                "class_acc_min": per_class["min"], "classes_at_least_0.9": per_class["n_at_least_0.9"]})
+    long_side = rows[["w", "h"]].max(axis=1).to_numpy() / render_scale
+    by_size = ep.accuracy_by_size(truth, pred, long_side)
+    out.update(by_size)
+    out["size_q3_minus_q1"] = by_size["q3"] - by_size["q1"]
+    out.update({f"cal_{k}": v for k, v in ep.calibration_bins(truth, probs).items()})
+    out["frame_clustering"] = ep.frame_clustering(truth, pred, rows["frame"].to_numpy())
+    _, val_probs, val_labels = _probs(run_dir, "val")
+    out["val_accuracy"] = float(np.mean(val_probs.argmax(1) == val_labels))
+    out["val_minus_test"] = out["val_accuracy"] - out["accuracy"]
+    out["pred"] = pred.tolist()
+    history = pd.read_csv(run_dir / "metrics.csv")
+    out["train_seconds"] = float(history["epoch_seconds"].sum())
+    out["epochs"] = int(history["epoch"].max())
+    return out
+
+
+def geometry_figures(table: pd.DataFrame, class_sizes: pd.DataFrame, render_scale: float) -> dict:
+    out = ep.frame_geometry(table["frame"].to_numpy(), table["truth"].to_numpy(), table[["w", "h"]].to_numpy(),
+                            table[["frame_w", "frame_h"]].to_numpy())
+    long_side = table[["w", "h"]].max(axis=1)
+    rel = long_side / table[["frame_w", "frame_h"]].max(axis=1)
+    generated = rel.groupby(table["truth"]).median()
+    out["size_spearman"] = ep.spearman(generated.to_numpy(), class_sizes["rel_median"].reindex(generated.index).to_numpy())
+    generated_px = (long_side / render_scale).groupby(table["truth"]).median()
+    out["size_spearman_px"] = ep.spearman(generated_px.to_numpy(),
+                                          class_sizes["long_side_median"].reindex(generated_px.index).to_numpy())
+    return out
+
+
+# ------------------------------------------------------------------------------------------- report
+def _fmt(value, key: str = "") -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "-"
+    if isinstance(value, (int, np.integer)) or key in ("distinct_labels", "classes_at_least_0.9", "rois_per_frame_max"):
+        return f"{int(round(value))}"
+    if key in ("mean_distance", "error_distance", "rois_per_frame", "frame_clustering", "taxa_per_frame",
+               "aspect_median", "rois_per_frame_median", "rois_per_frame_p90", "size_spearman"):
+        return f"{value:.2f}"
+    if key.startswith("rel_"):
+        return f"{value:.3f}"
+    return f"{100 * value:.0f} %" if abs(value) <= 1.0 and key not in ("val_minus_test", "size_q3_minus_q1",
+                                                                       "species_minus_class") else f"{value:.2f}"
+
+
+def _in_band(value, band) -> bool:
+    lo, hi = band
+    return value is not None and np.isfinite(value) and (lo is None or value >= lo) and (hi is None or value <= hi)
+
+
+def _band_text(band, key: str) -> str:
+    lo, hi = band
+    if lo is not None and hi is not None:
+        return f"{_fmt(lo, key)} .. {_fmt(hi, key)}"
+    return f">= {_fmt(lo, key)}" if lo is not None else f"<= {_fmt(hi, key)}"
+
+
+def summarise(results: dict) -> dict:
+    """Per generator seed: the mean of its runs' figures, agreement over its seeds, and geometry."""
+    out = {}
+    for g, entry in results["generations"].items():
+        runs = list(entry["runs"].values())
+        keys = [k for k in runs[0] if k != "pred"] if runs else []
+        mean = {k: float(np.nanmean([r[k] for r in runs])) for k in keys}
+        spread = {k: float(np.nanstd([r[k] for r in runs])) for k in keys} if len(runs) > 1 else {}
+        mean.update(entry["geometry"])
+        mean.update(entry.get("agreement", {}))
+        out[g] = {"mean": mean, "spread": spread, "n_runs": len(runs)}
+    return out
+
+
+def plot_profile(results: dict, summary: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    taxonomy = load_taxonomy()
+    D = distance_matrix(taxonomy)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    ax = axes[0]
+    bins = np.arange(0, 13) + 0.5
+    for g, entry in results["generations"].items():
+        dists = []
+        for run in entry["runs"].values():
+            truth = np.array(entry["truth"])
+            pred = np.array(run["pred"])
+            dists.append(D[truth, pred][truth != pred])
+        if dists:
+            ax.hist(np.concatenate(dists), bins=bins, density=True, histtype="step", lw=2, label=f"generated, gen seed {g}")
+    ax.axvspan(5.6, 7.1, color="tab:red", alpha=0.15, label="real strong models: mean 5.6-7.1")
+    ax.set_xlabel("distance of an error"), ax.set_ylabel("share of errors"), ax.legend(fontsize=7)
+    ax.set_title("error distances")
+    ax = axes[1]
+    ranks = list(REAL_PLACEMENT)
+    x = np.arange(len(ranks))
+    for k, rank in enumerate(ranks):
+        lo, hi = REAL_PLACEMENT[rank]
+        ax.add_patch(plt.Rectangle((k - 0.4, lo), 0.8, hi - lo, color="tab:red", alpha=0.2,
+                                   label="real strong models" if k == 0 else None))
+    for g, s in summary.items():
+        ax.plot(x, [s["mean"].get(f"within_{r}", np.nan) for r in ranks], "o-", label=f"generated, gen seed {g}")
+    ax.set_xticks(x, ranks), ax.set_ylim(0, 1), ax.set_ylabel("share of errors inside the true taxon")
+    ax.legend(fontsize=7), ax.set_title("where errors land")
+    ax = axes[2]
+    px = ["px_0_32", "px_32_64", "px_64_128", "px_128_256", "px_256_inf"]
+    for g, s in summary.items():
+        ax.plot(range(len(px)), [s["mean"].get(k, np.nan) for k in px], "o-", label=f"generated, gen seed {g}")
+    ax.plot([0, 3], [0.52, 0.82], "s", color="tab:red", ms=9, label="real ROI-only strong model")
+    ax.set_xticks(range(len(px)), ["<32", "32-64", "64-128", "128-256", ">=256"])
+    ax.set_xlabel("box long side (real-frame px)"), ax.set_ylabel("accuracy"), ax.set_ylim(0, 1)
+    ax.legend(fontsize=7), ax.set_title("accuracy by box size")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+def write_report(results: dict, out_md: Path) -> bool:
+    """bench/REALISM.md and its plot. Returns whether every band holds on every generator seed."""
+    summary = summarise(results)
+    gens = list(summary)
+    plot = out_md.with_name("realism_profile.png")
+    plot_profile(results, summary, plot)
+    head = "| figure | real | band | " + " | ".join(
+        f"gen seed {g} ({summary[g]['n_runs']} run{'s' if summary[g]['n_runs'] != 1 else ''})" for g in gens) + " | verdict |"
+    lines = [head, "|" + "---|" * (4 + len(gens))]
+    all_ok = True
+    for key, label, real, band in CHECKS:
+        values = [summary[g]["mean"].get(key) for g in gens]
+        present = [v for v in values if v is not None]
+        ok = all(_in_band(v, band) for v in present)
+        all_ok &= ok and bool(present)
+        verdict = "not measured (needs several model seeds)" if not present else "holds" if ok else "**fails**"
+        cells = []
+        for g, v in zip(gens, values):
+            s = summary[g]["spread"].get(key)
+            cells.append(_fmt(v, key) + (f" +- {_fmt(s, key)}" if s and key in ("accuracy", "mean_distance") else ""))
+        lines.append(f"| {label} | {real} | {_band_text(band, key)} | " + " | ".join(cells) + f" | {verdict} |")
+    detail = ["| figure | real (strong models) | " + " | ".join(f"gen seed {g}" for g in gens) + " |",
+              "|" + "---|" * (2 + len(gens))]
+    for key, real in REAL_DETAIL.items():
+        detail.append(f"| {DETAIL_LABELS[key]} | {real} | " + " | ".join(_fmt(summary[g]["mean"].get(key), key) for g in gens) + " |")
+    geometry = ["| figure | real test | " + " | ".join(f"gen seed {g}" for g in gens) + " |",
+                "|" + "---|" * (2 + len(gens))]
+    for key, real in REAL_GEOMETRY.items():
+        geometry.append(f"| {key} | {_fmt(real, key)} | " + " | ".join(_fmt(summary[g]["mean"].get(key), key)
+                                                                         for g in gens) + " |")
+    times = [f"gen seed {g} model seed {s}: {r['train_seconds'] / 60:.1f} min ({r['epochs']} epochs)"
+             for g, e in results["generations"].items() for s, r in e["runs"].items()]
+    text = f"""# Realism of the generated benchmark
+
+Generated by `{results['command']}` on {results['date']} ({results['machine']}, load average at the start
+{results['load_start']}, at the end {results['load_end']}; commit {results['commit']}).
+
+The reference recipe (`cfg/reference_ce.yaml`: plain cross-entropy, one WRN-10-2 head, 32 px, argmax,
+{results['epochs']} epochs) trained on the `{results['preset']}` preset of the generator, scored on its
+shifted test split, against how real FathomNet 2025 competition models err on the real test (strong models:
+the 1st place and four competitive entries; figures from their public prediction files scored with the
+official distance). Model figures are means over the runs of a generator seed.
+
+**Verdict: {'every band holds on every generator seed' if all_ok else 'some bands fail (marked)'}.**
+
+## Bands
+
+{chr(10).join(lines)}
+
+![error distances, error placement, accuracy by size]({plot.name})
+
+## The rest of the profile (no band; for comparison)
+
+{chr(10).join(detail)}
+
+## Test geometry (scale-free: boxes relative to the frame)
+
+{chr(10).join(geometry)}
+
+## Training time per run
+
+{chr(10).join('- ' + t for t in times)}
+"""
+    atomic_write_text(out_md, text)
+    return all_ok
+
+
+# ------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.realism", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="bench", help="generator preset (default bench)")
+    parser.add_argument("--gen-seeds", type=int, nargs="+", default=[0, 1, 2], help="generator seeds (default 0 1 2)")
+    parser.add_argument("--model-seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="model seeds on the first generator seed (the others get the first only)")
+    parser.add_argument("--work", type=Path, default=REPO / "outputs" / "realism", help="data and runs")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "REALISM.md", help="the report")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides of the reference recipe (e.g. train.threads=1)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    taxonomy = load_taxonomy()
+    D = distance_matrix(taxonomy)
+    class_sizes = load_skeleton().class_sizes
+    results = {"command": "python -m bench.realism " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "date": time.strftime("%Y-%m-%d"), "machine": f"{cpu_model()}, {os.cpu_count()} cores", "commit": git_commit(),
+               "load_start": " ".join(f"{x:.1f}" for x in load_average()), "preset": args.preset,
+               "epochs": reference_config(Path("."), 0, Path("x/y"), args.set).train.epochs, "generations": {}}
+    json_path = args.out.with_suffix(".json")
+    for k, g in enumerate(args.gen_seeds):
+        root = prepare_data(args.work, args.preset, g, not args.no_progress)
+        render_scale = json.loads((root / "generator.json").read_text())["render_scale"]
+        table = test_table(root, taxonomy)
+        entry = {"truth": table["truth"].tolist(), "geometry": geometry_figures(table, class_sizes, render_scale),
+                 "runs": {}}
+        results["generations"][str(g)] = entry
+        for s in (args.model_seeds if k == 0 else args.model_seeds[:1]):
+            run_dir = args.work / "runs" / data_fingerprint(root) / f"g{g}_s{s}"
+            start = time.perf_counter()
+            train_reference(root, s, run_dir, args.set)
+            entry["runs"][str(s)] = run_figures(run_dir, table, taxonomy, D, render_scale)
+            print(f"gen seed {g} model seed {s}: accuracy {entry['runs'][str(s)]['accuracy']:.3f}, "
+                  f"distance {entry['runs'][str(s)]['mean_distance']:.3f} ({time.perf_counter() - start:.0f} s)")
+        if len(entry["runs"]) > 1:
+            truth = np.array(entry["truth"])
+            entry["agreement"] = ep.seed_agreement(truth, [np.array(r["pred"]) for r in entry["runs"].values()])
+        results["load_end"] = " ".join(f"{x:.1f}" for x in load_average())
+        atomic_write_json(json_path, results)
+        ok = write_report(results, args.out)
+    print(f"wrote {args.out} ({'all bands hold' if ok else 'some bands fail'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
