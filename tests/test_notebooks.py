@@ -2,6 +2,7 @@
 the Kaggle submission notebook, fed the packaged ensemble, writes the very CSV that `submit` writes.
 Notebooks execute with nbclient on the python3 kernel.
 """
+import re
 import shutil
 from pathlib import Path
 
@@ -135,9 +136,9 @@ def test_packaged_views_and_frame_prior_reproduce_submit(tiny_tta_run, tmp_path)
 
 def test_explore_notebook_runs(tiny_run, tmp_path):
     cfg, _ = tiny_run
-    text = run_notebook("explore.ipynb", tmp_path, DATA_ROOT=cfg.data_root, REPO_DIR=str(REPO),
-                        REAL_DATA=str(tmp_path / "absent"))
+    text = run_notebook("explore.ipynb", tmp_path, DATA_ROOT=cfg.data_root, REPO_DIR=str(REPO))
     assert "mean over all ordered pairs 8.8274, max 12, symmetric True, pairs at distance 1: 7" in text
+    assert re.search(r"real test\s+788\.0\s+325\.0\s+2\.42", text)  # the shipped real test geometry, no ../shared
     assert "28 crops from" in text  # 7 phyla x 4 examples
 
 
