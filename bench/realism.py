@@ -160,10 +160,9 @@ def run_figures(run_dir: Path, table: pd.DataFrame, taxonomy, D: np.ndarray, ren
     ids, probs, _ = _probs(run_dir, "test")
     rows = table.loc[ids]
     truth, pred = rows["truth"].to_numpy(), probs.argmax(1)
-    lineages = taxonomy.lineages
     out = ep.operating_point(truth, pred, D)
-    out.update(ep.error_placement(truth, pred, lineages))
-    out.update({f"rank_{k}": v for k, v in ep.rank_accuracy(truth, pred, lineages).items()})
+    out.update(ep.error_placement(truth, pred, taxonomy))
+    out.update({f"rank_{k}": v for k, v in ep.rank_accuracy(truth, pred, taxonomy).items()})
     truth_rank = np.array([taxonomy.rank_of(taxonomy.names[t]) for t in truth])
     out.update({f"truth_{k}": v for k, v in ep.accuracy_by_group(truth, pred, truth_rank).items()})
     out["species_minus_class"] = out.get("truth_species", np.nan) - out.get("truth_class", np.nan)

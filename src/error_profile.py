@@ -5,8 +5,8 @@ distance of the errors, where the errors land in the tree, per-rank accuracy, it
 size, calibration, agreement) and the geometry of a data set; `bench/realism.py` compares a generated
 benchmark with the real profile through them, and they apply to any model's predictions.
 
-Conventions: `truth`, `pred` are class indices (N,), `D` the (C, C) distance matrix, `lineages` the
-taxonomy's 7-rank lineages (None where unset), `frames` a frame id per ROI.
+Conventions: `truth`, `pred` are class indices (N,), `D` the (C, C) distance matrix, `taxonomy` the
+Taxonomy (its 7-rank lineages, None where unset), `frames` a frame id per ROI.
 """
 from __future__ import annotations
 
@@ -14,29 +14,24 @@ from itertools import combinations
 
 import numpy as np
 import pandas as pd
+from scipy.stats import spearmanr
 
-from src.taxonomy import RANKS
+from src.score import pair_distances
+from src.taxonomy import RANKS, Taxonomy
 
 WITHIN_RANKS = ("genus", "family", "order", "class", "phylum")
 REAL_PX_BINS = (0, 32, 64, 128, 256, np.inf)  # box long side in real-frame pixels
 
 
-def _rank_codes(lineages, rank: str) -> np.ndarray:
-    """Integer code per class of its taxon at `rank` (-1 where unset)."""
-    column = [lin[RANKS.index(rank)] for lin in lineages]
-    names = sorted({t for t in column if t is not None})
-    return np.array([names.index(t) if t is not None else -1 for t in column])
-
-
-def shares_rank(truth: np.ndarray, pred: np.ndarray, lineages, rank: str) -> np.ndarray:
+def shares_rank(truth: np.ndarray, pred: np.ndarray, taxonomy: Taxonomy, rank: str) -> np.ndarray:
     """True where truth and prediction have the same (set) taxon at `rank`."""
-    code = _rank_codes(lineages, rank)
+    code, _ = taxonomy.rank_labels(rank)
     return (code[truth] >= 0) & (code[truth] == code[pred])
 
 
 def operating_point(truth: np.ndarray, pred: np.ndarray, D: np.ndarray) -> dict[str, float]:
     """Accuracy, mean distance, mean distance of the errors, share of errors at distance <= 2, labels used."""
-    dist = D[truth, pred]
+    dist = pair_distances(truth, pred, D)
     wrong = truth != pred
     return {"accuracy": float(np.mean(~wrong)), "mean_distance": float(dist.mean()),
             "error_distance": float(dist[wrong].mean()) if wrong.any() else 0.0,
@@ -44,17 +39,17 @@ def operating_point(truth: np.ndarray, pred: np.ndarray, D: np.ndarray) -> dict[
             "distinct_labels": int(len(np.unique(pred)))}
 
 
-def error_placement(truth: np.ndarray, pred: np.ndarray, lineages) -> dict[str, float]:
+def error_placement(truth: np.ndarray, pred: np.ndarray, taxonomy: Taxonomy) -> dict[str, float]:
     """Share of the errors that stay inside the true taxon at each rank genus..phylum, the share that shares
     only the kingdom, and the error types: too coarse (prediction is an ancestor of the truth), too fine
     (a descendant), lateral (neither)."""
     wrong = truth != pred
     t, p = truth[wrong], pred[wrong]
-    out = {f"within_{rank}": float(shares_rank(t, p, lineages, rank).mean()) if len(t) else 0.0
+    out = {f"within_{rank}": float(shares_rank(t, p, taxonomy, rank).mean()) if len(t) else 0.0
            for rank in WITHIN_RANKS}
     out["kingdom_only"] = 1.0 - out["within_phylum"]
-    depth = np.array([sum(x is not None for x in lin) for lin in lineages])
-    lin = [tuple(x) for x in lineages]
+    lin = [tuple(x) for x in taxonomy.lineages]
+    depth = np.array([sum(x is not None for x in lineage) for lineage in lin])
 
     def is_ancestor(a: int, b: int) -> bool:  # a's lineage is a proper prefix of b's
         return depth[a] < depth[b] and all(x is None or x == y for x, y in zip(lin[a], lin[b]))
@@ -67,11 +62,11 @@ def error_placement(truth: np.ndarray, pred: np.ndarray, lineages) -> dict[str, 
     return out
 
 
-def rank_accuracy(truth: np.ndarray, pred: np.ndarray, lineages) -> dict[str, float]:
+def rank_accuracy(truth: np.ndarray, pred: np.ndarray, taxonomy: Taxonomy) -> dict[str, float]:
     """Per rank phylum..species: share of ROIs (whose truth is set at that rank) predicted in the true taxon."""
     out = {}
     for rank in RANKS[1:]:
-        code = _rank_codes(lineages, rank)
+        code, _ = taxonomy.rank_labels(rank)
         has = code[truth] >= 0
         out[rank] = float((code[truth][has] == code[pred][has]).mean()) if has.any() else float("nan")
     return out
@@ -166,5 +161,4 @@ def frame_geometry(frames: np.ndarray, labels: np.ndarray, box_wh: np.ndarray, f
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rank correlation (average ranks for ties)."""
-    ra, rb = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
-    return float(np.corrcoef(ra, rb)[0, 1])
+    return float(spearmanr(a, b).statistic)

@@ -26,7 +26,7 @@ def test_error_placement_and_types():
     # Farrea -> Staurocalyptus: lateral inside the class Hexactinellida; Farrea -> Sebastes: kingdom only.
     truth = np.array([I("Sebastes diploproa"), I("Sebastes"), I("Farrea"), I("Farrea"), I("Farrea")])
     pred = np.array([I("Sebastes"), I("Sebastes diploproa"), I("Staurocalyptus"), I("Sebastes"), I("Farrea")])
-    out = ep.error_placement(truth, pred, TAX.lineages)
+    out = ep.error_placement(truth, pred, TAX)
     assert out["within_genus"] == pytest.approx(2 / 4)  # only the two Sebastes errors share a set genus
     assert out["within_class"] == pytest.approx(3 / 4) and out["within_phylum"] == pytest.approx(3 / 4)
     assert out["kingdom_only"] == pytest.approx(1 / 4)
@@ -37,7 +37,7 @@ def test_error_placement_and_types():
 def test_rank_accuracy_counts_only_truths_set_at_the_rank():
     truth = np.array([I("Porifera"), I("Sebastes diploproa")])
     pred = np.array([I("Farrea"), I("Sebastes")])
-    out = ep.rank_accuracy(truth, pred, TAX.lineages)
+    out = ep.rank_accuracy(truth, pred, TAX)
     assert out["phylum"] == 1.0  # both in the true phylum
     assert out["genus"] == 1.0  # Porifera has no genus: only the Sebastes row counts
     assert out["species"] == 0.0
