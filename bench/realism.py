@@ -29,6 +29,7 @@ from src import error_profile as ep
 from src.artifacts import atomic_path, atomic_write_json, atomic_write_text
 from src.config import Config, deep_merge, load_yaml, parse_overrides, validate_config
 from src.data.skeleton import load_skeleton
+from src.score import pair_distances
 from src.taxonomy import distance_matrix, load_taxonomy
 
 REFERENCE_CONFIG = REPO / "cfg" / "reference_ce.yaml"
@@ -239,22 +240,20 @@ def summarise(results: dict) -> dict:
     return out
 
 
-def plot_profile(results: dict, summary: dict, path: Path) -> None:
+def plot_profile(results: dict, summary: dict, D: np.ndarray, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    taxonomy = load_taxonomy()
-    D = distance_matrix(taxonomy)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     ax = axes[0]
     bins = np.arange(0, 13) + 0.5
     for g, entry in results["generations"].items():
+        truth = np.array(entry["truth"])
         dists = []
         for run in entry["runs"].values():
-            truth = np.array(entry["truth"])
             pred = np.array(run["pred"])
-            dists.append(D[truth, pred][truth != pred])
+            dists.append(pair_distances(truth, pred, D)[truth != pred])
         if dists:
             ax.hist(np.concatenate(dists), bins=bins, density=True, histtype="step", lw=2, label=f"generated, gen seed {g}")
     ax.axvspan(5.6, 7.1, color="tab:red", alpha=0.15, label="real strong models: mean 5.6-7.1")
@@ -285,12 +284,12 @@ def plot_profile(results: dict, summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(results: dict, out_md: Path) -> bool:
+def write_report(results: dict, D: np.ndarray, out_md: Path) -> bool:
     """bench/REALISM.md and its plot. Returns whether every band holds on every generator seed."""
     summary = summarise(results)
     gens = list(summary)
     plot = out_md.with_name("realism_profile.png")
-    plot_profile(results, summary, plot)
+    plot_profile(results, summary, D, plot)
     head = "| figure | real | band | " + " | ".join(
         f"gen seed {g} ({summary[g]['n_runs']} run{'s' if summary[g]['n_runs'] != 1 else ''})" for g in gens) + " | verdict |"
     lines = [head, "|" + "---|" * (4 + len(gens))]
@@ -392,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             entry["agreement"] = ep.seed_agreement(truth, [np.array(r["pred"]) for r in entry["runs"].values()])
         results["load_end"] = " ".join(f"{x:.1f}" for x in load_average())
         atomic_write_json(json_path, results)
-        ok = write_report(results, args.out)
+        ok = write_report(results, D, args.out)
     print(f"wrote {args.out} ({'all bands hold' if ok else 'some bands fail'})")
     return 0
 
