@@ -149,6 +149,13 @@ def cooccurrence(multisets: list[np.ndarray], n_classes: int, smoothing: float =
     return counts / counts.sum(1, keepdims=True)
 
 
+def rotated_extents(x: np.ndarray, y: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Width and height (px) of the tight box of pixels at centred coordinates x, y (1, P) once rotated by
+    each angle of theta (A, 1) radians."""
+    return (np.ptp(x * np.cos(theta) + y * np.sin(theta), axis=1) + 1,
+            np.ptp(-x * np.sin(theta) + y * np.cos(theta), axis=1) + 1)
+
+
 def class_extents(genes: list[Genes], rng: np.random.Generator, instances: int = 6,
                   angles: int = 16) -> np.ndarray:
     """(C, instances, angles, 2) tight-box width and height of drawn individuals of each class at evenly
@@ -159,9 +166,7 @@ def class_extents(genes: list[Genes], rng: np.random.Generator, instances: int =
         for k in range(instances):
             _, alpha = draw_sprite(instance_genes(genes, c, rng), 40.0, 0.0, rng)
             ys, xs = np.nonzero(alpha > 0.2)
-            x, y = xs[None] - xs.mean(), ys[None] - ys.mean()
-            out[c, k, :, 0] = np.ptp(x * np.cos(theta) + y * np.sin(theta), axis=1) + 1
-            out[c, k, :, 1] = np.ptp(-x * np.sin(theta) + y * np.cos(theta), axis=1) + 1
+            out[c, k, :, 0], out[c, k, :, 1] = rotated_extents(xs[None] - xs.mean(), ys[None] - ys.mean(), theta)
             out[c, k] /= out[c, k].max()
     return out
 
@@ -414,9 +419,7 @@ def _sprite_in_box(genes: Genes, w: float, h: float, upright: bool,
     offset = rng.uniform(0, 360)
     angles = rng.normal(0, 15, 6) if upright else (offset + np.arange(0, 360, 22.5)) % 360
     rad = np.deg2rad(angles)[:, None]
-    x, y = xs[None] - centre, ys[None] - centre
-    extent_w = np.ptp(x * np.cos(rad) + y * np.sin(rad), axis=1) + 1
-    extent_h = np.ptp(-x * np.sin(rad) + y * np.cos(rad), axis=1) + 1
+    extent_w, extent_h = rotated_extents(xs[None] - centre, ys[None] - centre, rad)
     fit = np.minimum(w / extent_w, h / extent_h)
     best = int(np.argmax(fit + rng.uniform(0, 0.02, len(fit))))
     rgb, alpha = rotate_sprite(rgb, alpha, float(angles[best]))

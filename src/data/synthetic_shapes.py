@@ -185,9 +185,9 @@ def _lookalikes(taxonomy: Taxonomy, genes: list[Genes], i: int, look: Appearance
         dh = abs((a[0] - b[0] + 90) % 180 - 90)
         return dh / 15 + abs(a[1] - b[1]) / 60 + abs(a[2] - b[2]) / 60
 
-    own_class = taxonomy.lineages[i][2] or taxonomy.names[i]
+    class_of = [lineage[RANKS.index("class")] or name for name, lineage in zip(taxonomy.names, taxonomy.lineages)]
     gaps = [(colour_gap(genes[i].body_hsv, g.body_hsv) + 0.7 * (SILHOUETTE[g.plan] != SILHOUETTE[genes[i].plan]), j)
-            for j, g in enumerate(genes) if (taxonomy.lineages[j][2] or taxonomy.names[j]) != own_class]
+            for j, g in enumerate(genes) if class_of[j] != class_of[i]]
     return tuple(j for _, j in sorted(gaps)[: look.n_lookalikes])
 
 
