@@ -1,7 +1,12 @@
 """Does the generated benchmark put models where real FathomNet 2025 models are? Writes bench/REALISM.md.
 
-    python -m bench.realism                       # bench preset, 3 generator seeds, about 35 min on 2 idle cores
+    python -m bench.realism                       # bench preset, 3 generator seeds, 5 runs: about 45 min on 2 cores
     python -m bench.realism --gen-seeds 0 --model-seeds 0      # one run, a quick look
+
+Two processes with one thread each use 2 cores better than one with two, and share the work folder:
+    python -m bench.realism --gen-seeds 0 --set train.threads=1 --out outputs/realism/a.md &
+    python -m bench.realism --gen-seeds 1 2 --model-seeds 0 --set train.threads=1 --out outputs/realism/b.md
+    python -m bench.realism --set train.threads=1      # then: reuses every run, writes bench/REALISM.md
 
 It generates the preset for each generator seed (skipped when the folder already holds the same
 generation), crops it with src.data.download, trains the reference recipe (cfg/reference_ce.yaml: plain
@@ -117,9 +122,14 @@ def prepare_data(work: Path, preset: str, seed: int, progress: bool) -> Path:
     return root
 
 
-def data_fingerprint(root: Path) -> str:
+def run_fingerprint(root: Path, overrides: list[str]) -> str:
+    """Names the runs of one generation and one recipe (the reference YAML and the --set overrides), so a
+    changed recipe trains anew instead of reusing runs made with another. Overrides that change only the speed
+    (train.threads, train.progress) do not count: two processes with one thread each share the runs."""
     import hashlib
-    return hashlib.blake2b((root / "generator.json").read_bytes(), digest_size=5).hexdigest()
+    kept = [o for o in overrides if not o.startswith(("train.threads=", "train.progress="))]
+    recipe = REFERENCE_CONFIG.read_bytes() + "\n".join(kept).encode("utf-8")
+    return hashlib.blake2b((root / "generator.json").read_bytes() + recipe, digest_size=5).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -380,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                  "runs": {}}
         results["generations"][str(g)] = entry
         for s in (args.model_seeds if k == 0 else args.model_seeds[:1]):
-            run_dir = args.work / "runs" / data_fingerprint(root) / f"g{g}_s{s}"
+            run_dir = args.work / "runs" / run_fingerprint(root, args.set) / f"g{g}_s{s}"
             start = time.perf_counter()
             train_reference(root, s, run_dir, args.set)
             entry["runs"][str(s)] = run_figures(run_dir, table, taxonomy, D, render_scale)

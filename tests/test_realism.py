@@ -37,3 +37,12 @@ def test_realism_report_on_tiny(tmp_path, capsys):
     assert "epoch 1/1" not in capsys.readouterr().out
     again = json.loads(out.with_suffix(".json").read_text())["generations"]["0"]
     assert again["runs"] == entry["runs"]
+
+
+def test_runs_are_keyed_by_generation_and_recipe(tmp_path):
+    (tmp_path / "generator.json").write_text('{"seed": 0}')
+    base = realism.run_fingerprint(tmp_path, [])
+    assert realism.run_fingerprint(tmp_path, ["train.threads=1", "train.progress=true"]) == base  # speed only
+    assert realism.run_fingerprint(tmp_path, ["train.epochs=3"]) != base  # another recipe: trained anew
+    (tmp_path / "generator.json").write_text('{"seed": 1}')
+    assert realism.run_fingerprint(tmp_path, []) != base  # another generation

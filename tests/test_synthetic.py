@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.data.synthetic import PRESETS, generate_benchmark, generator_record, main, split_style, write_preview
-from src.data.synthetic_shapes import COLOUR_ARCHETYPES, concept_genes, draw_sprite, instance_genes, sample_instance
+from src.data.synthetic import (PRESETS, frame_individuals, generate_benchmark, generator_record, main, split_style,
+                                write_preview)
+from src.data.synthetic_shapes import (COLOUR_ARCHETYPES, Appearance, colour_archetype, concept_genes, draw_sprite,
+                                       instance_genes, sample_instance)
 from src.taxonomy import distance_matrix, load_taxonomy
 
 TAX = load_taxonomy()
@@ -182,6 +184,51 @@ def test_shape_follows_the_taxonomy_and_colour_crosses_phyla():
     plans = [g.plan for g in genes]
     assert plans[TAX.index("Sebastes")] == plans[TAX.index("Merluccius productus")] == "fish"
     assert plans[TAX.index("Asteroidea")] == "star"
+
+
+def test_phylum_palettes_keep_colour_confusions_inside_the_phylum():
+    phyla = sorted({f"Animalia/{lin[1]}" for lin in TAX.lineages})
+    keys = [f"{p}/taxon{k}" for p in phyla for k in range(40)]
+    # All taxa on the palette: each phylum wears palette_size colours at most, and phyla differ.
+    all_in = Appearance(p_phylum_palette=1.0, palette_size=3)
+    worn = {p: {colour_archetype(k, p, all_in) for k in keys if k.startswith(p + "/")} for p in phyla}
+    assert all(len(w) == 3 for w in worn.values()) and len({tuple(sorted(w)) for w in worn.values()}) > 1
+    # None on it: every phylum wears almost every colour; the default lies in between.
+    none_in = Appearance(p_phylum_palette=0.0)
+    assert min(len({colour_archetype(k, p, none_in) for k in keys if k.startswith(p + "/")}) for p in phyla) >= 6
+    default = Appearance()
+    off_palette = np.mean([colour_archetype(k, k.rsplit("/", 1)[0], default) not in worn[k.rsplit("/", 1)[0]]
+                           for k in keys])
+    assert 0.15 < off_palette < 0.6  # (1 - 0.6) of the taxa choose among all 8 colours, 5/8 of those off it
+
+
+def test_siblings_of_one_taxon_in_a_frame_share_their_look():
+    genes = concept_genes(TAX)
+    i, j = TAX.index("Sebastolobus"), TAX.index("Octopus rubescens")
+    rng = np.random.default_rng(0)
+    same_plan, value_gap_siblings, value_gap_frames = [], [], []
+    for _ in range(300):
+        a, b, c = frame_individuals(np.array([i, i, j]), genes, 0.5, rng)
+        same_plan.append(a.plan == b.plan)
+        value_gap_siblings.append(abs(a.body_hsv[2] - b.body_hsv[2]))
+        d = frame_individuals(np.array([i]), genes, 0.5, rng)[0]
+        value_gap_frames.append(abs(a.body_hsv[2] - d.body_hsv[2]))
+    assert all(same_plan)  # one look per taxon and frame, look-alikes included
+    assert np.mean(value_gap_siblings) < 0.5 * np.mean(value_gap_frames)
+
+
+def test_atypical_frames_draw_their_animals_further_from_the_taxon():
+    genes = concept_genes(TAX)
+    i = TAX.index("Sebastolobus")
+    typical = genes[i].shape
+
+    def spread(atypical_frames: float) -> float:
+        rng = np.random.default_rng(1)
+        return np.mean([np.abs(np.subtract(frame_individuals(np.array([i]), genes, 0.0, rng, atypical_frames)[0].shape,
+                                           typical)).mean() for _ in range(300)])
+
+    assert spread(1.0) > 1.8 * spread(0.0)
+    assert spread(0.0) < spread(0.2) < spread(1.0)
 
 
 def test_lookalikes_belong_to_other_classes_and_are_drawn_at_their_rate():

@@ -12,15 +12,16 @@ class-dependent sizes. The pixels are drawn (src/data/synthetic_shapes.py). It w
   generator.json                          the generator's parameters (written last: complete)
 Frames are drawn at `render_scale` times the real pixel size (default 0.5) and saved as JPEG. The test
 split is shifted like the real one: train objects are larger (by 1 + TRAIN_SIZE_GAIN x shift), more test
-frames are bad (murky, dim, out of focus), the lamp is another colour, and more test individuals look
-like a concept of another class.
+frames are bad (murky, dim, out of focus) or show atypical animals, the lamp is another colour, and a
+few more test individuals look like a concept of another class.
 
 Why models err here as they do on the real test (see bench/REALISM.md): deep-sea animals of unrelated
 phyla share a few colours, so a small or degraded animal is mistaken for a look-alike of another
 phylum; body plans and shapes follow the taxonomy, so a well-seen animal is mistaken, if at all, for a
 relative; concepts named at class or phylum rank look like any of their members; a share of the
-individuals look like another class's concept (every model fails on them); and bad frames degrade all
-their animals at once.
+individuals look like another class's concept (every model fails on them). Difficulty belongs to the
+frame too: animals of one taxon in a frame are one species seen alike, some frames show atypical
+animals, and bad frames degrade all their animals at once, so errors cluster by frame.
 
     python -m src.data.synthetic --out inputs/synthetic/demo --preset demo --seed 0 --preview preview.png
 """
@@ -48,7 +49,7 @@ from tqdm import tqdm
 from src.artifacts import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 from src.data.skeleton import Skeleton, load_skeleton
 from src.data.synthetic_shapes import (PELAGIC_PLANS, UPRIGHT_PLANS, Appearance, Genes, concept_genes, draw_sprite,
-                                       instance_genes, rotate_sprite)
+                                       individual_look, instance_genes, rotate_sprite, sample_instance)
 from src.taxonomy import Taxonomy, load_taxonomy
 
 
@@ -63,8 +64,8 @@ class Preset:
 
 PRESETS = {
     "tiny": Preset(240, 80, "about 240 train / 80 test ROIs, for tests"),
-    "demo": Preset(2400, 400, "about 2,400 train / 400 test ROIs, the README's pipeline"),
-    "bench": Preset(8000, None, "about 8,000 train ROIs / the 788 real test ROIs, for studies on a CPU"),
+    "demo": Preset(4000, 400, "about 4,000 train / 400 test ROIs, the README's pipeline"),
+    "bench": Preset(16000, None, "about 16,000 train ROIs / the 788 real test ROIs, for studies on a CPU"),
     "fathomnet": Preset(None, None, "all 23,699 train / 788 test ROIs of the real data set, for GPU runs"),
 }
 DEFAULT_SHIFT = 0.6
@@ -73,7 +74,9 @@ TRAIN_SIZE_GAIN = 0.35  # train objects are 1 + gain x shift times the test size
 MIN_REL_SIZE, MAX_REL_SIZE = 0.006, 0.6  # object long side relative to the frame's long side
 SHAPE_FIT_WEIGHT = 10.0  # how strongly test labels follow the shape of their boxes (log-likelihood weight)
 SPLIT_CODE = {"train": 0, "test": 1}
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
+ATYPICAL_VARIATION = 2.5  # per-individual variation in an atypical frame, relative to the taxon's
+SIBLING_VARIATION = 0.3  # variation of a taxon's siblings in one frame around the first one drawn
 # Video frame grabs: JPEG at quality 95 is 6x smaller than PNG for these noisy frames, artefacts barely visible.
 JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 95]
 
@@ -94,6 +97,7 @@ class FrameStyle:
     brightness: tuple[float, float]   # good frame -> bad frame
     snow: tuple[int, int]             # marine-snow particles per 100k px
     p_lookalike: float                # share of individuals that look like another class's concept
+    atypical_frames: float = 0.0      # share of frames whose animals are atypical (odd pose, partly hidden)
 
 
 def split_style(split: str, shift: float) -> FrameStyle:
@@ -111,7 +115,8 @@ def split_style(split: str, shift: float) -> FrameStyle:
         vignette=(0.15 + 0.1 * s, 0.45 + 0.15 * s),
         brightness=(1.1 - 0.05 * s, 0.7 - 0.1 * s),
         snow=(10 + int(10 * s), 60 + int(40 * s)),
-        p_lookalike=0.03 + 0.05 * s,
+        p_lookalike=0.02 + 0.02 * s,
+        atypical_frames=0.03 + 0.12 * s,
     )
 
 
@@ -450,6 +455,22 @@ def _place(bw: int, bh: int, width: int, height: int, on_floor: bool, horizon: f
     return cx, cy
 
 
+def frame_individuals(labels: np.ndarray, genes: list[Genes], p_lookalike: float, rng: np.random.Generator,
+                      atypical_frames: float = 0.0) -> list[Genes]:
+    """Genes of each animal of a frame. Animals of one taxon in a frame are usually one species seen alike:
+    the first one drawn of a taxon sets the look (an atypical or misleading one included) and its siblings
+    vary little around it (SIBLING_VARIATION), so what defeats a model on one defeats it on all."""
+    first: dict[int, Genes] = {}
+    out = []
+    scale = ATYPICAL_VARIATION if rng.random() < atypical_frames else 1.0
+    for label in labels:
+        label = int(label)
+        if label not in first:
+            first[label] = sample_instance(individual_look(genes, label, rng, p_lookalike), rng, scale)
+        out.append(sample_instance(first[label], rng, SIBLING_VARIATION))
+    return out
+
+
 def render_frame(plan: FramePlan, genes: list[Genes], style: FrameStyle, rng: np.random.Generator,
                  blur_scale: float = 1.0) -> tuple[np.ndarray, list[list[float]]]:
     """Draw one frame. Returns (BGR uint8 image, bbox [x, y, w, h] per object, clipped to the frame).
@@ -465,8 +486,8 @@ def render_frame(plan: FramePlan, genes: list[Genes], style: FrameStyle, rng: np
     frame, horizon = render_background(width, height, seafloor, depth, rng)
 
     placed = []  # (y for z-order, sprite rgb, alpha, x0, y0, box)
-    for k, label in enumerate(labels):
-        g = instance_genes(genes, label, rng, style.p_lookalike)
+    individuals = frame_individuals(labels, genes, style.p_lookalike, rng, style.atypical_frames)
+    for k, (label, g) in enumerate(zip(labels, individuals)):
         on_floor = seafloor and g.plan not in PELAGIC_PLANS
         upright = on_floor and g.plan in UPRIGHT_PLANS
         if plan.boxes is not None:

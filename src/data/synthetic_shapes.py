@@ -82,6 +82,9 @@ class Appearance:
     n_lookalikes: int = 2           # look-alikes of another class per concept
     fine_shape: float = 1.8         # scale of the genus and species steps of the shape walk
     p_own_texture: float = 0.5      # share of concepts with a texture of their own (else their order's)
+    coarse_jitter: float = 0.15     # extra per-instance variation per rank a concept leaves unset
+    p_phylum_palette: float = 0.6   # share of concepts whose colour comes from their phylum's few colours
+    palette_size: int = 3           # colours per phylum palette (of the COLOUR_ARCHETYPES)
 
 
 # Deep-sea animals of every phylum share a few colours (OpenCV HSV): red, orange, salmon pink, pale,
@@ -105,14 +108,22 @@ def _rank_keys(lineage: tuple[str | None, ...], concept: str) -> list[tuple[str,
     return keys
 
 
+def colour_archetype(key: str, phylum_key: str, look: Appearance) -> int:
+    """Index of the colour archetype of the taxon `key`. A share p_phylum_palette of taxa take one of their
+    phylum's `palette_size` colours (a colour confusion then stays inside the phylum), the rest any colour."""
+    pool = np.arange(len(COLOUR_ARCHETYPES))
+    if hash_unit(f"{key}#palette")[0] < look.p_phylum_palette:
+        pool = np.sort(np.argsort(hash_unit(f"{phylum_key}#palette", len(pool)), kind="stable")[: look.palette_size])
+    return int(pool[int(hash_unit(f"{key}#colour")[0] * len(pool)) % len(pool)])
+
+
 def _body_colour(name: str, u: dict[str, np.ndarray], keys: dict[str, str], look: Appearance) -> tuple:
     """Body HSV: a colour archetype chosen at the class, the order or the concept itself, plus small
     offsets from the finer ranks (near relatives of one colour differ a little)."""
     pick = hash_unit(f"{name}#colour-level")[0]
     level = ("class" if pick < look.p_class_colour else
              "order" if pick < look.p_class_colour + look.p_order_colour else None)
-    key = keys[level] if level else name
-    h0, s0, v0 = COLOUR_ARCHETYPES[int(hash_unit(f"{key}#colour")[0] * len(COLOUR_ARCHETYPES)) % len(COLOUR_ARCHETYPES)]
+    h0, s0, v0 = COLOUR_ARCHETYPES[colour_archetype(keys[level] if level else name, keys["phylum"], look)]
     k = look.colour_spread
     hue = (h0 + k * (10 * (u["family"][0] - 0.5) + 8 * (u["genus"][0] - 0.5) + 6 * (u["species"][0] - 0.5))) % 180
     sat = s0 + k * (40 * (u["order"][1] - 0.5) + 24 * (u["genus"][1] - 0.5))
@@ -155,7 +166,7 @@ def concept_genes(taxonomy: Taxonomy, look: Appearance = Appearance()) -> list[G
             tex_contrast=float(0.35 + 0.5 * u["order"][17]),
             tex_freq=float(2.0 + 5.0 * u["family"][17] + 1.0 * (u["genus"][17] - 0.5)),
             spot_density=float(np.clip(0.2 + 0.6 * u["genus"][18] + 0.2 * (u["species"][18] - 0.5), 0, 1)),
-            jitter=1.0 + 0.35 * n_unset,
+            jitter=1.0 + look.coarse_jitter * n_unset,
             floor_prob=float(floor_prob),
             depth=float(np.clip(0.5 * u["order"][19] + 0.5 * u["class"][19], 0, 1)),
         ))
@@ -191,26 +202,32 @@ def _lookalikes(taxonomy: Taxonomy, genes: list[Genes], i: int, look: Appearance
     return tuple(j for _, j in sorted(gaps)[: look.n_lookalikes])
 
 
-def instance_genes(genes: list[Genes], label: int, rng: np.random.Generator, p_lookalike: float = 0.0) -> Genes:
-    """Genes of one drawn individual of class `label`. With probability p_lookalike it looks like one of
-    its look-alikes of another class (an atypical individual, or one the camera renders misleadingly);
-    else a concept named at a coarse rank looks, with its own probability, like one of its finer
-    relatives. The individual keeps its own habitat and variation."""
+def individual_look(genes: list[Genes], label: int, rng: np.random.Generator, p_lookalike: float = 0.0) -> Genes:
+    """Which concept an individual of class `label` is drawn like. With probability p_lookalike one of its
+    look-alikes of another class (an atypical individual, or one the camera renders misleadingly); else a
+    concept named at a coarse rank looks, with its own probability, like one of its finer relatives. The
+    individual keeps its own habitat and variation."""
     g = genes[label]
     look = None
     if g.lookalikes and rng.random() < p_lookalike:
         look = genes[int(rng.choice(g.lookalikes))]
     elif g.relatives and rng.random() < g.p_relative:
         look = genes[int(rng.choice(g.relatives))]
-    if look is not None:
-        g = replace(look, jitter=g.jitter, floor_prob=g.floor_prob, depth=g.depth, relatives=g.relatives,
-                    lookalikes=g.lookalikes, p_relative=g.p_relative)
-    return sample_instance(g, rng)
+    if look is None:
+        return g
+    return replace(look, jitter=g.jitter, floor_prob=g.floor_prob, depth=g.depth, relatives=g.relatives,
+                   lookalikes=g.lookalikes, p_relative=g.p_relative)
 
 
-def sample_instance(genes: Genes, rng: np.random.Generator) -> Genes:
-    """One individual: the concept's genes with per-instance variation (more for coarse concepts)."""
-    j = genes.jitter
+def instance_genes(genes: list[Genes], label: int, rng: np.random.Generator, p_lookalike: float = 0.0) -> Genes:
+    """Genes of one drawn individual of class `label`: its look (`individual_look`) with per-instance variation."""
+    return sample_instance(individual_look(genes, label, rng, p_lookalike), rng)
+
+
+def sample_instance(genes: Genes, rng: np.random.Generator, scale: float = 1.0) -> Genes:
+    """One individual: the concept's genes with per-instance variation (more for coarse concepts), times
+    `scale` (small for a sibling of an individual already drawn in the frame)."""
+    j = genes.jitter * scale
     shape = np.clip(np.asarray(genes.shape) + rng.normal(0, 0.04 * j, N_SHAPE), 0, 1)
     count_delta = genes.count_delta + (int(rng.choice((-1, 1))) if rng.random() < 0.08 * j else 0)
 
