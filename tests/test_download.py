@@ -448,9 +448,11 @@ def test_ctrl_c_stops_at_once_saves_what_is_done_and_resumes(tmp_path):
         coco = write_coco(tmp_path / "c.json", {i: f"{server.url}/img/{i}.png" for i in range(1, 41)},
                           {i: [BOX] for i in range(1, 41)})
         out = tmp_path / "out"
+        # A shell starts background jobs with SIGINT ignored and children inherit that (pytest run with `&`):
+        # give the child the default action, so it sees the Ctrl-C a user's terminal would send.
         process = subprocess.Popen([sys.executable, "-m", "src.data.download", str(coco), str(out), "-n", "2",
                                     "--no-progress"], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True)
+                                   text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         wait_until = time.monotonic() + 60
         while sum(server.hits.values()) < 6 and time.monotonic() < wait_until and process.poll() is None:
             time.sleep(0.02)
