@@ -1,12 +1,12 @@
 """Does the generated benchmark put models where real FathomNet 2025 models are? Writes bench/REALISM.md.
 
-    python -m bench.realism                       # bench preset, 3 generator seeds, 5 runs: about 45 min on 2 cores
+    python -m bench.realism                       # bench preset, 3 generator seeds, 5 runs: about 50 min on 2 cores
     python -m bench.realism --gen-seeds 0 --model-seeds 0      # one run, a quick look
 
-Two processes with one thread each use 2 cores better than one with two, and share the work folder:
+Two processes with one thread each use 2 cores better than one with two (45 min in all), and share the work folder:
     python -m bench.realism --gen-seeds 0 --set train.threads=1 --out outputs/realism/a.md &
-    python -m bench.realism --gen-seeds 1 2 --model-seeds 0 --set train.threads=1 --out outputs/realism/b.md
-    python -m bench.realism --set train.threads=1      # then: reuses every run, writes bench/REALISM.md
+    python -m bench.realism --gen-seeds 1 2 --model-seeds 0 --set train.threads=1 --out outputs/realism/b.md; wait
+    python -m bench.realism --set train.threads=1      # reuses every run, writes bench/REALISM.md
 
 It generates the preset for each generator seed (skipped when the folder already holds the same
 generation), crops it with src.data.download, trains the reference recipe (cfg/reference_ce.yaml: plain
