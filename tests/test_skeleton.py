@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from src.data.skeleton import FILES, SKELETON_DIR, derive_skeleton, load_skeleton
-from src.data.synthetic import (PRESETS, TRAIN_SIZE_GAIN, assign_test_labels, class_size_model, cooccurrence, plan_frames,
-                                sample_frames)
+from src.data.synthetic import (PRESETS, TRAIN_SIZE_GAIN, assign_test_labels, class_size_model, cooccurrence,
+                                plan_frames, sample_frames)
 from src.data.synthetic_shapes import Appearance, concept_genes
 from src.error_profile import spearman
 from src.taxonomy import load_taxonomy
