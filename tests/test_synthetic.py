@@ -108,9 +108,21 @@ def test_test_split_replays_the_real_geometry(tiny):
     record = json.loads((tiny / "generator.json").read_text())
     scale = record["render_scale"]
     coco = _coco(tiny, "test")
-    real_boxes = {tuple(np.round(r, 1)) for r in real[["x", "y", "w", "h"]].to_numpy() * scale}
-    for a in coco["annotations"][:40]:
-        assert tuple(np.round(a["bbox"], 1)) in real_boxes or min(a["bbox"][2:]) < 1  # clipped tiny boxes aside
+    # Each box is the tight box of an animal drawn at a real box: same centre, about the same long side.
+    real_boxes = real[["x", "y", "w", "h"]].to_numpy() * scale
+    real_centres = real_boxes[:, :2] + real_boxes[:, 2:] / 2
+    images = {im["id"]: im for im in coco["images"]}
+    ratios = []
+    for a in coco["annotations"]:
+        x, y, w, h = a["bbox"]
+        im = images[a["image_id"]]
+        if x <= 0 or y <= 0 or x + w >= im["width"] or y + h >= im["height"]:
+            continue  # clipped at the frame border
+        gap = np.abs(real_centres - [x + w / 2, y + h / 2]).max(axis=1)
+        k = int(np.argmin(gap))
+        assert gap[k] <= 1.0
+        ratios.append(max(w, h) / real_boxes[k, 2:].max())
+    assert len(ratios) > 40 and 0.9 <= np.median(ratios) <= 1.1 and np.percentile(ratios, 90) < 1.3, ratios
     sizes = {(round(w * scale), round(h * scale)) for w, h in real[["width", "height"]].to_numpy()}
     assert all((im["width"], im["height"]) in sizes for im in coco["images"])
     assert record == generator_record("tiny", 0)

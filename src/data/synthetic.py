@@ -74,7 +74,7 @@ TRAIN_SIZE_GAIN = 0.35  # train objects are 1 + gain x shift times the test size
 MIN_REL_SIZE, MAX_REL_SIZE = 0.006, 0.6  # object long side relative to the frame's long side
 SHAPE_FIT_WEIGHT = 10.0  # how strongly test labels follow the shape of their boxes (log-likelihood weight)
 SPLIT_CODE = {"train": 0, "test": 1}
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 ATYPICAL_VARIATION = 2.5  # per-individual variation in an atypical frame, relative to the taxon's
 SIBLING_VARIATION = 0.3  # variation of a taxon's siblings in one frame around the first one drawn
 # Video frame grabs: JPEG at quality 95 is 6x smaller than PNG for these noisy frames, artefacts barely visible.
@@ -107,8 +107,8 @@ def split_style(split: str, shift: float) -> FrameStyle:
     s = shift if split == "test" else 0.0
     return FrameStyle(
         quality=(1.2, 6.0 - 2.0 * s),
-        bad_frames=0.08 + 0.17 * s,
-        blur=(0.3 + 0.1 * s, 0.9 + 0.3 * s),
+        bad_frames=0.08 + 0.25 * s,
+        blur=(0.3 + 0.67 * s, 0.9 + 1.5 * s),
         noise=(1.0 + 0.5 * s, 5.0 + 1.5 * s),
         turbidity=(0.03 + 0.03 * s, 0.3 + 0.08 * s),
         lamp_bgr=(1.0 - 0.06 * s, 1.0 - 0.01 * s, 1.0 + 0.06 * s),
@@ -116,7 +116,7 @@ def split_style(split: str, shift: float) -> FrameStyle:
         brightness=(1.1 - 0.05 * s, 0.7 - 0.1 * s),
         snow=(10 + int(10 * s), 60 + int(40 * s)),
         p_lookalike=0.02 + 0.02 * s,
-        atypical_frames=0.03 + 0.12 * s,
+        atypical_frames=0.03 + 0.2 * s,
     )
 
 
@@ -414,9 +414,13 @@ def _sprite(genes: Genes, size: float, upright: bool, rng) -> tuple[np.ndarray, 
 
 def _sprite_in_box(genes: Genes, w: float, h: float, upright: bool,
                    rng) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
-    """An individual drawn to fill a w x h box: the orientation whose extent fits the box best (near upright
-    for animals standing on the seafloor), then scaled so its tight box fits the box."""
-    rgb, alpha = draw_sprite(genes, max(w, h), 0.0, rng, flip=bool(rng.random() < 0.5))
+    """An individual drawn for a real w x h box: the orientation whose extent fits the box best (near upright
+    for animals standing on the seafloor) and the size at which its tight box has the box's long side, found
+    on a trial drawing; then the same individual is drawn again at that size and angle, like a train animal
+    (resizing the trial drawing would blur it: test animals would look unlike every train animal)."""
+    flip = bool(rng.random() < 0.5)
+    draw_seed = int(rng.integers(2 ** 63))
+    rgb, alpha = draw_sprite(genes, max(w, h), 0.0, np.random.default_rng(draw_seed), flip=flip)
     ys, xs = np.nonzero(alpha > 0.2)
     if len(xs) < 2:
         return rgb, alpha, _tight_box(alpha)
@@ -427,12 +431,11 @@ def _sprite_in_box(genes: Genes, w: float, h: float, upright: bool,
     extent_w, extent_h = rotated_extents(xs[None] - centre, ys[None] - centre, rad)
     fit = np.minimum(w / extent_w, h / extent_h)
     best = int(np.argmax(fit + rng.uniform(0, 0.02, len(fit))))
-    rgb, alpha = rotate_sprite(rgb, alpha, float(angles[best]))
-    scale = float(np.clip(fit[best], 0.25, 1.6))
-    if abs(scale - 1) > 0.03:
-        side = max(2, round(alpha.shape[0] * scale))
-        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        rgb, alpha = cv2.resize(rgb, (side, side), interpolation=interp), cv2.resize(alpha, (side, side), interpolation=interp)
+    # The long side of the animal's tight box matches the real box's (the real box sizes stay), its aspect
+    # follows the animal, which the orientation above brings near the real box's.
+    scale = float(np.clip(max(w, h) / max(extent_w[best], extent_h[best]), 0.25, 4.0))
+    rgb, alpha = draw_sprite(genes, max(w, h) * scale, float(angles[best]), np.random.default_rng(draw_seed),
+                             flip=flip)
     return rgb, alpha, _tight_box(alpha)
 
 
@@ -494,7 +497,10 @@ def render_frame(plan: FramePlan, genes: list[Genes], style: FrameStyle, rng: np
             x, y, w, h = plan.boxes[k]
             rgb, alpha, (bx0, by0, bx1, by1) = _sprite_in_box(g, w, h, upright, rng)
             cx, cy = x + w / 2, y + h / 2
-            box = np.clip([x, y, x + w, y + h], 0, [width, height, width, height])
+            # The box is the drawn animal's tight box, as an annotator draws it: a real box the animal
+            # did not fill would show test animals smaller in their crops than any train animal.
+            box = np.clip([cx - (bx1 - bx0) / 2, cy - (by1 - by0) / 2, cx + (bx1 - bx0) / 2, cy + (by1 - by0) / 2],
+                          0, [width, height, width, height])
         else:
             rgb, alpha, (bx0, by0, bx1, by1) = _sprite(g, float(plan.sizes[k]), upright, rng)
             cx, cy = _place(bx1 - bx0, by1 - by0, width, height, on_floor, horizon, placed, rng)
