@@ -10,10 +10,12 @@ class-dependent sizes. The pixels are drawn (src/data/synthetic_shapes.py). It w
                                           coco_url = file:// URL of the frame)
   solution.csv                            annotation_id,concept_name for every test annotation
   generator.json                          the generator's parameters (written last: complete)
-Frames are drawn at `render_scale` times the real pixel size (default 0.5) and saved as JPEG. The test
-split is shifted like the real one: train objects are larger (by 1 + TRAIN_SIZE_GAIN x shift), more test
-frames are bad (murky, dim, out of focus) or show atypical animals, the lamp is another colour, and a
-few more test individuals look like a concept of another class.
+Frames are drawn at `render_scale` times the real pixel size (default 0.5) and saved as JPEG. Test animals
+are drawn at the real boxes (centre, long side, an orientation that fits the box's aspect) and boxed by
+their tight box, as an annotator boxes an animal. The test split is shifted like the real one: train
+objects are larger (by 1 + TRAIN_SIZE_GAIN x shift), test frames are blurrier (which costs a small animal
+far more than a large one), more of them are bad (murky, dim, out of focus) or show atypical animals, the
+lamp is another colour, and a few more test individuals look like a concept of another class.
 
 Why models err here as they do on the real test (see bench/REALISM.md): deep-sea animals of unrelated
 phyla share a few colours, so a small or degraded animal is mistaken for a look-alike of another
@@ -786,8 +788,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"test shift strength 0..1: train objects are 1 + {TRAIN_SIZE_GAIN} x shift times the "
                              f"test size, test frames blurrier, more turbid and darker (default {DEFAULT_SHIFT})")
     parser.add_argument("--render-scale", type=float, default=DEFAULT_RENDER_SCALE,
-                        help="frame size relative to the real frames (default 32/112 = 0.286: for 32-px models; "
-                             "use 1.0 with 112-px models on a GPU)")
+                        help=f"frame size relative to the real frames (default {DEFAULT_RENDER_SCALE}, the "
+                             "calibrated setting for 32-px models; use 1.0 with 112-px models on a GPU)")
     parser.add_argument("--preview", type=Path, default=None, help="also write a contact sheet PNG here")
     parser.add_argument("--workers", type=int, default=None,
                         help="processes rendering frames (default: every CPU); the output does not depend on it")
