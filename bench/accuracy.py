@@ -1,17 +1,22 @@
-"""Accuracy on a generated benchmark: losses, decoders, ensemble, self-training, context, down-scaling.
+"""The method's claims on a generated benchmark: losses, ensembles and decoders, self-training, context,
+down-scaling, and the seed options (FIERCE, average-K head), each with several seeds, paired by seed.
 
-    python -m src.data.synthetic --out inputs/synthetic/bench --preset bench --seed 0
-    python -m src.data.download inputs/synthetic/bench/dataset_train.json inputs/synthetic/bench/train
-    python -m src.data.download inputs/synthetic/bench/dataset_test.json inputs/synthetic/bench/test
-    python -m bench.accuracy --root inputs/synthetic/bench --seeds 0 1 2 --epochs 8 --out outputs/bench/accuracy
+    python -m bench.realism --gen-seeds 0 --model-seeds 0        # or: generate + crop the bench preset yourself
+    python -m bench.accuracy --root outputs/realism/bench_g0 --out outputs/bench/accuracy
+    python -m bench.report --no-speed                            # tabulates it into bench/RESULTS.md
 
-Every model is trained with src.train.train from one recipe (the training YAML, default
-cfg/demo_wrn_dwce.yaml, plus --set overrides) changing only what a variant names. The DW-CE (team
-weights) models are round 0 of a self-training pipeline (src.stages: train_ensemble, pseudo_label,
-retrain), so the ensemble and rounds 1..R reuse them. Jobs run in an order that gives every variant
-one seed first; each finished run is skipped when the command is run again (an interrupted one resumes
-from its checkpoint), and OUT/accuracy.json is rewritten (atomically) after every job from whatever is
-complete, so a kill loses at most the run in progress. `python -m bench.report` tabulates it.
+Every model is trained with src.train.train from one recipe (default cfg/reference_ce.yaml: WRN-10-2 at
+32 px, 20 epochs, which converges on the bench preset) changing only what a variant names; a run of seed s
+uses seed s for its weights and batches in every variant, and every run holds out the same frame-grouped
+validation split (split seed 0), so variants are compared paired by seed. The DW-CE (team weights)
+models of the pipeline seeds are round 0 of a self-training pipeline (src.stages: train_ensemble,
+pseudo_label, retrain) whose rounds >= 1 fine-tune the previous round's member (`--warm-epochs`), so the
+ensemble and the rounds reuse them; `--ensemble-seeds` trains more DW-CE seeds for 5- and 8-member
+ensembles. Jobs run in priority order (`jobs`); a finished run is skipped when the command is run again
+(an interrupted one resumes from its checkpoint), and OUT/accuracy.json is rewritten (atomically) after
+every job from whatever is complete, so a kill loses at most the run in progress. Two processes with
+`--shared` split the jobs (claim files), e.g. `--part pipeline` and `--part variants` with
+`--set train.threads=1` each on 2 cores.
 """
 from __future__ import annotations
 
@@ -25,37 +30,58 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from src import error_profile as ep
 from src.artifacts import atomic_write_json, atomic_write_text
 from src.config import Config, deep_merge, load_yaml, parse_overrides, validate_config
-from src.ensemble import decode_argmax, decode_bayes, decode_ensemble
+from src.ensemble import decode_argmax, decode_bayes
+from src.gates import coarse_agreement
 from src.score import mean_distance, read_solution
 from src.stages.common import has_weights, load_predictions
 from src.stages.pipeline_config import PipelineConfig
 from src.taxonomy import distance_matrix, load_taxonomy
 
 PIPELINE_NAME = "selftrain"
+DWCE = {"name": "dwce", "dwce_weights": "team"}
+ALL_DECODERS = ["argmax", "vote", "bayes", "bayes_cal", "diffusion", "frame_bayes", "frame_argmax"]
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A single-model variant of the recipe: a name, a description, and its training-config overrides."""
+    """A single-model variant of the recipe: a name, a description, its training-config overrides, and the
+    variant it is compared with (paired by seed)."""
 
     name: str
     label: str
     overrides: dict = field(default_factory=dict)
+    against: str | None = None
 
 
 VARIANTS = (
     Variant("ce", "CE", {"loss": {"name": "ce"}}),
-    Variant("dwce_team", "DW-CE, team weights (D+I)/rowsum", {"loss": {"name": "dwce", "dwce_weights": "team"}}),
-    Variant("dwce_paper", "DW-CE, paper weights (D+1)/rowsum", {"loss": {"name": "dwce", "dwce_weights": "paper"}}),
-    Variant("ce_expdist", "CE + 0.1 x expected distance", {"loss": {"name": "ce_expdist", "expdist_lambda": 0.1}}),
-    Variant("soft_labels", "soft labels softmax(-D[i])", {"loss": {"name": "soft_labels", "soft_beta": 1.0}}),
-    Variant("dwce_ctx3", "DW-CE team + context crop (views roi+ctx3)", {"data": {"views": ["roi", "ctx3"]}}),
-    Variant("dwce_no_downscale", "DW-CE team without down-scaling augmentation", {"augment": {"downscale": None}}),
+    Variant("dwce_team", "DW-CE, team weights (D+I)/rowsum", {"loss": DWCE}, "ce"),
+    Variant("hxe_0.3", "HXE, alpha 0.3", {"loss": {"name": "hxe", "hxe_alpha": 0.3}}, "ce"),
+    Variant("dwce_paper", "DW-CE, paper weights (D+1)/rowsum", {"loss": {"name": "dwce", "dwce_weights": "paper"}},
+            "ce"),
+    Variant("ce_expdist", "CE + 0.1 x expected distance", {"loss": {"name": "ce_expdist", "expdist_lambda": 0.1}},
+            "ce"),
+    Variant("soft_labels", "soft labels softmax(-D[i])", {"loss": {"name": "soft_labels", "soft_beta": 1.0}}, "ce"),
+    Variant("hxe_0.1", "HXE, alpha 0.1", {"loss": {"name": "hxe", "hxe_alpha": 0.1}}, "ce"),
+    Variant("hxe_0.5", "HXE, alpha 0.5", {"loss": {"name": "hxe", "hxe_alpha": 0.5}}, "ce"),
+    Variant("dwce_downscale", "DW-CE + random down-scaling augmentation [0.25, 1], p 0.5",
+            {"loss": DWCE, "augment": {"downscale": [0.25, 1.0], "downscale_p": 0.5}}, "dwce_team"),
+    Variant("dwce_ctx3", "DW-CE, ROI + 3x context crop", {"loss": DWCE, "data": {"views": ["roi", "ctx3"]}},
+            "dwce_team"),
+    Variant("dwce_frame", "DW-CE, ROI + full frame", {"loss": DWCE, "data": {"views": ["roi", "frame"]}},
+            "dwce_team"),
+    Variant("dwce_fierce", "DW-CE + FIERCE, lambda 0.1", {"loss": {**DWCE, "fierce_lambda": 0.1}}, "dwce_team"),
+    Variant("dwce_avgk", "DW-CE + average-K set head (K 2)", {"loss": DWCE, "model": {"avgk_head": True}},
+            "dwce_team"),
 )
-BASE_VARIANT = "dwce_team"  # trained as the pipeline's round 0
+BASE_VARIANT = "dwce_team"  # its pipeline seeds are the self-training pipeline's round 0
+ENSEMBLE_SIZES = (3, 5, 8)
+TTA_VIEWS = ("identity", "hflip", "down75")  # test-time views predicted for round 0's members
 
 
 @dataclass
@@ -65,31 +91,49 @@ class Plan:
     root: Path
     out: Path
     seeds: list[int]
-    epochs: int
+    epochs: int | None  # None: the recipe's
     rounds: int
     min_votes: int
     train_config: str
     recipe_overrides: dict
     variants: tuple = VARIANTS
+    u_threshold: float = 0.0
+    warm_epochs: int = 5
+    ensemble_seeds: list[int] = field(default_factory=list)  # more base-variant seeds for larger ensembles
+    variant_seeds: list[int] | None = None  # seeds of the variants (default: seeds)
 
     @property
     def solution(self) -> Path:
         return self.root / "solution.csv"
 
     def recipe(self) -> dict:
-        """train_overrides shared by every run: the recipe overrides plus epochs and quiet output."""
-        return deep_merge(self.recipe_overrides, {"train": {"epochs": self.epochs, "progress": False}})
+        """train_overrides shared by every run: the recipe overrides, quiet output, and epochs if set."""
+        tree = deep_merge(self.recipe_overrides, {"train": {"progress": False}})
+        return deep_merge(tree, {"train": {"epochs": self.epochs}}) if self.epochs else tree
 
     def pipeline(self) -> PipelineConfig:
-        return PipelineConfig(name=PIPELINE_NAME, train_config=self.train_config, train_overrides=self.recipe(),
-                              data_root=str(self.root), solution=str(self.solution), seeds=self.seeds,
-                              split_seed=0, rounds=self.rounds, pseudo={"min_votes": self.min_votes},
-                              decoding={"decoders": ["argmax", "vote", "bayes"]},
-                              output_root=str(self.out / "pipeline"),
-                              submissions_dir=str(self.out / "submissions"))
+        base = next(v for v in self.variants if v.name == BASE_VARIANT)
+        return PipelineConfig(
+            name=PIPELINE_NAME, train_config=self.train_config, train_overrides=deep_merge(self.recipe(), base.overrides),
+            data_root=str(self.root), solution=str(self.solution), seeds=self.seeds, split_seed=0,
+            rounds=self.rounds, warm_start=True,
+            warm_start_overrides={"train": {"epochs": self.warm_epochs}, "optim": {"warmup_epochs": 0}},
+            pseudo={"min_votes": self.min_votes, "u_threshold": self.u_threshold},
+            decoding={"decoders": ALL_DECODERS}, output_root=str(self.out / "pipeline"),
+            submissions_dir=str(self.out / "submissions"))
+
+    @property
+    def tta_file(self) -> Path:
+        return self.out / "tta" / "round_0_test.npz"
+
+    def seeds_of(self, variant: str) -> list[int]:
+        seeds = list(self.variant_seeds if self.variant_seeds is not None else self.seeds)
+        if variant == BASE_VARIANT:
+            seeds = list(dict.fromkeys([*self.seeds, *seeds, *self.ensemble_seeds]))
+        return seeds
 
     def run_dir(self, variant: str, seed: int) -> Path:
-        if variant == BASE_VARIANT:
+        if variant == BASE_VARIANT and seed in self.seeds:
             return self.pipeline().layout.member_dir(0, seed)
         return self.out / "runs" / variant / f"seed_{seed}"
 
@@ -111,82 +155,166 @@ def is_done(run_dir: Path) -> bool:
 
 # ------------------------------------------------------------------------------------------- metrics
 def label_metrics(decoded: dict[str, np.ndarray], truth: np.ndarray, D: np.ndarray) -> dict:
-    """<decoder>_distance and <decoder>_accuracy of each decoder's labels (N,) against the truth (N,)."""
+    """<decoder>_distance, <decoder>_accuracy and <decoder>_distinct (labels used) of each decoder's labels."""
     out = {}
     for name, pred in decoded.items():
         out[f"{name}_distance"] = mean_distance(truth, pred, D)
         out[f"{name}_accuracy"] = float((truth == pred).mean())
+        out[f"{name}_distinct"] = int(len(np.unique(pred)))
     return out
 
 
 def decode_metrics(probs: np.ndarray, truth: np.ndarray, D: np.ndarray) -> dict:
-    """Mean distance and accuracy of argmax and Bayes decoding of (N, C) probabilities."""
+    """Mean distance, accuracy and distinct labels of argmax and Bayes decoding of (N, C) probabilities."""
     return label_metrics({"argmax": decode_argmax(probs), "bayes": decode_bayes(probs, D)}, truth, D)
 
 
-def run_metrics(run_dir: Path, truth_of, taxonomy, D: np.ndarray) -> dict:
-    """Test metrics of one finished run (head-mean probabilities), its epochs and training time."""
-    preds = load_predictions([run_dir], "test", taxonomy)
-    truth = truth_of(preds.annotation_id)
+class TestSet:
+    """The test split's truth and box sizes, looked up by annotation id."""
+
+    def __init__(self, root: Path, taxonomy):
+        self.root, self.taxonomy = root, taxonomy
+        coco = json.loads((root / "dataset_test.json").read_text())
+        self.long_side = pd.Series({a["id"]: max(a["bbox"][2:]) for a in coco["annotations"]})
+        self._truth: dict = {}
+
+    def truth(self, annotation_id: np.ndarray) -> np.ndarray:
+        key = annotation_id.tobytes()
+        if key not in self._truth:
+            self._truth[key] = read_solution(self.root / "solution.csv", annotation_id, self.taxonomy)
+        return self._truth[key]
+
+    def size_quarters(self, annotation_id: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> dict:
+        """Accuracy per quarter of the test box long side (q1: smallest)."""
+        by_size = ep.accuracy_by_size(truth, pred, self.long_side.loc[annotation_id].to_numpy())
+        return {f"acc_{q}": by_size[q] for q in ("q1", "q2", "q3", "q4") if q in by_size}
+
+
+def run_metrics(run_dir: Path, test: TestSet, D: np.ndarray) -> dict:
+    """Test metrics of one finished run (head-mean probabilities), its validation accuracy, epochs and time."""
+    preds = load_predictions([run_dir], "test", test.taxonomy)
+    truth = test.truth(preds.annotation_id)
     metrics = decode_metrics(preds.mean, truth, D)
+    metrics.update(test.size_quarters(preds.annotation_id, truth, decode_argmax(preds.mean)))
+    val = load_predictions([run_dir], "val", test.taxonomy)
+    if val is not None and val.labels is not None:
+        metrics["val_accuracy"] = float((decode_argmax(val.mean) == val.labels).mean())
     history = run_dir / "metrics.csv"
     if history.is_file():
-        import pandas as pd
-
         frame = pd.read_csv(history)
         metrics["train_seconds"] = float(frame["epoch_seconds"].sum())
-        metrics["train_img_per_s"] = float(frame["train_img_per_s"].median())
         metrics["epochs"] = int(frame["epoch"].max())
     return metrics
 
 
-def ensemble_metrics(member_dirs: list[Path], truth_of, taxonomy, D: np.ndarray) -> dict:
-    """Argmax of the mean, vote (ties by U) and Bayes decoding of an ensemble's test predictions."""
-    preds = load_predictions(member_dirs, "test", taxonomy)
-    truth = truth_of(preds.annotation_id)
-    decoded = decode_ensemble(preds, ["argmax", "vote", "bayes"], taxonomy, "top2_sigma", 0.3)
-    return {"members": len(member_dirs), **label_metrics(decoded.labels, truth, D)}
+def ensemble_metrics(pipe: PipelineConfig, members: list[Path], test: TestSet, r: int = 0) -> dict:
+    """Every decoder of the pipeline (argmax, vote, Bayes, calibrated Bayes, diffusion, frame decoders, their
+    parameters fitted on the members' validation predictions) on the ensemble of `members`."""
+    from src.stages.submit import evaluate_members
+
+    evaluation = evaluate_members(pipe, members, r)
+    out = {"members": len(members), "temperature": evaluation.temperature, "frame_weights": evaluation.frame_weights}
+    for name, labels in evaluation.test_labels.items():
+        out[f"{name}_distance"] = evaluation.test[name]
+        out[f"{name}_accuracy"] = evaluation.test_accuracy[name]
+        out[f"{name}_distinct"] = evaluation.distinct[name]
+    truth = test.truth(evaluation.test_ids)
+    out.update(test.size_quarters(evaluation.test_ids, truth, evaluation.test_labels["argmax"]))
+    return out
+
+
+def coarse_metrics(members: list[Path], test: TestSet, min_votes: int) -> dict:
+    """Coarse pseudo-labels from an ensemble's test predictions: ROIs where >= min_votes members agree on the
+    concept (exact pseudo-labels) and, among the others, where they agree only on a genus, family or order
+    (set targets); coverage and precision of each (a set target is right when the truth lies under its taxon)."""
+    preds = load_predictions(members, "test", test.taxonomy)
+    truth = test.truth(preds.annotation_id)
+    labels = np.stack([m.mean(axis=0).argmax(axis=1) for m in preds.members])
+    agreed = coarse_agreement(labels, test.taxonomy, min_votes)
+    exact = agreed.rank == "concept"
+    out = {"exact_coverage": float(exact.mean()),
+           "exact_precision": float((test.taxonomy.indices(agreed.name[exact]) == truth[exact]).mean())
+           if exact.any() else None}
+    for rank in ("genus", "family", "order"):
+        rows = agreed.rank == rank
+        out[f"{rank}_coverage"] = float(rows.mean())
+        out[f"{rank}_precision"] = float(agreed.mask[rows, truth[rows]].mean()) if rows.any() else None
+    return out
+
+
+def predict_tta(plan: Plan) -> Path:
+    """Round 0's members' test probabilities for every view of TTA_VIEWS (src.predict, as `predict --tta`)."""
+    from src.predict import predict_ensemble, save_ensemble_probs
+
+    members = [plan.pipeline().layout.member_dir(0, s) for s in plan.seeds]
+    preds = predict_ensemble(members, plan.root / "dataset_test.json", plan.root / "cache",
+                             images_dir=plan.root / "test" / "images", progress=False, tta_views=TTA_VIEWS)
+    plan.tta_file.parent.mkdir(parents=True, exist_ok=True)
+    return save_ensemble_probs(plan.tta_file, preds, load_taxonomy().names)
+
+
+def tta_metrics(path: Path, test: TestSet, D: np.ndarray) -> dict:
+    """Argmax and Bayes test metrics of the members (mean over them) and of their ensemble, for the test-time
+    views identity, + hflip, + down-scaled (each probability the mean over the views used)."""
+    with np.load(path) as z:
+        ids, views, view_means = z["annotation_id"], [str(v) for v in z["views"]], z["view_means"]  # (M, T, N, C)
+    truth = test.truth(ids)
+    out = {}
+    for k in range(1, len(views) + 1):
+        probs = view_means[:, :k].mean(axis=1)  # (M, N, C)
+        key = "+".join(views[:k])
+        members = [decode_metrics(p, truth, D) for p in probs]
+        out[key] = {"members": {m: float(np.mean([x[m] for x in members])) for m in members[0]},
+                    "ensemble": decode_metrics(probs.mean(axis=0), truth, D)}
+    return out
 
 
 def collect(plan: Plan) -> dict:
     """Every metric computable from the finished runs under plan.out (nothing is trained here)."""
     taxonomy = load_taxonomy()
     D = distance_matrix(taxonomy)
-    cache: dict = {}
-
-    def truth_of(annotation_id: np.ndarray) -> np.ndarray:
-        key = annotation_id.tobytes()
-        if key not in cache:
-            cache[key] = read_solution(plan.solution, annotation_id, taxonomy)
-        return cache[key]
-
+    test = TestSet(plan.root, taxonomy)
     singles = {}
     for v in plan.variants:
-        runs = {seed: run_metrics(plan.run_dir(v.name, seed), truth_of, taxonomy, D)
-                for seed in plan.seeds if is_done(plan.run_dir(v.name, seed))}
+        runs = {seed: run_metrics(plan.run_dir(v.name, seed), test, D)
+                for seed in plan.seeds_of(v.name) if is_done(plan.run_dir(v.name, seed))}
         if runs:
-            singles[v.name] = {"label": v.label, "runs": {str(s): m for s, m in runs.items()}}
+            singles[v.name] = {"label": v.label, "against": v.against, "overrides": v.overrides,
+                               "runs": {str(s): m for s, m in runs.items()}}
     pipe = plan.pipeline()
     rounds, pseudo = {}, {}
     for r in range(plan.rounds + 1):
         members = [pipe.layout.member_dir(r, s) for s in plan.seeds]
         if all(is_done(m) for m in members):
-            rounds[str(r)] = ensemble_metrics(members, truth_of, taxonomy, D)
+            rounds[str(r)] = ensemble_metrics(pipe, members, test, r)
+            rounds[str(r)]["member_argmax_distance"] = [run_metrics(m, test, D)["argmax_distance"] for m in members]
         stats = pipe.layout.round_dir(r) / "stats.json"
         if stats.is_file():
             s = json.loads(stats.read_text())
             pseudo[str(r)] = {k: s.get(k) for k in ("count", "coverage", "accuracy", "mean_distance", "min_votes",
-                                                     "u_threshold", "added", "dropped", "changed", "curves")}
+                                                     "u_threshold", "added", "dropped", "changed", "curves",
+                                                     "gates_at_equal_coverage", "votes_histogram")}
+    base_dirs = [plan.run_dir(BASE_VARIANT, s) for s in plan.seeds_of(BASE_VARIANT)]
+    base_dirs = [d for d in base_dirs if is_done(d)]
+    sizes = {str(k): ensemble_metrics(pipe, base_dirs[:k], test) for k in ENSEMBLE_SIZES if len(base_dirs) >= k}
+    coarse = coarse_metrics(base_dirs[:len(plan.seeds)], test, plan.min_votes) if len(base_dirs) >= len(plan.seeds) else None
+    tta = tta_metrics(plan.tta_file, test, D) if plan.tta_file.is_file() else None
     return {"root": str(plan.root), "seeds": plan.seeds, "epochs": plan.epochs, "rounds": plan.rounds,
-            "min_votes": plan.min_votes, "train_config": plan.train_config, "recipe_overrides": plan.recipe(),
-            "variants": {v.name: {"label": v.label, "overrides": v.overrides} for v in plan.variants},
-            "test_rois": int(len(next(iter(cache.values())))) if cache else None,
-            "single": singles, "ensemble_rounds": rounds, "pseudo_labels": pseudo}
+            "min_votes": plan.min_votes, "u_threshold": plan.u_threshold, "warm_epochs": plan.warm_epochs,
+            "ensemble_seeds": plan.ensemble_seeds, "variant_seeds": plan.variant_seeds,
+            "train_config": plan.train_config, "recipe_overrides": plan.recipe_overrides, "recipe": plan.recipe(),
+            "variants": {v.name: {"label": v.label, "overrides": v.overrides, "against": v.against}
+                         for v in plan.variants},
+            "test_rois": int(len(test.long_side)), "single": singles, "ensemble_rounds": rounds,
+            "pseudo_labels": pseudo, "ensemble_sizes": sizes, "coarse": coarse,
+            "tta": tta}
 
 
 # ------------------------------------------------------------------------------------------- running
 def jobs(plan: Plan, part: str = "all") -> list[tuple[str, callable]]:
-    """(name, action) in priority order: base ensemble, one seed of every variant, self-training, more seeds.
+    """(name, action) in priority order: the pipeline's round-0 ensemble, the CE and HXE references on every
+    seed, the self-training rounds, one seed of every other variant, the other variants' other seeds, then
+    the extra ensemble seeds.
 
     part 'pipeline': the ensemble and self-training rounds first, then the variants; 'variants': the
     single-model variants only (a second worker process: the two share the list through claim files)."""
@@ -196,17 +324,27 @@ def jobs(plan: Plan, part: str = "all") -> list[tuple[str, callable]]:
     from src.train import train
 
     pipe = plan.pipeline()
+
+    def single(v: Variant, s: int):
+        return f"{v.name} seed {s}", lambda: train(plan.config(v, s))
+
     others = [v for v in plan.variants if v.name != BASE_VARIANT]
+    references = [v for v in others if v.name in ("ce", "hxe_0.3")]
+    rest_variants = [v for v in others if v not in references]
     rounds = [(f"self-training round {r}", lambda r=r: (make_pseudo_labels(pipe, r), retrain(pipe, r)))
               for r in range(1, plan.rounds + 1)]
-    first = [(f"{v.name} seed {plan.seeds[0]}", lambda v=v: train(plan.config(v, plan.seeds[0]))) for v in others]
-    rest = [(f"{v.name} seed {s}", lambda v=v, s=s: train(plan.config(v, s))) for s in plan.seeds[1:] for v in others]
-    base = [("round 0 ensemble (DW-CE team)", lambda: train_ensemble(pipe))]
+    refs = [single(v, s) for v in references for s in plan.seeds_of(v.name)]
+    first = [single(v, plan.seeds_of(v.name)[0]) for v in rest_variants if plan.seeds_of(v.name)]
+    rest = [single(v, s) for s in plan.seeds_of(rest_variants[0].name)[1:] for v in rest_variants] if rest_variants else []
+    base_extra = [single(next(v for v in plan.variants if v.name == BASE_VARIANT), s)
+                  for s in plan.seeds_of(BASE_VARIANT) if s not in plan.seeds]
+    base = [("round 0 ensemble (DW-CE team)", lambda: train_ensemble(pipe)),
+            ("test-time views of round 0", lambda: predict_tta(plan))]
     if part == "pipeline":
-        return base + rounds + first + rest
+        return base + rounds + refs + first + rest + base_extra
     if part == "variants":
-        return first + rest
-    return base + first + rounds + rest
+        return refs + first + rest + base_extra
+    return base + refs + rounds + first + rest + base_extra
 
 
 def claim(plan: Plan, name: str) -> bool:
@@ -229,54 +367,86 @@ def job_done(plan: Plan, name: str) -> bool:
     if name.startswith("self-training round"):
         r = int(name.rsplit(" ", 1)[1])
         return all(is_done(pipe.layout.member_dir(r, s)) for s in plan.seeds)
+    if name.startswith("test-time views"):
+        return plan.tta_file.is_file()
     variant, _, seed = name.rpartition(" seed ")
     return is_done(plan.run_dir(variant, int(seed)))
 
 
+def job_ready(plan: Plan, name: str) -> bool:
+    """A self-training round (or the test-time views of round 0) can start once the previous round's members
+    are finished."""
+    if name.startswith("test-time views"):
+        return all(is_done(plan.pipeline().layout.member_dir(0, s)) for s in plan.seeds)
+    if name.startswith("self-training round"):
+        r = int(name.rsplit(" ", 1)[1])
+        return all(is_done(plan.pipeline().layout.member_dir(r - 1, s)) for s in plan.seeds)
+    return True
+
+
 def run(plan: Plan, deadline: float | None = None, part: str = "all", shared: bool = False) -> dict:
     """Run every unfinished job in order (stopping before one would start after `deadline`, a time.time());
-    rewrite OUT/accuracy.json after each. With `shared`, jobs another process claimed are left to it.
+    rewrite OUT/accuracy.json after each. With `shared`, jobs another process claimed are left to it, and a
+    self-training round whose previous round another process still trains is left for later in the pass.
     Returns the final collection."""
     plan.out.mkdir(parents=True, exist_ok=True)
     result_path = plan.out / "accuracy.json"
     todo = jobs(plan, part)
-    for i, (name, action) in enumerate(todo, 1):
-        if job_done(plan, name):
-            print(f"[{i}/{len(todo)}] {name}: done, skipped", flush=True)
-            continue
-        if deadline is not None and time.time() > deadline:
-            print(f"[{i}/{len(todo)}] {name}: past the deadline, not started", flush=True)
-            break
-        if shared and not claim(plan, name):
-            print(f"[{i}/{len(todo)}] {name}: claimed by another process, skipped", flush=True)
-            continue
-        start = time.time()
-        print(f"[{i}/{len(todo)}] {name}: running", flush=True)
-        action()
-        print(f"[{i}/{len(todo)}] {name}: {time.time() - start:.0f} s", flush=True)
-        atomic_write_json(result_path, collect(plan))
+    pending = list(enumerate(todo, 1))
+    while pending:
+        postponed = []
+        for i, (name, action) in pending:
+            if job_done(plan, name):
+                print(f"[{i}/{len(todo)}] {name}: done, skipped", flush=True)
+                continue
+            if deadline is not None and time.time() > deadline:
+                print(f"[{i}/{len(todo)}] {name}: past the deadline, not started", flush=True)
+                pending = []
+                break
+            if shared and not job_ready(plan, name):
+                postponed.append((i, (name, action)))
+                continue
+            if shared and not claim(plan, name):
+                print(f"[{i}/{len(todo)}] {name}: claimed by another process, skipped", flush=True)
+                continue
+            start = time.time()
+            print(f"[{i}/{len(todo)}] {name}: running", flush=True)
+            action()
+            print(f"[{i}/{len(todo)}] {name}: {time.time() - start:.0f} s", flush=True)
+            atomic_write_json(result_path, collect(plan))
+        else:
+            if postponed and len(postponed) == len(pending):
+                time.sleep(30)  # another process trains what they wait for
+            pending = postponed
     result = collect(plan)
     atomic_write_json(result_path, result)
     return result
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
-    base = {"model": {"backbone": "wrn10_2"}}
     return Plan(root=Path(args.root), out=Path(args.out), seeds=list(args.seeds), epochs=args.epochs,
                 rounds=args.rounds, min_votes=args.min_votes, train_config=args.train_config,
-                recipe_overrides=deep_merge(base, parse_overrides(args.set)))
+                recipe_overrides=parse_overrides(args.set), u_threshold=args.u_threshold,
+                warm_epochs=args.warm_epochs, ensemble_seeds=list(args.ensemble_seeds),
+                variant_seeds=list(args.variant_seeds) if args.variant_seeds else None)
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", default="inputs/synthetic/bench", help="dataset folder with solution.csv")
+    parser.add_argument("--root", default="outputs/realism/bench_g0",
+                        help="dataset folder with solution.csv (default: bench.realism's generator seed 0)")
     parser.add_argument("--out", default="outputs/bench/accuracy", help="runs and accuracy.json go here")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="the pipeline's members (and every variant's seeds unless --variant-seeds)")
+    parser.add_argument("--variant-seeds", type=int, nargs="+", help="seeds of the single-model variants")
+    parser.add_argument("--ensemble-seeds", type=int, nargs="*", default=[3, 4, 5, 6, 7],
+                        help="more DW-CE seeds for the 5- and 8-member ensembles (trained last)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of every run (default: the recipe's)")
     parser.add_argument("--rounds", type=int, default=3, help="self-training rounds after the initial ensemble")
-    parser.add_argument("--min-votes", type=int, default=2, help="pseudo-label gate: members that must agree")
-    parser.add_argument("--train-config", default="cfg/demo_wrn_dwce.yaml", help="recipe YAML")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="recipe overrides for every run (default adds model.backbone=wrn10_2)")
+    parser.add_argument("--warm-epochs", type=int, default=5, help="epochs of a warm-started self-training member")
+    parser.add_argument("--min-votes", type=int, default=3, help="pseudo-label gate: members that must agree")
+    parser.add_argument("--u-threshold", type=float, default=0.0, help="pseudo-label gate: ensemble U at least")
+    parser.add_argument("--train-config", default="cfg/reference_ce.yaml", help="recipe YAML")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides for every run")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,11 +2,12 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench.accuracy import VARIANTS, Plan, collect, run
 from bench.common import format_speed_row, machine_info, target_check, timed
-from bench.report import speed_markdown, speed_rows, write_report
+from bench.report import paired, speed_markdown, speed_rows, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,6 +72,15 @@ def test_accuracy_run_and_report_on_tiny_preset(tmp_path):
         for m in entry["runs"].values():
             assert 0 <= m["argmax_distance"] <= 12 and 0 <= m["bayes_accuracy"] <= 1
     assert set(result["ensemble_rounds"]) == {"0", "1"}
+    for decoder in ("argmax", "vote", "bayes", "bayes_cal", "diffusion", "frame_bayes", "frame_argmax"):
+        assert 0 <= result["ensemble_rounds"]["0"][f"{decoder}_distance"] <= 12, decoder
+    gates = {row["gate"] for row in result["pseudo_labels"]["1"]["gates_at_equal_coverage"]}
+    assert {"agreement", "agreement_u", "expected_distance", "max_prob"} <= gates
+    assert set(result["tta"]) == {"identity", "identity+hflip", "identity+hflip+down75"}
+    assert result["tta"]["identity"]["ensemble"]["argmax_distance"] == pytest.approx(
+        result["ensemble_rounds"]["0"]["argmax_distance"], abs=1e-9)  # the same members' plain predictions
+    coarse = result["coarse"]
+    assert coarse["exact_coverage"] == 1.0 and 0 <= coarse["exact_precision"] <= 1  # min_votes 1: one member suffices
     assert result["pseudo_labels"]["1"]["count"] > 0 and result["pseudo_labels"]["1"]["curves"]
     assert result["test_rois"] == len(json.loads((root / "dataset_test.json").read_text())["annotations"])
     saved = json.loads((plan.out / "accuracy.json").read_text())
@@ -81,5 +91,19 @@ def test_accuracy_run_and_report_on_tiny_preset(tmp_path):
     text = write_report(out, fake_speed(), result, "python -m bench.report", machine_info(), "python -m bench.accuracy")
     assert out.read_text() == text
     assert (tmp_path / "results_accuracy.png").stat().st_size > 1000
-    for needle in ("git commit", "| CE (`ce`) |", "+- ", "(n=2)", "### Claims", "not met", "generated"):
+    for needle in ("git commit", "| CE (`ce`) |", "+- ", "(n=2)", "### Claims", "not met", "generated",
+                   "### 2. Self-training", "expected_distance", "frame_bayes", "DW-CE (team) vs CE, argmax distance"):
         assert needle in text, needle
+
+
+def test_paired_differences_and_verdicts():
+    def acc(a, b):
+        return {"single": {"x": {"runs": {str(s): {"d": v} for s, v in enumerate(a)}},
+                           "y": {"runs": {str(s): {"d": v} for s, v in enumerate(b)}}}}
+    p = paired(acc([1.0, 1.1, 0.9], [2.0, 2.2, 2.05]), "x", "y", "d")
+    assert p["n"] == 3 and abs(p["mean"] - (-1.0833333)) < 1e-6 and p["verdict"] == "lower"
+    assert abs(p["std"] - np.std([-1.0, -1.1, -1.15], ddof=1)) < 1e-12
+    assert paired(acc([1.0, 2.0, 1.0], [1.5, 1.5, 1.5]), "x", "y", "d")["verdict"] == "within seed noise"  # signs differ
+    assert paired(acc([3.0, 3.1], [1.0, 1.0]), "x", "y", "d")["verdict"] == "higher"
+    assert paired(acc([1.0], [2.0]), "x", "y", "d")["verdict"] == "one seed: no claim"
+    assert paired(acc([1.0], [2.0]), "x", "z", "d") is None

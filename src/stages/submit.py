@@ -54,15 +54,22 @@ class RoundEvaluation:
 
 def evaluate_round(cfg: PipelineConfig, r: int) -> RoundEvaluation:
     """Decode round r's ensemble on validation and test with every decoder; score what has known labels."""
-    taxonomy, D = load_taxonomy_and_distance()
     members = [cfg.layout.member_dir(r, s) for s in cfg.seeds]
     unfinished = [str(m) for m in members if not (m / "done.json").is_file()]
     if unfinished:
         raise StageError(f"round {r} members are not finished: {', '.join(unfinished)}")
+    return evaluate_members(cfg, members, r)
+
+
+def evaluate_members(cfg: PipelineConfig, members: list[Path], r: int = 0) -> RoundEvaluation:
+    """Decode the ensemble of finished `members` (run folders) with the decoders of cfg.decoding, fitting
+    their parameters on the members' validation predictions; score what has known labels. `r` only labels
+    the result."""
+    taxonomy, D = load_taxonomy_and_distance()
     loaded = load_round(cfg, members, taxonomy)
     val, test, temperature, frame_prior = loaded.val, loaded.test, loaded.temperature, loaded.frame_prior
     if test is None:
-        raise StageError(f"round {r} members have no test_probs.npz")
+        raise StageError(f"members {members[0]}, ... have no test_probs.npz")
     d = cfg.decoding
     val_scores = {}
     if val is not None and val.labels is not None:
