@@ -3,6 +3,7 @@
     python -m bench.report                 # full speed benches + accuracy tables from outputs/bench/accuracy
     python -m bench.report --quick         # small speed settings (about a minute)
     python -m bench.report --speed-from outputs/bench/speed.json   # reuse saved speed results
+    python -m bench.report --keep-speed        # accuracy tables only; the speed section of RESULTS.md stays
 
 The accuracy numbers come from `python -m bench.accuracy` (run it first; it may still be running: the
 report tabulates whatever runs are complete). Speed results are saved to --speed-json; RESULTS.md records
@@ -416,13 +417,33 @@ LIMITS = """What this benchmark can and cannot support:
   pipeline is one run (one set of members per round)."""
 
 
+SPEED_HEADING = "## Speed (this machine; every ratio against a reference measured in the same run)"
+ACCURACY_HEADING = "## Accuracy on the generated benchmark"
+
+
+def kept_speed_section(path: Path) -> str | None:
+    """The speed section of an earlier RESULTS.md (its body, between the speed and accuracy headings), with
+    a line naming the run that measured it; None when the file has none."""
+    if not path.is_file():
+        return None
+    text = path.read_text()
+    if SPEED_HEADING not in text or ACCURACY_HEADING not in text:
+        return None
+    body = text.split(SPEED_HEADING, 1)[1].split(ACCURACY_HEADING, 1)[0].strip()
+    written = next((line for line in text.splitlines() if line.startswith("Written by")), "")
+    origin = written.split("` on ", 1)[-1].split(";")[0] if "` on " in written else "in an earlier run"
+    kept = "" if body.startswith("Kept from") else f"Kept from the previous RESULTS.md (speed measured {origin}).\n\n"
+    return kept + body
+
+
 def write_report(out: Path, speed: dict | None, acc: dict | None, command: str, machine: dict,
-                 accuracy_command: str, note: str = "") -> str:
-    """RESULTS.md text (also written to `out`) and the plot beside it."""
+                 accuracy_command: str, note: str = "", speed_text: str | None = None) -> str:
+    """RESULTS.md text (also written to `out`) and the plot beside it. `speed_text`: a kept speed section
+    (`kept_speed_section`), used when `speed` is None."""
     parts = ["# Benchmark results", "",
              f"Written by `{command}` on {machine['date_utc']}; machine: {machine['cpu']}, {machine['cores']} cores, "
              f"torch {machine.get('torch')}, Python {machine['python']}; git commit `{machine['git_commit']}`.", ""]
-    parts += ["## Speed (this machine; every ratio against a reference measured in the same run)", ""]
+    parts += [SPEED_HEADING, ""]
     if speed:
         if speed.get("command"):
             parts += [f"Speed figures measured by `{speed['command']}`.", ""]
@@ -430,9 +451,11 @@ def write_report(out: Path, speed: dict | None, acc: dict | None, command: str, 
                   f"{', '.join(f'{x:.2f}' for x in speed['load_average_start'])}; at the end: "
                   f"{', '.join(f'{x:.2f}' for x in speed['load_average_end'])}"
                   + (" (quick settings)" if speed.get("quick") else "") + ". " + note, "", speed_markdown(speed), ""]
+    elif speed_text:
+        parts += [speed_text, ""]
     else:
         parts += ["(speed benches not run)", ""]
-    parts += ["## Accuracy on the generated benchmark", ""]
+    parts += [ACCURACY_HEADING, ""]
     if acc and acc["single"]:
         accuracy_plot(acc, out.parent / "results_accuracy.png")
         parts += [accuracy_markdown(acc, accuracy_command), "", "### Claims", "", claims(acc), "", LIMITS, ""]
@@ -449,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small speed settings (about a minute)")
     parser.add_argument("--speed-from", type=Path, help="reuse speed results saved by an earlier report run")
     parser.add_argument("--no-speed", action="store_true", help="accuracy tables only")
+    parser.add_argument("--keep-speed", action="store_true",
+                        help="do not measure speed: keep the speed section of the existing --out file as it is")
     parser.add_argument("--redo-workers", action="store_true",
                         help="with --speed-from: measure the DataLoader-worker scaling again and save it")
     parser.add_argument("--note", default="", help="a sentence about the measurement conditions, put in RESULTS.md")
@@ -470,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             speed["scaling"]["workers"] = worker_scaling(w["root"], w["batches"], threads=w["threads"])
             speed["scaling"]["workers"]["remeasured"] = {"date_utc": machine_info()["date_utc"], "load_average": load}
             atomic_write_json(args.speed_from, speed)
-    elif not args.no_speed:
+    elif not (args.no_speed or args.keep_speed):
         with tempfile.TemporaryDirectory() as tmp:
             speed = run_speed(args.quick, acc["root"] if acc else None, Path(tmp))
         speed["command"] = command
@@ -480,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     if speed:
         for row in speed_rows(speed):
             print(format_speed_row(row))
-    write_report(args.out, speed, acc, command.strip(), machine_info(), accuracy_command, args.note)
+    speed_text = kept_speed_section(args.out) if args.keep_speed and speed is None else None
+    write_report(args.out, speed, acc, command.strip(), machine_info(), accuracy_command, args.note, speed_text)
     print(f"wrote {args.out}")
     return 0
 

@@ -7,7 +7,7 @@ import pytest
 
 from bench.accuracy import VARIANTS, Plan, collect, run
 from bench.common import format_speed_row, machine_info, target_check, timed
-from bench.report import paired, speed_markdown, speed_rows, write_report
+from bench.report import kept_speed_section, paired, speed_markdown, speed_rows, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,6 +91,11 @@ def test_accuracy_run_and_report_on_tiny_preset(tmp_path):
     text = write_report(out, fake_speed(), result, "python -m bench.report", machine_info(), "python -m bench.accuracy")
     assert out.read_text() == text
     assert (tmp_path / "results_accuracy.png").stat().st_size > 1000
+    # --keep-speed: a second report keeps the first one's speed section, naming when it was measured.
+    kept = kept_speed_section(out)
+    assert "200.00x" in kept and kept.startswith("Kept from the previous RESULTS.md (speed measured ")
+    again = write_report(out, None, result, "python -m bench.report --keep-speed", machine_info(), "x", speed_text=kept)
+    assert "200.00x" in again and again.count("Kept from") == 1 and kept_speed_section(out).count("Kept from") == 1
     for needle in ("git commit", "| CE (`ce`) |", "+- ", "(n=2)", "### Claims", "not met", "generated",
                    "### 2. Self-training", "expected_distance", "frame_bayes", "DW-CE (team) vs CE, argmax distance"):
         assert needle in text, needle
