@@ -190,11 +190,21 @@ class TestSet:
         return {f"acc_{q}": by_size[q] for q in ("q1", "q2", "q3", "q4") if q in by_size}
 
 
-def run_metrics(run_dir: Path, test: TestSet, D: np.ndarray) -> dict:
-    """Test metrics of one finished run (head-mean probabilities), its validation accuracy, epochs and time."""
+def run_metrics(run_dir: Path, test: TestSet, D: np.ndarray, pipe: PipelineConfig | None = None) -> dict:
+    """Test metrics of one finished run (head-mean probabilities): argmax and Bayes, and with `pipe` also the
+    frame decoders and calibrated Bayes fitted on the run's own validation predictions (as `submit` does for
+    a one-member ensemble); its validation accuracy, epochs and time."""
     preds = load_predictions([run_dir], "test", test.taxonomy)
     truth = test.truth(preds.annotation_id)
     metrics = decode_metrics(preds.mean, truth, D)
+    if pipe is not None:
+        from src.stages.submit import evaluate_members
+
+        evaluation = evaluate_members(pipe, [run_dir])
+        for name in ("bayes_cal", "frame_bayes", "frame_argmax"):
+            if name in evaluation.test:
+                metrics[f"{name}_distance"] = evaluation.test[name]
+                metrics[f"{name}_accuracy"] = evaluation.test_accuracy[name]
     metrics.update(test.size_quarters(preds.annotation_id, truth, decode_argmax(preds.mean)))
     val = load_predictions([run_dir], "val", test.taxonomy)
     if val is not None and val.labels is not None:
@@ -221,6 +231,17 @@ def ensemble_metrics(pipe: PipelineConfig, members: list[Path], test: TestSet, r
     truth = test.truth(evaluation.test_ids)
     out.update(test.size_quarters(evaluation.test_ids, truth, evaluation.test_labels["argmax"]))
     return out
+
+
+def frame_aware_gates(pipe: PipelineConfig, members: list[Path], test: TestSet, D: np.ndarray) -> list[dict]:
+    """Every pseudo-label gate at equal coverage on the members' frame-aware distributions (pseudo.frame_aware)."""
+    from src.gates import compare_gates
+    from src.stages.common import load_round
+    from src.stages.pseudo_label import gate_inputs
+
+    loaded = load_round(pipe, members, test.taxonomy, ["frame_bayes"])
+    preds, _, _, _, gates = gate_inputs(pipe, loaded, D, len(test.taxonomy), True)
+    return compare_gates(gates, test.truth(preds.annotation_id), D)
 
 
 def coarse_metrics(members: list[Path], test: TestSet, min_votes: int) -> dict:
@@ -274,9 +295,10 @@ def collect(plan: Plan) -> dict:
     taxonomy = load_taxonomy()
     D = distance_matrix(taxonomy)
     test = TestSet(plan.root, taxonomy)
+    pipe = plan.pipeline()
     singles = {}
     for v in plan.variants:
-        runs = {seed: run_metrics(plan.run_dir(v.name, seed), test, D)
+        runs = {seed: run_metrics(plan.run_dir(v.name, seed), test, D, pipe)
                 for seed in plan.seeds_of(v.name) if is_done(plan.run_dir(v.name, seed))}
         if runs:
             singles[v.name] = {"label": v.label, "against": v.against, "overrides": v.overrides,
@@ -299,6 +321,8 @@ def collect(plan: Plan) -> dict:
     sizes = {str(k): ensemble_metrics(pipe, base_dirs[:k], test) for k in ENSEMBLE_SIZES if len(base_dirs) >= k}
     coarse = coarse_metrics(base_dirs[:len(plan.seeds)], test, plan.min_votes) if len(base_dirs) >= len(plan.seeds) else None
     tta = tta_metrics(plan.tta_file, test, D) if plan.tta_file.is_file() else None
+    round0 = [pipe.layout.member_dir(0, s) for s in plan.seeds]
+    frame_gates = frame_aware_gates(pipe, round0, test, D) if all(is_done(m) for m in round0) else None
     return {"root": str(plan.root), "seeds": plan.seeds, "epochs": plan.epochs, "rounds": plan.rounds,
             "min_votes": plan.min_votes, "u_threshold": plan.u_threshold, "warm_epochs": plan.warm_epochs,
             "ensemble_seeds": plan.ensemble_seeds, "variant_seeds": plan.variant_seeds,
@@ -307,7 +331,7 @@ def collect(plan: Plan) -> dict:
                          for v in plan.variants},
             "test_rois": int(len(test.long_side)), "single": singles, "ensemble_rounds": rounds,
             "pseudo_labels": pseudo, "ensemble_sizes": sizes, "coarse": coarse,
-            "tta": tta}
+            "tta": tta, "frame_aware_gates": frame_gates}
 
 
 # ------------------------------------------------------------------------------------------- running

@@ -162,14 +162,17 @@ def _runs(acc: dict, name: str) -> dict:
     return entry["runs"] if entry else {}
 
 
-def paired(acc: dict, a: str, b: str, key: str) -> dict | None:
-    """Paired by seed: per seed the difference a - b of `key`; mean, sample std, n and a verdict. A difference
-    holds when every seed agrees on its sign and the mean is more than twice its standard error."""
+def paired(acc: dict, a: str, b: str, key: str, key_b: str | None = None) -> dict | None:
+    """Paired by seed: per seed the difference of `key` of variant a minus `key_b` (default `key`) of variant
+    b; mean, sample std, n and a verdict. A difference holds when every seed agrees on its sign and the mean
+    is more than twice its standard error."""
+    key_b = key_b or key
     ra, rb = _runs(acc, a), _runs(acc, b)
-    seeds = sorted(set(ra) & set(rb), key=int)
+    seeds = sorted(s for s in set(ra) & set(rb) if key in ra[s] and key_b in rb[s])
+    seeds = sorted(seeds, key=int)
     if not seeds:
         return None
-    d = np.array([ra[s][key] - rb[s][key] for s in seeds])
+    d = np.array([ra[s][key] - rb[s][key_b] for s in seeds])
     mean = float(d.mean())
     if len(d) < 2:
         return {"n": 1, "mean": mean, "std": float("nan"), "verdict": "one seed: no claim"}
@@ -192,12 +195,13 @@ def single_table(acc: dict) -> str:
     """Every single-model variant: argmax and Bayes test distance and accuracy, distinct labels, validation
     accuracy, and the paired difference to the variant it is compared with."""
     lines = ["| model (one run per seed) | argmax distance | argmax accuracy | Bayes distance | Bayes accuracy | "
-             "distinct labels | validation accuracy | vs | paired difference, argmax distance | paired difference, "
-             "Bayes distance |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "frame Bayes distance | distinct labels | validation accuracy | vs | paired difference, argmax distance | "
+             "paired difference, Bayes distance |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, entry in acc["single"].items():
         runs = list(entry["runs"].values())
         cells = [mean_std([r[k] for r in runs]) for k in ("argmax_distance", "argmax_accuracy", "bayes_distance",
                                                          "bayes_accuracy")]
+        cells.append(mean_std([r["frame_bayes_distance"] for r in runs if "frame_bayes_distance" in r]))
         cells.append(mean_std([r["argmax_distinct"] for r in runs], 1))
         cells.append(mean_std([r["val_accuracy"] for r in runs if "val_accuracy" in r]))
         against = entry.get("against")
@@ -255,10 +259,11 @@ def rounds_table(acc: dict) -> str:
     return "\n".join(lines)
 
 
-def gates_table(acc: dict, round_: str = "1") -> str:
-    """Precision and mean distance of the pseudo-labels of every gate at equal coverage (round 0's ensemble)."""
-    p = acc["pseudo_labels"].get(round_)
-    rows = (p or {}).get("gates_at_equal_coverage")
+def gates_table(acc: dict, round_: str = "1", rows: list | None = None) -> str:
+    """Precision and mean distance of the pseudo-labels of every gate at equal coverage (round 0's ensemble),
+    from round `round_`'s stats, or the given `rows` of `compare_gates`."""
+    if rows is None:
+        rows = (acc["pseudo_labels"].get(round_) or {}).get("gates_at_equal_coverage")
     if not rows:
         return "(no pseudo-labels yet)"
     gates = list(dict.fromkeys(r["gate"] for r in rows))
@@ -314,9 +319,9 @@ def claims(acc: dict) -> str:
            line("hxe_0.3", "ce", "argmax_distance", "HXE (alpha 0.3) vs CE, argmax distance"),
            line("hxe_0.3", "ce", "bayes_distance", "HXE (alpha 0.3) vs CE, Bayes distance")]
     for name, entry in acc["single"].items():
-        runs = entry["runs"].values()
-        out.append(f"- Bayes decoding, {entry['label']}: argmax {mean_std([r['argmax_distance'] for r in runs])} -> "
-                   f"Bayes {mean_std([r['bayes_distance'] for r in runs])}.")
+        out.append(f"- Decoders of single {entry['label']} models: Bayes vs argmax "
+                   f"{_paired_text(paired(acc, name, name, 'bayes_distance', 'argmax_distance'))}; frame Bayes vs "
+                   f"Bayes {_paired_text(paired(acc, name, name, 'frame_bayes_distance', 'bayes_distance'))}.")
     rounds = acc["ensemble_rounds"]
     if len(rounds) > 1:
         seq = ", ".join(f"round {r}: {e['argmax_distance']:.3f} / {e['bayes_distance']:.3f}" for r, e in rounds.items())
@@ -402,6 +407,8 @@ def accuracy_markdown(acc: dict, command: str) -> str:
         "", rounds_table(acc),
         "", "Pseudo-label gates on round 0's ensemble at equal coverage: precision (coverage reached, mean distance "
             "of the accepted ROIs):", "", gates_table(acc),
+        "", "The same gates on the members' frame-aware distributions (`pseudo.frame_aware: true`):", "",
+        gates_table(acc, rows=acc.get("frame_aware_gates") or []),
         "", "### 3. Coarse pseudo-labels (round 0's members)", "", coarse_table(acc),
         "", "![accuracy](results_accuracy.png)",
     ])

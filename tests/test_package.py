@@ -141,3 +141,14 @@ def test_cli_and_read_package_checks(cfg, tmp_path, capsys):
     read_package(out)  # checksums only checked on request
     with pytest.raises(ValueError, match="checksum"):
         read_package(tmp_path / "nested", verify=True)
+
+
+def test_default_decoder_prefers_frame_bayes_when_it_can_be_fitted():
+    def cfg_with(decoders):
+        return PipelineConfig(data_root="x", decoding={"decoders": decoders})
+
+    every = ["argmax", "vote", "bayes", "bayes_cal", "diffusion", "frame_bayes", "frame_argmax"]
+    assert package_stage.default_decoder(cfg_with(every)) == "frame_bayes"
+    assert package_stage.default_decoder(cfg_with(every), frame_prior_fitted=False) == "bayes"  # no validation split
+    assert package_stage.default_decoder(cfg_with(["argmax", "bayes"])) == "bayes"
+    assert package_stage.default_decoder(cfg_with(["vote", "argmax"])) == "vote"

@@ -48,8 +48,13 @@ def slim_weights(member: Path, out: Path) -> None:
     torch.save(slim, out)
 
 
-def default_decoder(cfg: PipelineConfig) -> str:
-    return "bayes" if "bayes" in cfg.decoding.decoders else cfg.decoding.decoders[0]
+def default_decoder(cfg: PipelineConfig, frame_prior_fitted: bool = True) -> str:
+    """frame_bayes when configured and its frame weight could be fitted (the lowest distance on the generated
+    benchmark, bench/RESULTS.md), else bayes when configured, else the first configured decoder."""
+    decoders = cfg.decoding.decoders
+    if "frame_bayes" in decoders and frame_prior_fitted:
+        return "frame_bayes"
+    return "bayes" if "bayes" in decoders else decoders[0]
 
 
 def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder: str | None = None,
@@ -57,10 +62,9 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
     """Assemble the upload folder `out` from round r's members (default: the last round); returns it."""
     out = Path(out)
     r = cfg.rounds if r is None else r
-    decoder = decoder or default_decoder(cfg)
     if out.exists():
         raise StageError(f"{out} already exists: choose a new folder (a package is never overwritten)")
-    if decoder not in cfg.decoding.decoders:
+    if decoder is not None and decoder not in cfg.decoding.decoders:
         raise StageError(f"decoder {decoder!r} is not among the configured decoders {cfg.decoding.decoders}")
     if kaggle_id is not None and kaggle_id.count("/") != 1:
         raise StageError(f"--kaggle-id must look like USER/dataset-slug, got {kaggle_id!r}")
@@ -72,6 +76,7 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
                          f"checkpoint.pt): {', '.join(unfinished)}")
     fitted = load_round(cfg, members, taxonomy)
     temperature, frame_prior = fitted.temperature, fitted.frame_prior
+    decoder = decoder or default_decoder(cfg, frame_prior is not None)
     if decoder == "bayes_cal" and temperature is None:
         raise StageError("decoder bayes_cal needs validation predictions to fit a temperature; the members have none")
     if decoder in FRAME_DECODERS and frame_prior is None:
@@ -125,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = stage_parser("package", __doc__)
     parser.add_argument("--out", required=True, help="folder to create (must not exist)")
     parser.add_argument("--round", type=int, default=None, help="ensemble round to package (default: the last)")
-    parser.add_argument("--decoder", default=None, help="decoder the notebook uses (default: bayes if configured)")
+    parser.add_argument("--decoder", default=None, help="decoder the notebook uses (default: frame_bayes if configured and the members have "
+                        "validation predictions, else bayes if configured)")
     parser.add_argument("--kaggle-id", default=None, help="USER/slug: also write dataset-metadata.json")
 
     def body(cfg, args):

@@ -69,17 +69,9 @@ def make_pseudo_labels(cfg: PipelineConfig, r: int) -> dict:
     if missing:
         raise StageError(f"round {r - 1} members are not finished: {', '.join(missing)}")
     loaded = load_round(cfg, members, taxonomy, ["frame_bayes"] if p.frame_aware else [])
-    preds = loaded.test
-    if preds is None:
+    if loaded.test is None:
         raise StageError(f"round {r - 1} members have no test_probs.npz")
-    if p.frame_aware:
-        if loaded.frame_prior is None:
-            raise StageError("pseudo.frame_aware needs the members' labelled validation predictions (to fit w)")
-        preds = replace(preds, member_views=None, members=[
-            frame_aware(m, preds.frame_ids, loaded.frame_prior, "frame_bayes") for m in preds.members])
-    labels, member_u = member_labels_and_u(preds.members, sigma=cfg.decoding.sigma)
-    ens_u = ensemble_u(preds, cfg.decoding.sigma)
-    gates = all_gates(preds, loaded.val, labels, member_u, ens_u, D, p, len(taxonomy))
+    preds, labels, member_u, ens_u, gates = gate_inputs(cfg, loaded, D, len(taxonomy), p.frame_aware)
     if p.gate not in gates:
         raise StageError(f"gate {p.gate} needs the members' average-K set head scores on validation and test "
                          "(train them with model.avgk_head=true)")
@@ -131,6 +123,22 @@ def refuse_rewrite_under_trained_round(cfg: PipelineConfig, r: int, new_text: st
     if started and path.is_file() and path.read_text() != new_text:
         raise StageError(f"{path} is what round {r}'s members ({started[0]}, ...) were trained on; it is not "
                          f"rewritten with other pseudo-labels: start a new run with name={new_run_name(cfg)}")
+
+
+def gate_inputs(cfg: PipelineConfig, loaded, D: np.ndarray, num_classes: int, frame_aware_members: bool):
+    """(test predictions, member labels (M, N), member U (M, N), ensemble U (N,), every gate) of a loaded round
+    (`load_round`); with `frame_aware_members` each member's distributions are first replaced by their
+    frame-aware ones (the frame_bayes decoder's mean field; the round must be loaded with that decoder)."""
+    preds = loaded.test
+    if frame_aware_members:
+        if loaded.frame_prior is None:
+            raise StageError("pseudo.frame_aware needs the members' labelled validation predictions (to fit w)")
+        preds = replace(preds, member_views=None, members=[
+            frame_aware(m, preds.frame_ids, loaded.frame_prior, "frame_bayes") for m in preds.members])
+    labels, member_u = member_labels_and_u(preds.members, sigma=cfg.decoding.sigma)
+    ens_u = ensemble_u(preds, cfg.decoding.sigma)
+    gates = all_gates(preds, loaded.val, labels, member_u, ens_u, D, cfg.pseudo, num_classes)
+    return preds, labels, member_u, ens_u, gates
 
 
 def all_gates(preds: EnsemblePredictions, val: EnsemblePredictions | None, labels: np.ndarray, member_u: np.ndarray,
