@@ -58,23 +58,23 @@ class Variant:
     against: str | None = None
 
 
-VARIANTS = (
+VARIANTS = (  # the order is the study's priority: context and down-scaling before the loss variants
     Variant("ce", "CE", {"loss": {"name": "ce"}}),
     Variant("dwce_team", "DW-CE, team weights (D+I)/rowsum", {"loss": DWCE}, "ce"),
     Variant("hxe_0.3", "HXE, alpha 0.3", {"loss": {"name": "hxe", "hxe_alpha": 0.3}}, "ce"),
+    Variant("dwce_ctx3", "DW-CE, ROI + 3x context crop", {"loss": DWCE, "data": {"views": ["roi", "ctx3"]}},
+            "dwce_team"),
+    Variant("dwce_downscale", "DW-CE + random down-scaling augmentation [0.25, 1], p 0.5",
+            {"loss": DWCE, "augment": {"downscale": [0.25, 1.0], "downscale_p": 0.5}}, "dwce_team"),
     Variant("dwce_paper", "DW-CE, paper weights (D+1)/rowsum", {"loss": {"name": "dwce", "dwce_weights": "paper"}},
             "ce"),
     Variant("ce_expdist", "CE + 0.1 x expected distance", {"loss": {"name": "ce_expdist", "expdist_lambda": 0.1}},
             "ce"),
     Variant("soft_labels", "soft labels softmax(-D[i])", {"loss": {"name": "soft_labels", "soft_beta": 1.0}}, "ce"),
-    Variant("hxe_0.1", "HXE, alpha 0.1", {"loss": {"name": "hxe", "hxe_alpha": 0.1}}, "ce"),
-    Variant("hxe_0.5", "HXE, alpha 0.5", {"loss": {"name": "hxe", "hxe_alpha": 0.5}}, "ce"),
-    Variant("dwce_downscale", "DW-CE + random down-scaling augmentation [0.25, 1], p 0.5",
-            {"loss": DWCE, "augment": {"downscale": [0.25, 1.0], "downscale_p": 0.5}}, "dwce_team"),
-    Variant("dwce_ctx3", "DW-CE, ROI + 3x context crop", {"loss": DWCE, "data": {"views": ["roi", "ctx3"]}},
-            "dwce_team"),
     Variant("dwce_frame", "DW-CE, ROI + full frame", {"loss": DWCE, "data": {"views": ["roi", "frame"]}},
             "dwce_team"),
+    Variant("hxe_0.1", "HXE, alpha 0.1", {"loss": {"name": "hxe", "hxe_alpha": 0.1}}, "ce"),
+    Variant("hxe_0.5", "HXE, alpha 0.5", {"loss": {"name": "hxe", "hxe_alpha": 0.5}}, "ce"),
     Variant("dwce_fierce", "DW-CE + FIERCE, lambda 0.1", {"loss": {**DWCE, "fierce_lambda": 0.1}}, "dwce_team"),
     Variant("dwce_avgk", "DW-CE + average-K set head (K 2)", {"loss": DWCE, "model": {"avgk_head": True}},
             "dwce_team"),
