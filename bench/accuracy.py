@@ -12,11 +12,15 @@ validation split (split seed 0), so variants are compared paired by seed. The DW
 models of the pipeline seeds are round 0 of a self-training pipeline (src.stages: train_ensemble,
 pseudo_label, retrain) whose rounds >= 1 fine-tune the previous round's member (`--warm-epochs`), so the
 ensemble and the rounds reuse them; `--ensemble-seeds` trains more DW-CE seeds for 5- and 8-member
-ensembles. Jobs run in priority order (`jobs`); a finished run is skipped when the command is run again
-(an interrupted one resumes from its checkpoint), and OUT/accuracy.json is rewritten (atomically) after
-every job from whatever is complete, so a kill loses at most the run in progress. Two processes with
-`--shared` split the jobs (claim files), e.g. `--part pipeline` and `--part variants` with
-`--set train.threads=1` each on 2 cores.
+ensembles. Jobs run in priority order (`jobs`; a round's members are separate jobs); a finished run is
+skipped when the command is run again (an interrupted one resumes from its checkpoint), and
+OUT/accuracy.json is rewritten (atomically) after every job from whatever is complete, so a kill loses at
+most the run in progress. Two processes with `--shared` split the jobs (claim files under OUT/claims;
+delete them when no process runs), e.g. two of `--part all --set train.threads=1` on 2 cores.
+
+The run folders under outputs/ are not committed, so the figures are also kept in the committed ledger
+bench/accuracy_ledger.json (`--ledger`), rewritten after every job: a fresh checkout's tables start from
+it, runs measured again replace its figures, and RESULTS.md names the figures that come from it alone.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -43,6 +48,7 @@ from src.stages.pipeline_config import PipelineConfig
 from src.taxonomy import distance_matrix, load_taxonomy
 
 PIPELINE_NAME = "selftrain"
+COARSE_PIPELINE_NAME = "selftrain_coarse"  # its round_0 links to selftrain's
 DWCE = {"name": "dwce", "dwce_weights": "team"}
 ALL_DECODERS = ["argmax", "vote", "bayes", "bayes_cal", "diffusion", "frame_bayes", "frame_argmax"]
 
@@ -79,6 +85,7 @@ VARIANTS = (  # the order is the study's priority: context and down-scaling befo
     Variant("dwce_avgk", "DW-CE + average-K set head (K 2)", {"loss": DWCE, "model": {"avgk_head": True}},
             "dwce_team"),
 )
+LEDGER = Path(__file__).resolve().with_name("accuracy_ledger.json")
 BASE_VARIANT = "dwce_team"  # its pipeline seeds are the self-training pipeline's round 0
 ENSEMBLE_SIZES = (3, 5, 8)
 TTA_VIEWS = ("identity", "hflip", "down75")  # test-time views predicted for round 0's members
@@ -101,6 +108,7 @@ class Plan:
     warm_epochs: int = 5
     ensemble_seeds: list[int] = field(default_factory=list)  # more base-variant seeds for larger ensembles
     variant_seeds: list[int] | None = None  # seeds of the variants (default: seeds)
+    ledger: Path | None = None  # committed figures of earlier checkouts (merge_ledger); None: this checkout only
 
     @property
     def solution(self) -> Path:
@@ -121,6 +129,12 @@ class Plan:
             pseudo={"min_votes": self.min_votes, "u_threshold": self.u_threshold},
             decoding={"decoders": ALL_DECODERS}, output_root=str(self.out / "pipeline"),
             submissions_dir=str(self.out / "submissions"))
+
+    def coarse_pipeline(self) -> PipelineConfig:
+        """Round 1 of the pipeline again, with coarse pseudo-labels (pseudo.coarse) from the same round 0."""
+        pipe = self.pipeline()
+        return pipe.model_copy(update={"name": COARSE_PIPELINE_NAME, "rounds": 1,
+                                       "pseudo": pipe.pseudo.model_copy(update={"coarse": True})})
 
     @property
     def tta_file(self) -> Path:
@@ -263,6 +277,17 @@ def coarse_metrics(members: list[Path], test: TestSet, min_votes: int) -> dict:
     return out
 
 
+def pseudo_stats(pipe: PipelineConfig, r: int) -> dict | None:
+    """The figures of round r's pseudo_label stats.json the report uses (None before the stage ran)."""
+    stats = pipe.layout.round_dir(r) / "stats.json"
+    if not stats.is_file():
+        return None
+    s = json.loads(stats.read_text())
+    return {k: s.get(k) for k in ("count", "coverage", "accuracy", "mean_distance", "min_votes", "u_threshold",
+                                  "added", "dropped", "changed", "curves", "gates_at_equal_coverage",
+                                  "votes_histogram", "coarse_count", "coarse_by_rank", "coarse_precision")}
+
+
 def predict_tta(plan: Plan) -> Path:
     """Round 0's members' test probabilities for every view of TTA_VIEWS (src.predict, as `predict --tta`)."""
     from src.predict import predict_ensemble, save_ensemble_probs
@@ -291,7 +316,56 @@ def tta_metrics(path: Path, test: TestSet, D: np.ndarray) -> dict:
 
 
 def collect(plan: Plan) -> dict:
-    """Every metric computable from the finished runs under plan.out (nothing is trained here)."""
+    """Every metric computable from the finished runs under plan.out (nothing is trained here), completed by
+    plan.ledger's figures of runs this checkout has not (re)measured."""
+    fresh = collect_fresh(plan)
+    if plan.ledger is None or not plan.ledger.is_file():
+        return fresh
+    return merge_ledger(fresh, json.loads(plan.ledger.read_text()))
+
+
+LEDGER_IDENTITY = ("root", "seeds", "epochs", "min_votes", "u_threshold", "warm_epochs", "train_config", "recipe")
+LEDGER_SECTIONS = ("ensemble_rounds", "pseudo_labels", "ensemble_sizes")  # keyed by round or ensemble size
+LEDGER_WHOLE = ("coarse", "coarse_round_1", "tta", "frame_aware_gates")  # one figure set each
+
+
+def merge_ledger(fresh: dict, ledger: dict) -> dict:
+    """`fresh` completed by the ledger's single runs (by variant and seed), rounds, ensemble sizes and other
+    sections that `fresh` lacks; fresh figures win. A ledger of another study (its LEDGER_IDENTITY differs)
+    adds nothing. `ledger_only` names what came from the ledger: measured in an earlier checkout whose run
+    folders are not here (the study's outputs/ is not committed; the ledger is)."""
+    if any(ledger.get(k) != fresh.get(k) for k in LEDGER_IDENTITY):
+        return fresh
+    out = json.loads(json.dumps(fresh))
+    kept = []
+    order = list(fresh["variants"])
+    for name, entry in ledger.get("single", {}).items():
+        if name not in fresh["variants"]:
+            continue  # a variant this study no longer has
+        target = out["single"].setdefault(name, {**entry, "runs": {}})
+        for seed, metrics in entry["runs"].items():
+            if seed not in target["runs"]:
+                target["runs"][seed] = metrics
+                kept.append(f"{name} seed {seed}")
+        target["runs"] = dict(sorted(target["runs"].items(), key=lambda kv: int(kv[0])))
+    out["single"] = {n: out["single"][n] for n in order if n in out["single"]}
+    for section in LEDGER_SECTIONS:
+        merged = out.get(section) or {}
+        for key, value in (ledger.get(section) or {}).items():
+            if key not in merged:
+                merged[key] = value
+                kept.append(f"{section} {key}")
+        out[section] = dict(sorted(merged.items(), key=lambda kv: int(kv[0])))
+    for section in LEDGER_WHOLE:
+        if out.get(section) is None and ledger.get(section) is not None:
+            out[section] = ledger[section]
+            kept.append(section)
+    out["ledger_only"] = kept
+    return out
+
+
+def collect_fresh(plan: Plan) -> dict:
+    """Every metric computable from the finished runs under plan.out."""
     taxonomy = load_taxonomy()
     D = distance_matrix(taxonomy)
     test = TestSet(plan.root, taxonomy)
@@ -310,12 +384,14 @@ def collect(plan: Plan) -> dict:
         if all(is_done(m) for m in members):
             rounds[str(r)] = ensemble_metrics(pipe, members, test, r)
             rounds[str(r)]["member_argmax_distance"] = [run_metrics(m, test, D)["argmax_distance"] for m in members]
-        stats = pipe.layout.round_dir(r) / "stats.json"
-        if stats.is_file():
-            s = json.loads(stats.read_text())
-            pseudo[str(r)] = {k: s.get(k) for k in ("count", "coverage", "accuracy", "mean_distance", "min_votes",
-                                                     "u_threshold", "added", "dropped", "changed", "curves",
-                                                     "gates_at_equal_coverage", "votes_histogram")}
+        if (stats := pseudo_stats(pipe, r)) is not None:
+            pseudo[str(r)] = stats
+    coarse_pipe = plan.coarse_pipeline()
+    coarse_members = [coarse_pipe.layout.member_dir(1, s) for s in plan.seeds]
+    coarse_round_1 = None
+    if all(is_done(m) for m in coarse_members):
+        coarse_round_1 = {**ensemble_metrics(coarse_pipe, coarse_members, test, 1),
+                          "pseudo_labels": pseudo_stats(coarse_pipe, 1)}
     base_dirs = [plan.run_dir(BASE_VARIANT, s) for s in plan.seeds_of(BASE_VARIANT)]
     base_dirs = [d for d in base_dirs if is_done(d)]
     sizes = {str(k): ensemble_metrics(pipe, base_dirs[:k], test) for k in ENSEMBLE_SIZES if len(base_dirs) >= k}
@@ -323,52 +399,93 @@ def collect(plan: Plan) -> dict:
     tta = tta_metrics(plan.tta_file, test, D) if plan.tta_file.is_file() else None
     round0 = [pipe.layout.member_dir(0, s) for s in plan.seeds]
     frame_gates = frame_aware_gates(pipe, round0, test, D) if all(is_done(m) for m in round0) else None
-    return {"root": str(plan.root), "seeds": plan.seeds, "epochs": plan.epochs, "rounds": plan.rounds,
+    return {"root": str(plan.root), "ledger": str(plan.ledger) if plan.ledger else None, "seeds": plan.seeds, "epochs": plan.epochs, "rounds": plan.rounds,
             "min_votes": plan.min_votes, "u_threshold": plan.u_threshold, "warm_epochs": plan.warm_epochs,
             "ensemble_seeds": plan.ensemble_seeds, "variant_seeds": plan.variant_seeds,
             "train_config": plan.train_config, "recipe_overrides": plan.recipe_overrides, "recipe": plan.recipe(),
             "variants": {v.name: {"label": v.label, "overrides": v.overrides, "against": v.against}
                          for v in plan.variants},
             "test_rois": int(len(test.long_side)), "single": singles, "ensemble_rounds": rounds,
-            "pseudo_labels": pseudo, "ensemble_sizes": sizes, "coarse": coarse,
+            "pseudo_labels": pseudo, "ensemble_sizes": sizes, "coarse": coarse, "coarse_round_1": coarse_round_1,
             "tta": tta, "frame_aware_gates": frame_gates}
 
 
 # ------------------------------------------------------------------------------------------- running
-def jobs(plan: Plan, part: str = "all") -> list[tuple[str, callable]]:
-    """(name, action) in priority order: the pipeline's round-0 ensemble, the CE and HXE references on every
-    seed, the self-training rounds, one seed of every other variant, the other variants' other seeds, then
-    the extra ensemble seeds.
+@dataclass(frozen=True)
+class Job:
+    """One unit of the study: what it does, whether it is finished, and whether it can start yet (a round's
+    members wait for its pseudo-labels, which wait for the previous round's members)."""
 
-    part 'pipeline': the ensemble and self-training rounds first, then the variants; 'variants': the
-    single-model variants only (a second worker process: the two share the list through claim files)."""
+    name: str
+    action: Callable[[], object]
+    done: Callable[[], bool]
+    ready: Callable[[], bool] = lambda: True
+
+
+def round_jobs(pipe: PipelineConfig, r: int, title: str, before: Callable[[], None] | None = None,
+               previous: PipelineConfig | None = None) -> list[Job]:
+    """Round r (>= 1) of `pipe`: its pseudo-labels (after `before`, once round r-1 of `previous`, default
+    `pipe`, is finished), then one job per member, so that two processes train a round's members in parallel."""
     from src.stages.pseudo_label import make_pseudo_labels
     from src.stages.retrain import retrain
+
+    layout = pipe.layout
+    stats = layout.round_dir(r) / "stats.json"  # written last by make_pseudo_labels
+    previous_done = lambda: all(is_done((previous or pipe).layout.member_dir(r - 1, s)) for s in pipe.seeds)
+    out = [Job(f"{title} pseudo-labels", lambda: (before and before(), make_pseudo_labels(pipe, r)),
+               stats.is_file, previous_done)]
+    for i, seed in enumerate(pipe.seeds):
+        out.append(Job(f"{title} member seed {seed}", lambda i=i: retrain(pipe, r, member_index=i),
+                       lambda seed=seed: is_done(layout.member_dir(r, seed)), stats.is_file))
+    return out
+
+
+def jobs(plan: Plan, part: str = "all") -> list[Job]:
+    """Jobs in priority order: the pipeline's round-0 members, the coarse and the exact self-training round 1,
+    the HXE and CE references on every seed, round 0's test-time views, the later rounds, one seed of every
+    other variant, the other variants' other seeds, then the extra ensemble seeds.
+
+    part 'variants': the single-model variants only; 'pipeline' and 'all': everything (two processes share
+    the list through claim files)."""
     from src.stages.train_ensemble import train_ensemble
     from src.train import train
 
     pipe = plan.pipeline()
+    layout = pipe.layout
+    round0_done = lambda: all(is_done(layout.member_dir(0, s)) for s in plan.seeds)
 
-    def single(v: Variant, s: int):
-        return f"{v.name} seed {s}", lambda: train(plan.config(v, s))
+    def single(v: Variant, s: int) -> Job:
+        return Job(f"{v.name} seed {s}", lambda: train(plan.config(v, s)), lambda: is_done(plan.run_dir(v.name, s)))
 
     others = [v for v in plan.variants if v.name != BASE_VARIANT]
-    references = [v for v in others if v.name in ("ce", "hxe_0.3")]
+    references = [v for v in others if v.name in ("hxe_0.3", "ce")]
+    references.sort(key=lambda v: v.name != "hxe_0.3")  # HXE is new to the study; CE was measured before
     rest_variants = [v for v in others if v not in references]
-    rounds = [(f"self-training round {r}", lambda r=r: (make_pseudo_labels(pipe, r), retrain(pipe, r)))
-              for r in range(1, plan.rounds + 1)]
     refs = [single(v, s) for v in references for s in plan.seeds_of(v.name)]
     first = [single(v, plan.seeds_of(v.name)[0]) for v in rest_variants if plan.seeds_of(v.name)]
     rest = [single(v, s) for s in plan.seeds_of(rest_variants[0].name)[1:] for v in rest_variants] if rest_variants else []
     base_extra = [single(next(v for v in plan.variants if v.name == BASE_VARIANT), s)
                   for s in plan.seeds_of(BASE_VARIANT) if s not in plan.seeds]
-    base = [("round 0 ensemble (DW-CE team)", lambda: train_ensemble(pipe)),
-            ("test-time views of round 0", lambda: predict_tta(plan))]
-    if part == "pipeline":
-        return base + rounds + refs + first + rest + base_extra
     if part == "variants":
         return refs + first + rest + base_extra
-    return base + refs + rounds + first + rest + base_extra
+    round0 = [Job(f"round 0 (DW-CE team) member seed {s}", lambda i=i: train_ensemble(pipe, member_index=i),
+                  lambda s=s: is_done(layout.member_dir(0, s))) for i, s in enumerate(plan.seeds)]
+    tta = Job("test-time views of round 0", lambda: predict_tta(plan), plan.tta_file.is_file, round0_done)
+    rounds = [round_jobs(pipe, r, f"self-training round {r}") for r in range(1, plan.rounds + 1)]
+    coarse = round_jobs(plan.coarse_pipeline(), 1, "coarse self-training round 1", lambda: link_round_0(plan),
+                        previous=pipe)  # its round 0 is a link to pipe's, made by the first job
+    early = (coarse + rounds[0]) if rounds else []
+    later = [j for jobs_of_round in rounds[1:] for j in jobs_of_round]
+    return round0 + early + refs + [tta] + later + first + rest + base_extra
+
+
+def link_round_0(plan: Plan) -> None:
+    """The coarse pipeline's round 0 is the pipeline's (a link, not a copy), so its round 1 starts from the
+    same members and pseudo-labels are compared on equal terms."""
+    link = plan.coarse_pipeline().layout.round_dir(0)
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(plan.pipeline().layout.round_dir(0), link.parent), target_is_directory=True)
 
 
 def claim(plan: Plan, name: str) -> bool:
@@ -384,67 +501,50 @@ def claim(plan: Plan, name: str) -> bool:
     return True
 
 
-def job_done(plan: Plan, name: str) -> bool:
-    pipe = plan.pipeline()
-    if name.startswith("round 0"):
-        return all(is_done(pipe.layout.member_dir(0, s)) for s in plan.seeds)
-    if name.startswith("self-training round"):
-        r = int(name.rsplit(" ", 1)[1])
-        return all(is_done(pipe.layout.member_dir(r, s)) for s in plan.seeds)
-    if name.startswith("test-time views"):
-        return plan.tta_file.is_file()
-    variant, _, seed = name.rpartition(" seed ")
-    return is_done(plan.run_dir(variant, int(seed)))
-
-
-def job_ready(plan: Plan, name: str) -> bool:
-    """A self-training round (or the test-time views of round 0) can start once the previous round's members
-    are finished."""
-    if name.startswith("test-time views"):
-        return all(is_done(plan.pipeline().layout.member_dir(0, s)) for s in plan.seeds)
-    if name.startswith("self-training round"):
-        r = int(name.rsplit(" ", 1)[1])
-        return all(is_done(plan.pipeline().layout.member_dir(r - 1, s)) for s in plan.seeds)
-    return True
-
-
 def run(plan: Plan, deadline: float | None = None, part: str = "all", shared: bool = False) -> dict:
     """Run every unfinished job in order (stopping before one would start after `deadline`, a time.time());
     rewrite OUT/accuracy.json after each. With `shared`, jobs another process claimed are left to it, and a
     self-training round whose previous round another process still trains is left for later in the pass.
     Returns the final collection."""
     plan.out.mkdir(parents=True, exist_ok=True)
-    result_path = plan.out / "accuracy.json"
     todo = jobs(plan, part)
     pending = list(enumerate(todo, 1))
     while pending:
         postponed = []
-        for i, (name, action) in pending:
-            if job_done(plan, name):
+        for i, job in pending:
+            name = job.name
+            if job.done():
                 print(f"[{i}/{len(todo)}] {name}: done, skipped", flush=True)
                 continue
             if deadline is not None and time.time() > deadline:
                 print(f"[{i}/{len(todo)}] {name}: past the deadline, not started", flush=True)
                 pending = []
                 break
-            if shared and not job_ready(plan, name):
-                postponed.append((i, (name, action)))
+            if shared and not job.ready():
+                postponed.append((i, job))
                 continue
             if shared and not claim(plan, name):
                 print(f"[{i}/{len(todo)}] {name}: claimed by another process, skipped", flush=True)
                 continue
             start = time.time()
             print(f"[{i}/{len(todo)}] {name}: running", flush=True)
-            action()
+            job.action()
             print(f"[{i}/{len(todo)}] {name}: {time.time() - start:.0f} s", flush=True)
-            atomic_write_json(result_path, collect(plan))
+            save(plan, collect(plan))
         else:
             if postponed and len(postponed) == len(pending):
                 time.sleep(30)  # another process trains what they wait for
             pending = postponed
     result = collect(plan)
-    atomic_write_json(result_path, result)
+    save(plan, result)
     return result
+
+
+def save(plan: Plan, result: dict) -> None:
+    """OUT/accuracy.json and, when the plan has one, the ledger (both atomically)."""
+    atomic_write_json(plan.out / "accuracy.json", result)
+    if plan.ledger is not None:
+        atomic_write_json(plan.ledger, {k: v for k, v in result.items() if k not in ("ledger_only", "ledger")})
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
@@ -452,7 +552,8 @@ def build_plan(args: argparse.Namespace) -> Plan:
                 rounds=args.rounds, min_votes=args.min_votes, train_config=args.train_config,
                 recipe_overrides=parse_overrides(args.set), u_threshold=args.u_threshold,
                 warm_epochs=args.warm_epochs, ensemble_seeds=list(args.ensemble_seeds),
-                variant_seeds=list(args.variant_seeds) if args.variant_seeds else None)
+                variant_seeds=list(args.variant_seeds) if args.variant_seeds else None,
+                ledger=Path(args.ledger) if args.ledger else None)
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -471,6 +572,9 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--u-threshold", type=float, default=0.0, help="pseudo-label gate: ensemble U at least")
     parser.add_argument("--train-config", default="cfg/reference_ce.yaml", help="recipe YAML")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides for every run")
+    parser.add_argument("--ledger", default=str(LEDGER), help="committed figures of every run measured so far, in "
+                        "any checkout: read to complete the tables, rewritten after every job ('' for none; "
+                        f"default {LEDGER.relative_to(LEDGER.parents[1])})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -480,6 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", help="UTC time HH:MM after which no new job starts")
     parser.add_argument("--part", choices=("all", "pipeline", "variants"), default="all",
                         help="job order; run 'pipeline' and 'variants' as two processes with --shared")
+    parser.add_argument("--collect", action="store_true",
+                        help="train nothing: rewrite accuracy.json and the ledger from the finished runs")
     parser.add_argument("--shared", action="store_true",
                         help="claim each job with a file under OUT/claims so parallel processes split the work")
     args = parser.parse_args(argv)
@@ -496,7 +602,10 @@ def main(argv: list[str] | None = None) -> int:
     plan.out.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", "-m", "bench.accuracy", *(argv if argv is not None else sys.argv[1:])])
     atomic_write_text(plan.out / f"command_{args.part}.txt", command + "\n")
-    run(plan, deadline, args.part, args.shared)
+    if args.collect:
+        save(plan, collect(plan))
+    else:
+        run(plan, deadline, args.part, args.shared)
     print(f"wrote {plan.out / 'accuracy.json'}")
     return 0
 

@@ -256,7 +256,21 @@ def rounds_table(acc: dict) -> str:
         source = "train only" if r == "0" else (
             f"train + {p['count']} pseudo-labels ({p['coverage']:.0%} of test, {p['accuracy']:.0%} right)" if p else "?")
         lines.append(f"| {r} | {source} | " + " | ".join(_decoder_cells(e)) + " |")
+    coarse = acc.get("coarse_round_1")
+    if coarse:
+        lines.append(f"| 1, coarse | {coarse_source(coarse.get('pseudo_labels'))} | "
+                     + " | ".join(_decoder_cells(coarse)) + " |")
     return "\n".join(lines)
+
+
+def coarse_source(p: dict | None) -> str:
+    """What a coarse round trained on: exact pseudo-labels and set targets (by rank), and how many are right."""
+    if not p:
+        return "?"
+    ranks = ", ".join(f"{n} {rank}" for rank, n in (p.get("coarse_by_rank") or {}).items() if n)
+    right = p.get("coarse_precision")
+    return (f"train + {p['count']} exact ({p['accuracy']:.0%} right) + {p.get('coarse_count', 0)} coarse pseudo-labels "
+            f"({ranks or 'none'}; {'-' if right is None else f'{right:.0%}'} with the truth under the taxon)")
 
 
 def gates_table(acc: dict, round_: str = "1", rows: list | None = None) -> str:
@@ -326,6 +340,15 @@ def claims(acc: dict) -> str:
     if len(rounds) > 1:
         seq = ", ".join(f"round {r}: {e['argmax_distance']:.3f} / {e['bayes_distance']:.3f}" for r, e in rounds.items())
         out.append(f"- Self-training (ensemble argmax / Bayes distance per round, one pipeline seed): {seq}.")
+    coarse, exact = acc.get("coarse_round_1"), rounds.get("1")
+    if coarse and exact:
+        diff = ", ".join(f"{d} {coarse[f'{d}_distance'] - exact[f'{d}_distance']:+.3f}"
+                         for d in ("argmax", "bayes", "frame_bayes") if f"{d}_distance" in coarse and f"{d}_distance" in exact)
+        out.append(f"- Coarse vs exact pseudo-labels, round 1 from the same round 0 (ensemble distance, coarse minus "
+                   f"exact; one pipeline seed, so no verdict): {diff}.")
+    if acc.get("ledger_only"):
+        out.append(f"- Kept from the ledger (bench/accuracy_ledger.json: measured in an earlier checkout, run folders "
+                   f"not here): {', '.join(acc['ledger_only'])}.")
     return "\n".join(out)
 
 
@@ -384,7 +407,8 @@ def load_accuracy(accuracy_dir: Path) -> dict | None:
     plan = Plan(root=Path(acc["root"]), out=accuracy_dir, seeds=acc["seeds"], epochs=acc["epochs"], rounds=acc["rounds"],
                 min_votes=acc["min_votes"], train_config=acc["train_config"], recipe_overrides=acc["recipe_overrides"],
                 u_threshold=acc.get("u_threshold", 0.0), warm_epochs=acc.get("warm_epochs", 5),
-                ensemble_seeds=acc.get("ensemble_seeds", []), variant_seeds=acc.get("variant_seeds"))
+                ensemble_seeds=acc.get("ensemble_seeds", []), variant_seeds=acc.get("variant_seeds"),
+                ledger=Path(acc["ledger"]) if acc.get("ledger") else None)
     return collect(plan)
 
 
@@ -409,7 +433,7 @@ def accuracy_markdown(acc: dict, command: str) -> str:
             "of the accepted ROIs):", "", gates_table(acc),
         "", "The same gates on the members' frame-aware distributions (`pseudo.frame_aware: true`):", "",
         gates_table(acc, rows=acc.get("frame_aware_gates") or []),
-        "", "### 3. Coarse pseudo-labels (round 0's members)", "", coarse_table(acc),
+        "", "### 3. Coarse pseudo-labels (round 0's members; the round trained on them is row `1, coarse` of section 2)", "", coarse_table(acc),
         "", "![accuracy](results_accuracy.png)",
     ])
 

@@ -5,7 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.accuracy import VARIANTS, Plan, collect, run
+import shutil
+
+from bench.accuracy import VARIANTS, Plan, collect, merge_ledger, run
 from bench.common import format_speed_row, machine_info, target_check, timed
 from bench.report import kept_speed_section, paired, speed_markdown, speed_rows, write_report
 
@@ -63,7 +65,8 @@ def test_accuracy_run_and_report_on_tiny_preset(tmp_path):
         assert download_split(root / f"dataset_{split}.json", root / split, progress=False) == 0
     variants = tuple(v for v in VARIANTS if v.name in ("ce", "dwce_team"))
     plan = Plan(root=root, out=tmp_path / "acc", seeds=[0, 1], epochs=1, rounds=1, min_votes=1,
-                train_config=str(REPO / "cfg" / "demo_tiny.yaml"), recipe_overrides={}, variants=variants)
+                train_config=str(REPO / "cfg" / "demo_tiny.yaml"), recipe_overrides={}, variants=variants,
+                ledger=tmp_path / "ledger.json")
     result = run(plan, part="all", shared=True)
 
     assert set(result["single"]) == {"ce", "dwce_team"}
@@ -86,6 +89,15 @@ def test_accuracy_run_and_report_on_tiny_preset(tmp_path):
     saved = json.loads((plan.out / "accuracy.json").read_text())
     assert saved["single"].keys() == result["single"].keys()
     assert collect(plan)["ensemble_rounds"] == result["ensemble_rounds"]  # a re-collection gives the same numbers
+    coarse_round = result["coarse_round_1"]  # min_votes 1: every ROI has an exact pseudo-label, none is coarse
+    assert coarse_round["pseudo_labels"]["coarse_count"] == 0 and 0 <= coarse_round["argmax_distance"] <= 12
+    assert (plan.out / "pipeline" / "selftrain_coarse" / "round_0").resolve() == \
+        (plan.out / "pipeline" / "selftrain" / "round_0").resolve()  # the same round 0, linked
+    # The ledger keeps a run whose folder is gone (a fresh checkout): its figures stay, named as the ledger's.
+    shutil.rmtree(plan.run_dir("ce", 1))
+    again = collect(plan)
+    assert again["single"]["ce"]["runs"]["1"] == result["single"]["ce"]["runs"]["1"]
+    assert again["ledger_only"] == ["ce seed 1"]
 
     out = tmp_path / "RESULTS.md"
     text = write_report(out, fake_speed(), result, "python -m bench.report", machine_info(), "python -m bench.accuracy")
@@ -99,6 +111,25 @@ def test_accuracy_run_and_report_on_tiny_preset(tmp_path):
     for needle in ("git commit", "| CE (`ce`) |", "+- ", "(n=2)", "### Claims", "not met", "generated",
                    "### 2. Self-training", "expected_distance", "frame_bayes", "DW-CE (team) vs CE, argmax distance"):
         assert needle in text, needle
+
+
+def test_merge_ledger_fills_only_what_is_missing_and_checks_the_study():
+    study = {"root": "r", "seeds": [0], "epochs": None, "min_votes": 3, "u_threshold": 0.0, "warm_epochs": 5,
+             "train_config": "cfg/x.yaml", "recipe": {"train": {"threads": 1}}, "variants": {"ce": {}, "hxe": {}}}
+    fresh = {**study, "single": {"ce": {"label": "CE", "runs": {"0": {"d": 1.0}}}},
+             "ensemble_rounds": {"0": {"d": 2.0}}, "pseudo_labels": {}, "ensemble_sizes": {}, "coarse": None, "tta": None}
+    ledger = {**study, "single": {"ce": {"label": "CE", "runs": {"0": {"d": 9.0}, "2": {"d": 1.2}}},
+                                  "hxe": {"label": "HXE", "runs": {"0": {"d": 0.8}}},
+                                  "gone": {"label": "removed variant", "runs": {"0": {"d": 5.0}}}},
+              "ensemble_rounds": {"1": {"d": 1.5}, "0": {"d": 9.0}}, "coarse": {"exact_coverage": 0.5}}
+    merged = merge_ledger(fresh, ledger)
+    assert merged["single"]["ce"]["runs"] == {"0": {"d": 1.0}, "2": {"d": 1.2}}  # the fresh seed 0 wins
+    assert list(merged["single"]) == ["ce", "hxe"] and list(merged["ensemble_rounds"]) == ["0", "1"]
+    assert merged["ensemble_rounds"]["0"] == {"d": 2.0} and merged["coarse"] == {"exact_coverage": 0.5}
+    assert merged["ledger_only"] == ["ce seed 2", "hxe seed 0", "ensemble_rounds 1", "coarse"]
+    assert fresh["single"]["ce"]["runs"] == {"0": {"d": 1.0}}  # not modified in place
+    other = merge_ledger(fresh, {**ledger, "recipe": {"train": {"threads": 2}}})  # another study's figures
+    assert other == fresh and "ledger_only" not in other
 
 
 def test_paired_differences_and_verdicts():
