@@ -9,7 +9,8 @@ float32 whatever the input dtype (bf16/fp16 autocast outputs are upcast first).
 - `CEExpectedDistance(D, lam)`: CE + lam * sum_j p_j D[i,j]
 - `SoftLabelCE(D, beta)`: CE against the soft target softmax(-beta * D[i])
 - `HierarchicalCE(tree, alpha)`: HXE, -sum over the path root->y of lambda(v) log(p(v) / p(parent(v)))
-- `SetTargetLoss(base, table)`: set NLL -log sum_{c in S} p_c for coarse targets, `base` for concepts
+- `SetTargetLoss(base, table)`: coarse targets (sets S of concepts) through the set NLL -log sum_{c in S} p_c,
+  or the base loss's own set version (`DistanceWeightedCE.set_loss`); `base` for concepts
 - `avgk_loss`: BCE of the average-K set head; `FeatureEntropy`: the FIERCE regulariser H(q)
 - `TrainingLoss`: what the training loop minimises: one of the above on the heads' logits, set targets,
   auxiliary rank heads, FIERCE and the average-K head (`build_training_loss`)
@@ -81,6 +82,19 @@ class DistanceWeightedCE(nn.Module):
         # sum_j W[i,j] log(1-p_j), with the j = i term swapped for W[i,i] log p_i (all terms finite).
         true_term = w.gather(1, t) * (F.log_softmax(logits, dim=-1).gather(1, t) - log1mp.gather(1, t))
         return -((w * log1mp).sum(dim=-1) + true_term[:, 0]).mean()
+
+    def set_loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """DW-CE of set targets (masks (B, C) bool: the concepts under a taxon), on DW-CE's own scale.
+
+        The set S is one merged class whose weight row is the mean of its concepts' rows, w = mean_{c in S} W[c]:
+        L = -(sum_{c in S} w_c) log p(S) - sum_{j not in S} w_j log(1 - p_j). A singleton set is DW-CE exactly.
+        (A plain set NLL would weigh a set row about 1 / W[i,i], hundreds of times, more than a concept row.)"""
+        logits = _upcast(logits)
+        m = masks.to(self.weight.dtype)
+        w = (m @ self.weight) / m.sum(dim=-1, keepdim=True)  # (B, C)
+        log_mass = masked_log_mass(F.log_softmax(logits, dim=-1), masks)  # (..., B)
+        outside = (w * log_one_minus_softmax(logits)).masked_fill(masks, 0.0).sum(dim=-1)
+        return -((w * m).sum(dim=-1) * log_mass + outside).mean()
 
 
 class CrossEntropy(nn.Module):
@@ -205,7 +219,8 @@ class SetTargetLoss(nn.Module):
 
     Targets < C are concepts and go through `base` (the configured loss); a target C + v means "the
     concepts under node v of the taxonomy tree" (`TaxonomyTree.target_table` row C + v) and goes through
-    `set_nll`. The result is the row-weighted mean of both parts, so an all-concept batch gives `base`."""
+    `base.set_loss` where the base loss has one (DW-CE: its scale is far below CE's), else `set_nll` (the
+    CE-scale losses). The result is the row-weighted mean of both parts, so an all-concept batch gives `base`."""
 
     def __init__(self, base: nn.Module, target_table):
         super().__init__()
@@ -217,7 +232,8 @@ class SetTargetLoss(nn.Module):
         n_set, n = int(is_set.sum()), len(targets)
         if n_set == 0:
             return self.base(logits, targets)
-        coarse = set_nll(logits[..., is_set, :], self.target_table[targets[is_set]])
+        set_loss = getattr(self.base, "set_loss", set_nll)
+        coarse = set_loss(logits[..., is_set, :], self.target_table[targets[is_set]])
         if n_set == n:
             return coarse
         plain = ~is_set

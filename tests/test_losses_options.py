@@ -97,14 +97,45 @@ def test_set_target_loss_mixes_concepts_and_sets(tiny_taxonomy):
     logits = _logits((2, 5, 6), seed=6)
     is_set = targets >= 6
     expected = (3 * base(logits[:, ~is_set], targets[~is_set])
-                + 2 * set_nll(logits[:, is_set], torch.as_tensor(tree.target_table)[targets[is_set]])) / 5
+                + 2 * base.set_loss(logits[:, is_set], torch.as_tensor(tree.target_table)[targets[is_set]])) / 5
     assert torch.allclose(loss(logits, targets), expected, rtol=1e-12)
     p = torch.softmax(logits[0, 1], -1)
     assert torch.allclose(set_nll(logits[0, 1:2], torch.as_tensor(tree.target_table)[[family]]), -torch.log(p[:3].sum()))
     plain = torch.tensor([0, 1, 2, 3, 4])
     assert torch.equal(loss(logits, plain), base(logits, plain))
-    assert torch.allclose(loss(logits[:, 1:2], targets[1:2]), -torch.log(torch.softmax(logits[:, 1], -1)[:, :3].sum(-1)).mean())
     assert torch.autograd.gradcheck(lambda z: loss(z, targets), (logits,))
+    ce_loss = SetTargetLoss(CrossEntropy(), tree.target_table).double()  # CE-scale bases use the set NLL
+    assert torch.allclose(ce_loss(logits[:, 1:2], targets[1:2]), -torch.log(torch.softmax(logits[:, 1], -1)[:, :3].sum(-1)).mean())
+
+
+def test_dwce_set_loss_formula_singletons_and_scale(tiny_taxonomy):
+    D = distance_matrix(tiny_taxonomy)
+    W = torch.as_tensor(dwce_weights_team(D))
+    base = DistanceWeightedCE(W).double()
+    masks = torch.tensor([[1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 1]], dtype=torch.bool)
+    logits = _logits((2, 3, 6), seed=7)
+    p = torch.softmax(logits, dim=-1)
+    direct = []  # S one merged class with the mean weight row of its concepts, written out row by row
+    for h in range(2):
+        for b in range(3):
+            S = [c for c in range(6) if masks[b, c]]
+            w = W[S].mean(dim=0)
+            value = -w[S].sum() * torch.log(p[h, b, S].sum())
+            value -= sum(w[j] * torch.log(1 - p[h, b, j]) for j in range(6) if j not in S)
+            direct.append(value)
+    assert torch.allclose(base.set_loss(logits, masks), torch.stack(direct).mean(), rtol=1e-10)
+    targets = torch.tensor([2, 0, 5])  # singleton sets give DW-CE exactly
+    assert torch.allclose(base.set_loss(logits, F.one_hot(targets, 6).bool()), base(logits, targets), rtol=1e-12)
+    assert torch.autograd.gradcheck(lambda z: base.set_loss(z, masks), (logits,))
+    # On the 79 concepts, a set row weighs like a concept row, not ~1 / W[i,i] (hundreds of) times more as
+    # the set NLL does: the scale bug that made coarse pseudo-labels swamp DW-CE training.
+    taxonomy = load_taxonomy()
+    tree = taxonomy_tree(taxonomy)
+    real = DistanceWeightedCE(dwce_weights_team(distance_matrix(taxonomy))).double()
+    sets = torch.as_tensor(tree.target_table)[len(taxonomy) + np.arange(1, 9)]  # the first taxa below the root
+    concepts = sets.float().argmax(dim=-1)  # a concept of each set
+    z = _logits((8, len(taxonomy)), seed=8, scale=1.0)
+    assert real.set_loss(z, sets) / real(z, concepts) < 5 and set_nll(z, sets) / real(z, concepts) > 50
 
 
 def test_avgk_loss_matches_hand_selection():
