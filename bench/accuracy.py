@@ -383,7 +383,8 @@ def collect_fresh(plan: Plan) -> dict:
         members = [pipe.layout.member_dir(r, s) for s in plan.seeds]
         if all(is_done(m) for m in members):
             rounds[str(r)] = ensemble_metrics(pipe, members, test, r)
-            rounds[str(r)]["member_argmax_distance"] = [run_metrics(m, test, D)["argmax_distance"] for m in members]
+            rounds[str(r)]["member_runs"] = {str(s): run_metrics(m, test, D) for s, m in zip(plan.seeds, members)}
+            rounds[str(r)]["member_argmax_distance"] = [m["argmax_distance"] for m in rounds[str(r)]["member_runs"].values()]
         if (stats := pseudo_stats(pipe, r)) is not None:
             pseudo[str(r)] = stats
     coarse_pipe = plan.coarse_pipeline()
@@ -391,7 +392,8 @@ def collect_fresh(plan: Plan) -> dict:
     coarse_round_1 = None
     if all(is_done(m) for m in coarse_members):
         coarse_round_1 = {**ensemble_metrics(coarse_pipe, coarse_members, test, 1),
-                          "pseudo_labels": pseudo_stats(coarse_pipe, 1)}
+                          "pseudo_labels": pseudo_stats(coarse_pipe, 1),
+                          "member_runs": {str(s): run_metrics(m, test, D) for s, m in zip(plan.seeds, coarse_members)}}
     base_dirs = [plan.run_dir(BASE_VARIANT, s) for s in plan.seeds_of(BASE_VARIANT)]
     base_dirs = [d for d in base_dirs if is_done(d)]
     sizes = {str(k): ensemble_metrics(pipe, base_dirs[:k], test) for k in ENSEMBLE_SIZES if len(base_dirs) >= k}

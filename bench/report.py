@@ -166,8 +166,12 @@ def paired(acc: dict, a: str, b: str, key: str, key_b: str | None = None) -> dic
     """Paired by seed: per seed the difference of `key` of variant a minus `key_b` (default `key`) of variant
     b; mean, sample std, n and a verdict. A difference holds when every seed agrees on its sign and the mean
     is more than twice its standard error."""
+    return paired_runs(_runs(acc, a), _runs(acc, b), key, key_b)
+
+
+def paired_runs(ra: dict, rb: dict, key: str, key_b: str | None = None) -> dict | None:
+    """`paired` on two {seed: metrics} dicts."""
     key_b = key_b or key
-    ra, rb = _runs(acc, a), _runs(acc, b)
     seeds = sorted(s for s in set(ra) & set(rb) if key in ra[s] and key_b in rb[s])
     seeds = sorted(seeds, key=int)
     if not seeds:
@@ -331,7 +335,9 @@ def claims(acc: dict) -> str:
            line("dwce_team", "ce", "argmax_accuracy", "DW-CE (team) vs CE, argmax accuracy"),
            line("dwce_team", "ce", "argmax_distinct", "DW-CE (team) vs CE, distinct labels"),
            line("hxe_0.3", "ce", "argmax_distance", "HXE (alpha 0.3) vs CE, argmax distance"),
-           line("hxe_0.3", "ce", "bayes_distance", "HXE (alpha 0.3) vs CE, Bayes distance")]
+           line("hxe_0.3", "ce", "bayes_distance", "HXE (alpha 0.3) vs CE, Bayes distance"),
+           line("hxe_0.3", "dwce_team", "argmax_distance", "HXE (alpha 0.3) vs DW-CE (team), argmax distance"),
+           line("hxe_0.3", "dwce_team", "argmax_accuracy", "HXE (alpha 0.3) vs DW-CE (team), argmax accuracy")]
     for name, entry in acc["single"].items():
         out.append(f"- Decoders of single {entry['label']} models: Bayes vs argmax "
                    f"{_paired_text(paired(acc, name, name, 'bayes_distance', 'argmax_distance'))}; frame Bayes vs "
@@ -346,6 +352,10 @@ def claims(acc: dict) -> str:
                          for d in ("argmax", "bayes", "frame_bayes") if f"{d}_distance" in coarse and f"{d}_distance" in exact)
         out.append(f"- Coarse vs exact pseudo-labels, round 1 from the same round 0 (ensemble distance, coarse minus "
                    f"exact; one pipeline seed, so no verdict): {diff}.")
+        members = [f"{what} {_paired_text(paired_runs(coarse.get('member_runs', {}), exact.get('member_runs', {}), key))}"
+                   for what, key in (("argmax distance", "argmax_distance"), ("Bayes distance", "bayes_distance"),
+                                     ("argmax accuracy", "argmax_accuracy"))]
+        out.append(f"- Coarse vs exact pseudo-labels, round 1's members paired by seed: {'; '.join(members)}.")
     if acc.get("ledger_only"):
         out.append(f"- Kept from the ledger (bench/accuracy_ledger.json: measured in an earlier checkout, run folders "
                    f"not here): {', '.join(acc['ledger_only'])}.")
