@@ -401,7 +401,8 @@ def collect_fresh(plan: Plan) -> dict:
     tta = tta_metrics(plan.tta_file, test, D) if plan.tta_file.is_file() else None
     round0 = [pipe.layout.member_dir(0, s) for s in plan.seeds]
     frame_gates = frame_aware_gates(pipe, round0, test, D) if all(is_done(m) for m in round0) else None
-    return {"root": str(plan.root), "ledger": str(plan.ledger) if plan.ledger else None, "seeds": plan.seeds, "epochs": plan.epochs, "rounds": plan.rounds,
+    return {"root": str(plan.root), "ledger": str(plan.ledger) if plan.ledger else None,
+            "seeds": plan.seeds, "epochs": plan.epochs, "rounds": plan.rounds,
             "min_votes": plan.min_votes, "u_threshold": plan.u_threshold, "warm_epochs": plan.warm_epochs,
             "ensemble_seeds": plan.ensemble_seeds, "variant_seeds": plan.variant_seeds,
             "train_config": plan.train_config, "recipe_overrides": plan.recipe_overrides, "recipe": plan.recipe(),
@@ -447,8 +448,8 @@ def jobs(plan: Plan, part: str = "all") -> list[Job]:
     the HXE and CE references on every seed, round 0's test-time views, the later rounds, one seed of every
     other variant, the other variants' other seeds, then the extra ensemble seeds.
 
-    part 'variants': the single-model variants only; 'pipeline' and 'all': everything (two processes share
-    the list through claim files)."""
+    part 'variants': the single-model variants only; 'all': everything (two processes share the list through
+    claim files)."""
     from src.stages.train_ensemble import train_ensemble
     from src.train import train
 
@@ -584,8 +585,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_plan_arguments(parser)
     parser.add_argument("--deadline", help="UTC time HH:MM after which no new job starts")
-    parser.add_argument("--part", choices=("all", "pipeline", "variants"), default="all",
-                        help="job order; run 'pipeline' and 'variants' as two processes with --shared")
+    parser.add_argument("--part", choices=("all", "variants"), default="all",
+                        help="'all': the pipeline's jobs first, then the single models; 'variants': the single "
+                        "models only (two processes of 'all' with --shared split every job)")
     parser.add_argument("--collect", action="store_true",
                         help="train nothing: rewrite accuracy.json and the ledger from the finished runs")
     parser.add_argument("--shared", action="store_true",
