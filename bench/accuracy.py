@@ -384,7 +384,6 @@ def collect_fresh(plan: Plan) -> dict:
         if all(is_done(m) for m in members):
             rounds[str(r)] = ensemble_metrics(pipe, members, test, r)
             rounds[str(r)]["member_runs"] = {str(s): run_metrics(m, test, D) for s, m in zip(plan.seeds, members)}
-            rounds[str(r)]["member_argmax_distance"] = [m["argmax_distance"] for m in rounds[str(r)]["member_runs"].values()]
         if (stats := pseudo_stats(pipe, r)) is not None:
             pseudo[str(r)] = stats
     coarse_pipe = plan.coarse_pipeline()

@@ -1,11 +1,10 @@
 """Benchmark machinery: the timing helper, target verdicts, and the accuracy -> RESULTS.md path on the tiny preset."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-import shutil
 
 from bench.accuracy import VARIANTS, Plan, collect, merge_ledger, run
 from bench.common import format_speed_row, machine_info, target_check, timed
