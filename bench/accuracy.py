@@ -25,6 +25,7 @@ it, runs measured again replace its figures, and RESULTS.md names the figures th
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shlex
@@ -88,6 +89,7 @@ VARIANTS = (  # the order is the study's priority: context and down-scaling befo
 LEDGER = Path(__file__).resolve().with_name("accuracy_ledger.json")
 BASE_VARIANT = "dwce_team"  # its pipeline seeds are the self-training pipeline's round 0
 ENSEMBLE_SIZES = (3, 5, 8)
+FULL_FIRST = ("dwce_ctx3", "dwce_downscale")  # questions 5 and 6: every seed before the other variants' first
 TTA_VIEWS = ("identity", "hflip", "down75")  # test-time views predicted for round 0's members
 
 
@@ -329,12 +331,33 @@ LEDGER_SECTIONS = ("ensemble_rounds", "pseudo_labels", "ensemble_sizes")  # keye
 LEDGER_WHOLE = ("coarse", "coarse_round_1", "tta", "frame_aware_gates")  # one figure set each
 
 
+def study_identity(plan: Plan) -> dict:
+    """What makes two collections figures of the same study (LEDGER_IDENTITY), as collect_fresh writes it."""
+    return {"root": str(plan.root), "seeds": plan.seeds, "epochs": plan.epochs, "min_votes": plan.min_votes,
+            "u_threshold": plan.u_threshold, "warm_epochs": plan.warm_epochs, "train_config": plan.train_config,
+            "recipe": plan.recipe()}
+
+
+def same_study(ledger: dict, fresh: dict) -> bool:
+    return all(ledger.get(k) == fresh.get(k) for k in LEDGER_IDENTITY)
+
+
+def ledgered_runs(plan: Plan) -> set[tuple[str, int]]:
+    """(variant, seed) of the single runs whose figures plan.ledger holds for this study (none without one)."""
+    if plan.ledger is None or not plan.ledger.is_file():
+        return set()
+    ledger = json.loads(plan.ledger.read_text())
+    if not same_study(ledger, study_identity(plan)):
+        return set()
+    return {(name, int(seed)) for name, entry in ledger.get("single", {}).items() for seed in entry["runs"]}
+
+
 def merge_ledger(fresh: dict, ledger: dict) -> dict:
     """`fresh` completed by the ledger's single runs (by variant and seed), rounds, ensemble sizes and other
     sections that `fresh` lacks; fresh figures win. A ledger of another study (its LEDGER_IDENTITY differs)
     adds nothing. `ledger_only` names what came from the ledger: measured in an earlier checkout whose run
     folders are not here (the study's outputs/ is not committed; the ledger is)."""
-    if any(ledger.get(k) != fresh.get(k) for k in LEDGER_IDENTITY):
+    if not same_study(ledger, fresh):
         return fresh
     out = json.loads(json.dumps(fresh))
     kept = []
@@ -394,17 +417,15 @@ def collect_fresh(plan: Plan) -> dict:
                           "pseudo_labels": pseudo_stats(coarse_pipe, 1),
                           "member_runs": {str(s): run_metrics(m, test, D) for s, m in zip(plan.seeds, coarse_members)}}
     base_dirs = [plan.run_dir(BASE_VARIANT, s) for s in plan.seeds_of(BASE_VARIANT)]
-    base_dirs = [d for d in base_dirs if is_done(d)]
-    sizes = {str(k): ensemble_metrics(pipe, base_dirs[:k], test) for k in ENSEMBLE_SIZES if len(base_dirs) >= k}
-    coarse = coarse_metrics(base_dirs[:len(plan.seeds)], test, plan.min_votes) if len(base_dirs) >= len(plan.seeds) else None
+    finished = len(list(itertools.takewhile(is_done, base_dirs)))  # an ensemble of k: the first k seeds
+    sizes = {str(k): ensemble_metrics(pipe, base_dirs[:k], test) for k in ENSEMBLE_SIZES if finished >= k}
+    coarse = coarse_metrics(base_dirs[:len(plan.seeds)], test, plan.min_votes) if finished >= len(plan.seeds) else None
     tta = tta_metrics(plan.tta_file, test, D) if plan.tta_file.is_file() else None
     round0 = [pipe.layout.member_dir(0, s) for s in plan.seeds]
     frame_gates = frame_aware_gates(pipe, round0, test, D) if all(is_done(m) for m in round0) else None
-    return {"root": str(plan.root), "ledger": str(plan.ledger) if plan.ledger else None,
-            "seeds": plan.seeds, "epochs": plan.epochs, "rounds": plan.rounds,
-            "min_votes": plan.min_votes, "u_threshold": plan.u_threshold, "warm_epochs": plan.warm_epochs,
+    return {**study_identity(plan), "ledger": str(plan.ledger) if plan.ledger else None, "rounds": plan.rounds,
             "ensemble_seeds": plan.ensemble_seeds, "variant_seeds": plan.variant_seeds,
-            "train_config": plan.train_config, "recipe_overrides": plan.recipe_overrides, "recipe": plan.recipe(),
+            "recipe_overrides": plan.recipe_overrides,
             "variants": {v.name: {"label": v.label, "overrides": v.overrides, "against": v.against}
                          for v in plan.variants},
             "test_rois": int(len(test.long_side)), "single": singles, "ensemble_rounds": rounds,
@@ -442,13 +463,14 @@ def round_jobs(pipe: PipelineConfig, r: int, title: str, before: Callable[[], No
     return out
 
 
-def jobs(plan: Plan, part: str = "all") -> list[Job]:
+def jobs(plan: Plan, part: str = "all", remeasure: bool = False) -> list[Job]:
     """Jobs in priority order: the pipeline's round-0 members, the coarse and the exact self-training round 1,
-    the HXE and CE references on every seed, round 0's test-time views, the later rounds, one seed of every
-    other variant, the other variants' other seeds, then the extra ensemble seeds.
+    the HXE and CE references and the FULL_FIRST variants on every seed, round 0's test-time views, the later
+    rounds, one seed of every other variant, the other variants' other seeds, then the extra ensemble seeds.
 
     part 'variants': the single-model variants only; 'all': everything (two processes share the list through
-    claim files)."""
+    claim files). A single run whose figures the ledger holds counts as done unless `remeasure` (a pipeline
+    member never does: later rounds need its weights)."""
     from src.stages.train_ensemble import train_ensemble
     from src.train import train
 
@@ -456,13 +478,18 @@ def jobs(plan: Plan, part: str = "all") -> list[Job]:
     layout = pipe.layout
     round0_done = lambda: all(is_done(layout.member_dir(0, s)) for s in plan.seeds)
 
+    measured = set() if remeasure else ledgered_runs(plan)
+
     def single(v: Variant, s: int) -> Job:
-        return Job(f"{v.name} seed {s}", lambda: train(plan.config(v, s)), lambda: is_done(plan.run_dir(v.name, s)))
+        return Job(f"{v.name} seed {s}", lambda: train(plan.config(v, s)),
+                   lambda: (v.name, s) in measured or is_done(plan.run_dir(v.name, s)))
 
     others = [v for v in plan.variants if v.name != BASE_VARIANT]
     references = [v for v in others if v.name in ("hxe_0.3", "ce")]
     references.sort(key=lambda v: v.name != "hxe_0.3")  # HXE is new to the study; CE was measured before
     rest_variants = [v for v in others if v not in references]
+    references += [v for v in rest_variants if v.name in FULL_FIRST]
+    rest_variants = [v for v in rest_variants if v.name not in FULL_FIRST]
     refs = [single(v, s) for v in references for s in plan.seeds_of(v.name)]
     first = [single(v, plan.seeds_of(v.name)[0]) for v in rest_variants if plan.seeds_of(v.name)]
     rest = [single(v, s) for s in plan.seeds_of(rest_variants[0].name)[1:] for v in rest_variants] if rest_variants else []
@@ -503,13 +530,14 @@ def claim(plan: Plan, name: str) -> bool:
     return True
 
 
-def run(plan: Plan, deadline: float | None = None, part: str = "all", shared: bool = False) -> dict:
+def run(plan: Plan, deadline: float | None = None, part: str = "all", shared: bool = False,
+        remeasure: bool = False) -> dict:
     """Run every unfinished job in order (stopping before one would start after `deadline`, a time.time());
     rewrite OUT/accuracy.json after each. With `shared`, jobs another process claimed are left to it, and a
     self-training round whose previous round another process still trains is left for later in the pass.
     Returns the final collection."""
     plan.out.mkdir(parents=True, exist_ok=True)
-    todo = jobs(plan, part)
+    todo = jobs(plan, part, remeasure)
     pending = list(enumerate(todo, 1))
     while pending:
         postponed = []
@@ -589,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
                         "models only (two processes of 'all' with --shared split every job)")
     parser.add_argument("--collect", action="store_true",
                         help="train nothing: rewrite accuracy.json and the ledger from the finished runs")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="train the single runs whose figures the ledger already holds (default: skip them)")
     parser.add_argument("--shared", action="store_true",
                         help="claim each job with a file under OUT/claims so parallel processes split the work")
     args = parser.parse_args(argv)
@@ -608,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.collect:
         save(plan, collect(plan))
     else:
-        run(plan, deadline, args.part, args.shared)
+        run(plan, deadline, args.part, args.shared, args.remeasure)
     print(f"wrote {plan.out / 'accuracy.json'}")
     return 0
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.accuracy import VARIANTS, Plan, collect, merge_ledger, run
+from bench.accuracy import VARIANTS, Plan, collect, jobs, merge_ledger, run
 from bench.common import format_speed_row, machine_info, target_check, timed
 from bench.report import kept_speed_section, paired, speed_markdown, speed_rows, write_report
 
@@ -97,6 +97,9 @@ def test_accuracy_run_and_report_on_tiny_preset(tmp_path):
     again = collect(plan)
     assert again["single"]["ce"]["runs"]["1"] == result["single"]["ce"]["runs"]["1"]
     assert again["ledger_only"] == ["ce seed 1"]
+    # ... and the study does not train it again unless asked to re-measure.
+    ce_1 = lambda remeasure: next(j for j in jobs(plan, "variants", remeasure) if j.name == "ce seed 1")
+    assert ce_1(False).done() and not ce_1(True).done()
 
     out = tmp_path / "RESULTS.md"
     text = write_report(out, fake_speed(), result, "python -m bench.report", machine_info(), "python -m bench.accuracy")
