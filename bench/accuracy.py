@@ -21,6 +21,8 @@ delete them when no process runs), e.g. two of `--part all --set train.threads=1
 The run folders under outputs/ are not committed, so the figures are also kept in the committed ledger
 bench/accuracy_ledger.json (`--ledger`), rewritten after every job: a fresh checkout's tables start from
 it, runs measured again replace its figures, and RESULTS.md names the figures that come from it alone.
+A single run the ledger holds is not trained again (`--remeasure` re-trains it); the pipeline's members
+are, when their folders are missing, since the later rounds start from their weights.
 """
 from __future__ import annotations
 
