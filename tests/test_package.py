@@ -152,3 +152,11 @@ def test_default_decoder_prefers_frame_bayes_when_it_can_be_fitted():
     assert package_stage.default_decoder(cfg_with(every), frame_prior_fitted=False) == "bayes"  # no validation split
     assert package_stage.default_decoder(cfg_with(["argmax", "bayes"])) == "bayes"
     assert package_stage.default_decoder(cfg_with(["vote", "argmax"])) == "vote"
+
+
+def test_preferred_decoder_order():
+    from src.stages.common import preferred_decoder
+
+    assert preferred_decoder(["argmax", "bayes", "frame_bayes"]) == "frame_bayes"
+    assert preferred_decoder(["argmax", "bayes"]) == "bayes"
+    assert preferred_decoder(["diffusion", "argmax"]) == "diffusion"

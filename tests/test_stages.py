@@ -250,7 +250,7 @@ def test_coarse_pseudo_labels_where_members_agree_on_a_taxon_only(cfg):
     assert make_pseudo_labels(cfg, 1)["coarse_by_rank"] == {"genus": 1, "family": 1}
 
 
-def test_frame_aware_pseudo_labels_and_frame_decoders(cfg):
+def test_frame_aware_pseudo_labels_and_frame_decoders(cfg, monkeypatch):
     """Frames of two ROIs of one label: one sure ROI, one leaning to a far label. The prior comes from the
     training frames, w from the validation frames; test frames come from dataset_test.json."""
     a, b = TAX.index("Sebastes diploproa"), TAX.index("Porifera")
@@ -296,6 +296,13 @@ def test_frame_aware_pseudo_labels_and_frame_decoders(cfg):
     assert rows["frame_bayes"]["test_accuracy"] == 1.0 and rows["frame_bayes"]["val_distance"] == 0.0
     weights = json.loads((cfg.layout.submit_dir / "scores.json").read_text())["frame_weights"]
     assert set(weights) == {"frame_argmax", "frame_bayes"} and min(weights.values()) > 0
+    uploaded = []  # --kaggle-submit uploads frame_bayes unless told otherwise
+    monkeypatch.setattr(submit_stage, "kaggle_submit", lambda path, competition, message: uploaded.append(path.name))
+    config_path = root / "pipe.yaml"
+    config_path.write_text(json.dumps(cfg.model_dump(mode="json")))
+    for extra in ([], ["--decoder", "argmax"]):
+        assert submit_stage.main([str(config_path), "rounds=0", "--round", "0", "--kaggle-submit", *extra]) == 0
+    assert uploaded == ["t_frame_bayes.csv", "t_argmax.csv"]
     (root / "dataset_test.json").write_text(json.dumps(coco([], [])))
     with pytest.raises(StageError, match="not in the COCO file"):
         submit_stage.submit(cfg, r=0)
@@ -557,3 +564,4 @@ def test_real_pipeline_on_tiny_benchmark_resumes_after_sigkill(tmp_path):
     test_ids = pd.read_csv(tmp_path / "tiny" / "solution.csv")["annotation_id"].tolist()
     for decoder in ("argmax", "vote", "bayes", "bayes_cal", "diffusion"):
         assert validate_submission(tmp_path / "subs" / f"tiny_{decoder}.csv", test_ids, TAX) == []
+

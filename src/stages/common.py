@@ -36,6 +36,12 @@ class StageError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------- CLI
+def preferred_decoder(available: list[str]) -> str:
+    """The decoder a submission uses by default: frame_bayes (the lowest distance on the generated benchmark,
+    bench/RESULTS.md), else bayes, else the first of `available`."""
+    return next((d for d in ("frame_bayes", "bayes") if d in available), available[0])
+
+
 def stage_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     """The stage's argument parser: CONFIG, overrides, and every pipeline config key in --help."""
     parser = argparse.ArgumentParser(prog=f"python -m src.stages.{prog}", description=doc,

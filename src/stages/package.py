@@ -28,7 +28,7 @@ from src.artifacts import atomic_write_json, atomic_write_text
 from src.config import config_to_yaml
 from src.ensemble import FRAME_DECODERS
 from src.manifest import MANIFEST, MANIFEST_FORMAT, sha256, write_frame_prior
-from src.stages.common import StageError, has_weights, load_round, open_run, run_cli, stage_parser
+from src.stages.common import StageError, has_weights, load_round, open_run, preferred_decoder, run_cli, stage_parser
 from src.stages.pipeline_config import PipelineConfig
 from src.taxonomy import DEFAULT_TAXONOMY_PATH, load_taxonomy
 
@@ -49,12 +49,9 @@ def slim_weights(member: Path, out: Path) -> None:
 
 
 def default_decoder(cfg: PipelineConfig, frame_prior_fitted: bool = True) -> str:
-    """frame_bayes when configured and its frame weight could be fitted (the lowest distance on the generated
-    benchmark, bench/RESULTS.md), else bayes when configured, else the first configured decoder."""
-    decoders = cfg.decoding.decoders
-    if "frame_bayes" in decoders and frame_prior_fitted:
-        return "frame_bayes"
-    return "bayes" if "bayes" in decoders else decoders[0]
+    """preferred_decoder of the configured decoders (the frame decoders only when their frame weight could be
+    fitted)."""
+    return preferred_decoder([d for d in cfg.decoding.decoders if frame_prior_fitted or d not in FRAME_DECODERS])
 
 
 def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder: str | None = None,

@@ -29,8 +29,8 @@ from src.artifacts import atomic_write_json, atomic_write_text
 from src.ensemble import decode_ensemble
 from src.score import mean_distance, read_solution, score_frames
 from src.stages.common import (
-    StageError, format_table, load_round, load_taxonomy_and_distance, new_run_name, open_run, run_cli,
-    stage_parser,
+    StageError, format_table, load_round, load_taxonomy_and_distance, new_run_name, open_run, preferred_decoder,
+    run_cli, stage_parser,
 )
 from src.stages.pipeline_config import PipelineConfig
 from src.submission import coco_annotation_ids, labels_frame, read_label_csv, validate_submission, write_submission
@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = stage_parser("submit", __doc__)
     parser.add_argument("--round", type=int, default=None, help="ensemble round to decode (default: the last)")
     parser.add_argument("--kaggle-submit", action="store_true", help="upload one submission with the kaggle API")
-    parser.add_argument("--decoder", default=None, help="which decoder's CSV to upload (default: bayes if configured)")
+    parser.add_argument("--decoder", default=None, help="which decoder's CSV to upload (default: frame_bayes if "
+                        "written, else bayes if written)")
     parser.add_argument("--message", default=None, help="submission message (default from kaggle.message)")
 
     def body(cfg, args):
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = submit(cfg, args.round)
         if args.kaggle_submit:
             written = [row["decoder"] for row in rows if not str(row["file"]).startswith("skipped")]
-            decoder = args.decoder or ("bayes" if "bayes" in written else written[0])
+            decoder = args.decoder or preferred_decoder(written)
             if decoder not in written:
                 raise StageError(f"no submission for decoder {decoder!r}; written: {', '.join(written)}")
             message = args.message or cfg.kaggle.message.format(name=cfg.name, decoder=decoder)
