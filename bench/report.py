@@ -338,6 +338,10 @@ def claims(acc: dict) -> str:
            line("hxe_0.3", "ce", "bayes_distance", "HXE (alpha 0.3) vs CE, Bayes distance"),
            line("hxe_0.3", "dwce_team", "argmax_distance", "HXE (alpha 0.3) vs DW-CE (team), argmax distance"),
            line("hxe_0.3", "dwce_team", "argmax_accuracy", "HXE (alpha 0.3) vs DW-CE (team), argmax accuracy")]
+    for name, what in (("dwce_ctx3", "ROI + 3x context"), ("dwce_frame", "ROI + full frame"),
+                       ("dwce_downscale", "down-scaling augmentation")):
+        out += [line(name, "dwce_team", "argmax_distance", f"{what} vs ROI only (DW-CE), argmax distance"),
+                line(name, "dwce_team", "acc_q1", f"{what} vs ROI only (DW-CE), accuracy on the smallest quarter of boxes")]
     for name, entry in acc["single"].items():
         out.append(f"- Decoders of single {entry['label']} models: Bayes vs argmax "
                    f"{_paired_text(paired(acc, name, name, 'bayes_distance', 'argmax_distance'))}; frame Bayes vs "
