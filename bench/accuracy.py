@@ -344,14 +344,18 @@ def same_study(ledger: dict, fresh: dict) -> bool:
     return all(ledger.get(k) == fresh.get(k) for k in LEDGER_IDENTITY)
 
 
+def study_ledger(plan: Plan) -> dict:
+    """plan.ledger's figures when they are of this study; {} without a ledger or for another study."""
+    if plan.ledger is None or not plan.ledger.is_file():
+        return {}
+    ledger = json.loads(plan.ledger.read_text())
+    return ledger if same_study(ledger, study_identity(plan)) else {}
+
+
 def ledgered_runs(plan: Plan) -> set[tuple[str, int]]:
     """(variant, seed) of the single runs whose figures plan.ledger holds for this study (none without one)."""
-    if plan.ledger is None or not plan.ledger.is_file():
-        return set()
-    ledger = json.loads(plan.ledger.read_text())
-    if not same_study(ledger, study_identity(plan)):
-        return set()
-    return {(name, int(seed)) for name, entry in ledger.get("single", {}).items() for seed in entry["runs"]}
+    return {(name, int(seed)) for name, entry in study_ledger(plan).get("single", {}).items()
+            for seed in entry["runs"]}
 
 
 def merge_ledger(fresh: dict, ledger: dict) -> dict:
@@ -472,7 +476,8 @@ def jobs(plan: Plan, part: str = "all", remeasure: bool = False) -> list[Job]:
 
     part 'variants': the single-model variants only; 'all': everything (two processes share the list through
     claim files). A single run whose figures the ledger holds counts as done unless `remeasure` (a pipeline
-    member never does: later rounds need its weights)."""
+    member never does: later rounds need its weights); nor do the coarse round 1 and round 0's test-time views
+    when the ledger holds their figures (nothing trains from them)."""
     from src.stages.train_ensemble import train_ensemble
     from src.train import train
 
@@ -481,6 +486,8 @@ def jobs(plan: Plan, part: str = "all", remeasure: bool = False) -> list[Job]:
     round0_done = lambda: all(is_done(layout.member_dir(0, s)) for s in plan.seeds)
 
     measured = set() if remeasure else ledgered_runs(plan)
+    # Leaves (nothing trains from them) whose figures the ledger holds are not run again either.
+    held = {} if remeasure else study_ledger(plan)
 
     def single(v: Variant, s: int) -> Job:
         return Job(f"{v.name} seed {s}", lambda: train(plan.config(v, s)),
@@ -505,9 +512,11 @@ def jobs(plan: Plan, part: str = "all", remeasure: bool = False) -> list[Job]:
     rounds = [round_jobs(pipe, r, f"self-training round {r}") for r in range(1, plan.rounds + 1)]
     coarse = round_jobs(plan.coarse_pipeline(), 1, "coarse self-training round 1", lambda: link_round_0(plan),
                         previous=pipe)  # its round 0 is a link to pipe's, made by the first job
+    coarse = [] if held.get("coarse_round_1") is not None else coarse
+    tta = [] if held.get("tta") is not None else [tta]
     early = (coarse + rounds[0]) if rounds else []
     later = [j for jobs_of_round in rounds[1:] for j in jobs_of_round]
-    return round0 + early + refs + [tta] + later + first + rest + base_extra
+    return round0 + early + refs + tta + later + first + rest + base_extra
 
 
 def link_round_0(plan: Plan) -> None:

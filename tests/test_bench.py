@@ -100,6 +100,11 @@ def test_accuracy_run_and_report_on_tiny_preset(tmp_path):
     # ... and the study does not train it again unless asked to re-measure.
     ce_1 = lambda remeasure: next(j for j in jobs(plan, "variants", remeasure) if j.name == "ce seed 1")
     assert ce_1(False).done() and not ce_1(True).done()
+    # Leaves the ledger holds (coarse round 1, round 0's test-time views) are not queued again; rounds are.
+    names = lambda remeasure: {j.name for j in jobs(plan, "all", remeasure)}
+    assert "test-time views of round 0" in names(True) and "coarse self-training round 1 pseudo-labels" in names(True)
+    assert not {"test-time views of round 0", "coarse self-training round 1 pseudo-labels"} & names(False)
+    assert "self-training round 1 pseudo-labels" in names(False)
 
     out = tmp_path / "RESULTS.md"
     text = write_report(out, fake_speed(), result, "python -m bench.report", machine_info(), "python -m bench.accuracy")
