@@ -21,8 +21,9 @@ delete them when no process runs), e.g. two of `--part all --set train.threads=1
 The run folders under outputs/ are not committed, so the figures are also kept in the committed ledger
 bench/accuracy_ledger.json (`--ledger`), rewritten after every job: a fresh checkout's tables start from
 it, runs measured again replace its figures, and RESULTS.md names the figures that come from it alone.
-A single run the ledger holds is not trained again (`--remeasure` re-trains it); the pipeline's members
-are, when their folders are missing, since the later rounds start from their weights.
+A single run the ledger holds is not trained again, nor are the coarse round 1 and round 0's test-time views
+(`--remeasure` re-runs them); the pipeline's members are, when their folders are missing, since the later
+rounds start from their weights.
 """
 from __future__ import annotations
 
@@ -629,7 +630,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--collect", action="store_true",
                         help="train nothing: rewrite accuracy.json and the ledger from the finished runs")
     parser.add_argument("--remeasure", action="store_true",
-                        help="train the single runs whose figures the ledger already holds (default: skip them)")
+                        help="train the single runs, the coarse round 1 and the test-time views whose figures the "
+                             "ledger already holds (default: skip them)")
     parser.add_argument("--shared", action="store_true",
                         help="claim each job with a file under OUT/claims so parallel processes split the work")
     args = parser.parse_args(argv)

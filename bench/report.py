@@ -350,6 +350,12 @@ def claims(acc: dict) -> str:
     if len(rounds) > 1:
         seq = ", ".join(f"round {r}: {e['argmax_distance']:.3f} / {e['bayes_distance']:.3f}" for r, e in rounds.items())
         out.append(f"- Self-training (ensemble argmax / Bayes distance per round, one pipeline seed): {seq}.")
+        base = rounds["0"].get("member_runs", {}) if "0" in rounds else {}
+        members = [f"round {r} {_paired_text(paired_runs(e.get('member_runs', {}), base, 'argmax_distance'))}"
+                   for r, e in rounds.items() if r != "0" and base]
+        if members:
+            out.append(f"- Self-training, each round's members vs round 0's, paired by seed (argmax distance): "
+                       f"{'; '.join(members)}.")
     coarse, exact = acc.get("coarse_round_1"), rounds.get("1")
     if coarse and exact:
         diff = ", ".join(f"{d} {coarse[f'{d}_distance'] - exact[f'{d}_distance']:+.3f}"

@@ -116,7 +116,8 @@ def test_accuracy_run_and_report_on_tiny_preset(tmp_path):
     again = write_report(out, None, result, "python -m bench.report --keep-speed", machine_info(), "x", speed_text=kept)
     assert "200.00x" in again and again.count("Kept from") == 1 and kept_speed_section(out).count("Kept from") == 1
     for needle in ("git commit", "| CE (`ce`) |", "+- ", "(n=2)", "### Claims", "not met", "generated",
-                   "### 2. Self-training", "expected_distance", "frame_bayes", "DW-CE (team) vs CE, argmax distance"):
+                   "### 2. Self-training", "expected_distance", "frame_bayes", "DW-CE (team) vs CE, argmax distance",
+                   "each round's members vs round 0's, paired by seed (argmax distance): round 1 "):
         assert needle in text, needle
 
 
