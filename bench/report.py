@@ -341,6 +341,8 @@ def claims(acc: dict) -> str:
     for name, what in (("dwce_ctx3", "ROI + 3x context"), ("dwce_frame", "ROI + full frame"),
                        ("dwce_downscale", "down-scaling augmentation")):
         out += [line(name, "dwce_team", "argmax_distance", f"{what} vs ROI only (DW-CE), argmax distance"),
+                line(name, "dwce_team", "bayes_distance", f"{what} vs ROI only (DW-CE), Bayes distance"),
+                line(name, "dwce_team", "frame_bayes_distance", f"{what} vs ROI only (DW-CE), frame Bayes distance"),
                 line(name, "dwce_team", "acc_q1", f"{what} vs ROI only (DW-CE), accuracy on the smallest quarter of boxes")]
     for name, entry in acc["single"].items():
         out.append(f"- Decoders of single {entry['label']} models: Bayes vs argmax "

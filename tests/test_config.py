@@ -25,6 +25,7 @@ def test_team_recipe_values():
     assert (cfg.optim.warmup_epochs, cfg.optim.min_lr) == (10, 1e-5)
     assert (cfg.loss.name, cfg.loss.dwce_weights) == ("dwce", "team")
     assert cfg.data.root == "inputs/fathomnet2025"
+    assert (cfg.augment.downscale, cfg.augment.downscale_p) == ((0.25, 1.0), 0.5)  # beyond the team: measured to help
 
 
 def test_baseline_configs_differ_only_in_the_loss():
