@@ -16,7 +16,8 @@ ensembles. Jobs run in priority order (`jobs`; a round's members are separate jo
 skipped when the command is run again (an interrupted one resumes from its checkpoint), and
 OUT/accuracy.json is rewritten (atomically) after every job from whatever is complete, so a kill loses at
 most the run in progress. Two processes with `--shared` split the jobs (claim files under OUT/claims;
-delete them when no process runs), e.g. two of `--part all --set train.threads=1` on 2 cores.
+delete them when no process runs), e.g. two of `--part all --set train.threads=1` on 2 cores;
+`--only NAME...` queues just those single-model variants (the named order first within each seed pass).
 
 The run folders under outputs/ are not committed, so the figures are also kept in the committed ledger
 bench/accuracy_ledger.json (`--ledger`), rewritten after every job: a fresh checkout's tables start from
@@ -450,6 +451,7 @@ class Job:
     action: Callable[[], object]
     done: Callable[[], bool]
     ready: Callable[[], bool] = lambda: True
+    variant: str | None = None  # a single-model run's variant name
 
 
 def round_jobs(pipe: PipelineConfig, r: int, title: str, before: Callable[[], None] | None = None,
@@ -470,7 +472,7 @@ def round_jobs(pipe: PipelineConfig, r: int, title: str, before: Callable[[], No
     return out
 
 
-def jobs(plan: Plan, part: str = "all", remeasure: bool = False) -> list[Job]:
+def jobs(plan: Plan, part: str = "all", remeasure: bool = False, only: list[str] | None = None) -> list[Job]:
     """Jobs in priority order: the pipeline's round-0 members, the coarse and the exact self-training round 1,
     the HXE and CE references and the FULL_FIRST variants on every seed, round 0's test-time views, the later
     rounds, one seed of every other variant, the other variants' other seeds, then the extra ensemble seeds.
@@ -478,7 +480,10 @@ def jobs(plan: Plan, part: str = "all", remeasure: bool = False) -> list[Job]:
     part 'variants': the single-model variants only; 'all': everything (two processes share the list through
     claim files). A single run whose figures the ledger holds counts as done unless `remeasure` (a pipeline
     member never does: later rounds need its weights); nor do the coarse round 1 and round 0's test-time views
-    when the ledger holds their figures (nothing trains from them)."""
+    when the ledger holds their figures (nothing trains from them).
+
+    `only`: just the single runs of these variants, in the same passes (one seed of each, then the other seeds)
+    but in `only`'s order within a pass (for spending a short session on the closest comparisons)."""
     from src.stages.train_ensemble import train_ensemble
     from src.train import train
 
@@ -492,7 +497,7 @@ def jobs(plan: Plan, part: str = "all", remeasure: bool = False) -> list[Job]:
 
     def single(v: Variant, s: int) -> Job:
         return Job(f"{v.name} seed {s}", lambda: train(plan.config(v, s)),
-                   lambda: (v.name, s) in measured or is_done(plan.run_dir(v.name, s)))
+                   lambda: (v.name, s) in measured or is_done(plan.run_dir(v.name, s)), variant=v.name)
 
     others = [v for v in plan.variants if v.name != BASE_VARIANT]
     references = [v for v in others if v.name in ("hxe_0.3", "ce")]
@@ -505,6 +510,9 @@ def jobs(plan: Plan, part: str = "all", remeasure: bool = False) -> list[Job]:
     rest = [single(v, s) for s in plan.seeds_of(rest_variants[0].name)[1:] for v in rest_variants] if rest_variants else []
     base_extra = [single(next(v for v in plan.variants if v.name == BASE_VARIANT), s)
                   for s in plan.seeds_of(BASE_VARIANT) if s not in plan.seeds]
+    if only is not None:
+        chosen = lambda group: sorted((j for j in group if j.variant in only), key=lambda j: only.index(j.variant))
+        return [j for group in (refs, first, rest, base_extra) for j in chosen(group)]
     if part == "variants":
         return refs + first + rest + base_extra
     round0 = [Job(f"round 0 (DW-CE team) member seed {s}", lambda i=i: train_ensemble(pipe, member_index=i),
@@ -543,13 +551,13 @@ def claim(plan: Plan, name: str) -> bool:
 
 
 def run(plan: Plan, deadline: float | None = None, part: str = "all", shared: bool = False,
-        remeasure: bool = False) -> dict:
+        remeasure: bool = False, only: list[str] | None = None) -> dict:
     """Run every unfinished job in order (stopping before one would start after `deadline`, a time.time());
     rewrite OUT/accuracy.json after each. With `shared`, jobs another process claimed are left to it, and a
     self-training round whose previous round another process still trains is left for later in the pass.
     Returns the final collection."""
     plan.out.mkdir(parents=True, exist_ok=True)
-    todo = jobs(plan, part, remeasure)
+    todo = jobs(plan, part, remeasure, only)
     pending = list(enumerate(todo, 1))
     while pending:
         postponed = []
@@ -632,6 +640,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--remeasure", action="store_true",
                         help="train the single runs, the coarse round 1 and the test-time views whose figures the "
                              "ledger already holds (default: skip them)")
+    parser.add_argument("--only", nargs="+", metavar="VARIANT",
+                        help="train just these single-model variants (no pipeline jobs), this order first within "
+                             "each pass over the seeds; valid: " + " ".join(v.name for v in VARIANTS))
     parser.add_argument("--shared", action="store_true",
                         help="claim each job with a file under OUT/claims so parallel processes split the work")
     args = parser.parse_args(argv)
@@ -651,7 +662,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.collect:
         save(plan, collect(plan))
     else:
-        run(plan, deadline, args.part, args.shared, args.remeasure)
+        if args.only:
+            unknown = sorted(set(args.only) - {v.name for v in plan.variants})
+            if unknown:
+                parser.error(f"--only: unknown variants {unknown}; valid: {' '.join(v.name for v in plan.variants)}")
+        run(plan, deadline, args.part, args.shared, args.remeasure, args.only)
     print(f"wrote {plan.out / 'accuracy.json'}")
     return 0
 

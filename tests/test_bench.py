@@ -54,6 +54,16 @@ def test_speed_rows_verdicts_follow_the_issue_targets():
     assert rows  # names parse
 
 
+def test_only_queues_the_named_variants_in_their_order_within_each_seed_pass(tmp_path):
+    variants = tuple(v for v in VARIANTS if v.name in ("ce", "dwce_team", "dwce_paper", "ce_expdist", "soft_labels"))
+    plan = Plan(root=tmp_path, out=tmp_path / "acc", seeds=[0, 1], epochs=1, rounds=1, min_votes=1,
+                train_config=str(REPO / "cfg" / "demo_tiny.yaml"), recipe_overrides={}, variants=variants,
+                ledger=None)
+    names = [j.name for j in jobs(plan, "all", only=["ce_expdist", "dwce_paper"])]
+    assert names == ["ce_expdist seed 0", "dwce_paper seed 0", "ce_expdist seed 1", "dwce_paper seed 1"]
+    assert "soft_labels seed 0" in [j.name for j in jobs(plan, "variants")]  # without --only: every variant
+
+
 def test_accuracy_run_and_report_on_tiny_preset(tmp_path):
     """Train 2 variants x 2 seeds + 1 self-training round on the tiny preset (1 epoch), then write RESULTS.md."""
     from src.data.download import download_split
