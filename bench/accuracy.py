@@ -46,7 +46,8 @@ from src import error_profile as ep
 from src.artifacts import atomic_write_json, atomic_write_text
 from src.config import Config, deep_merge, load_yaml, parse_overrides, validate_config
 from src.ensemble import decode_argmax, decode_bayes
-from src.gates import coarse_agreement
+from src.gates import (avgk_set_size_gate, coarse_agreement, compare_gates, fit_avgk_threshold,
+                       max_probability_gate)
 from src.score import mean_distance, read_solution
 from src.stages.common import has_weights, load_predictions
 from src.stages.pipeline_config import PipelineConfig
@@ -229,12 +230,25 @@ def run_metrics(run_dir: Path, test: TestSet, D: np.ndarray, pipe: PipelineConfi
     val = load_predictions([run_dir], "val", test.taxonomy)
     if val is not None and val.labels is not None:
         metrics["val_accuracy"] = float((decode_argmax(val.mean) == val.labels).mean())
+    if preds.set_scores is not None and val is not None and val.set_scores is not None:
+        metrics["set_gates"] = set_size_gates(preds.mean, preds.set_scores[0], val.set_scores[0], truth, D)
     history = run_dir / "metrics.csv"
     if history.is_file():
         frame = pd.read_csv(history)
         metrics["train_seconds"] = float(frame["epoch_seconds"].sum())
         metrics["epochs"] = int(frame["epoch"].max())
     return metrics
+
+
+def set_size_gates(probs: np.ndarray, set_scores: np.ndarray, val_set_scores: np.ndarray, truth: np.ndarray,
+                   D: np.ndarray, k: float = 2.0, max_set_size: int = 1) -> list[dict]:
+    """A model with the average-K set head as its own pseudo-label gate: the set-size gate (threshold fitted so
+    validation sets average k concepts; accepted when the set holds at most max_set_size) against the
+    max-probability gate of the same probabilities, at equal coverage (`compare_gates` rows)."""
+    threshold = fit_avgk_threshold(val_set_scores, k)
+    gates = {"max_prob": max_probability_gate(probs, 0.0),
+             "avgk_set_size": avgk_set_size_gate(probs, set_scores, threshold, max_set_size)}
+    return compare_gates(gates, truth, D)
 
 
 def ensemble_metrics(pipe: PipelineConfig, members: list[Path], test: TestSet, r: int = 0) -> dict:

@@ -344,6 +344,14 @@ def claims(acc: dict) -> str:
                 line(name, "dwce_team", "bayes_distance", f"{what} vs ROI only (DW-CE), Bayes distance"),
                 line(name, "dwce_team", "frame_bayes_distance", f"{what} vs ROI only (DW-CE), frame Bayes distance"),
                 line(name, "dwce_team", "acc_q1", f"{what} vs ROI only (DW-CE), accuracy on the smallest quarter of boxes")]
+    for name, entry in acc["single"].items():  # models with the average-K set head (run_metrics' set_gates)
+        precision = {s: {f"{g['gate']} {g['target_coverage']}": g["precision"] for g in m["set_gates"]
+                         if g["precision"] is not None} for s, m in entry["runs"].items() if m.get("set_gates")}
+        if precision:
+            cuts = [f"{c:.0%} {_paired_text(paired_runs(precision, precision, f'avgk_set_size {c}', f'max_prob {c}'))}"
+                    for c in (0.3, 0.5, 0.7)]
+            out.append(f"- Set-size gate of the average-K head vs max-probability of the same {entry['label']} "
+                       f"models, pseudo-label precision at equal test coverage: {'; '.join(cuts)}.")
     for name, entry in acc["single"].items():
         out.append(f"- Decoders of single {entry['label']} models: Bayes vs argmax "
                    f"{_paired_text(paired(acc, name, name, 'bayes_distance', 'argmax_distance'))}; frame Bayes vs "

@@ -59,10 +59,15 @@ def max_probability_gate(probs: np.ndarray, threshold: float) -> Gate:
 
 
 def avgk_set_size_gate(probs: np.ndarray, set_scores: np.ndarray, threshold: float, max_set_size: int) -> Gate:
-    """Average-K gate: the set {c : set score >= threshold} of the set head (`set_sizes`); label = argmax p,
-    score = -set size, accepted when the set holds at most `max_set_size` concepts."""
+    """Average-K gate: the set {c : set score >= threshold} of the set head's logits (`set_sizes`); label =
+    argmax p, accepted when the set holds 1 to `max_set_size` concepts. Score: -set size plus the sigmoid of
+    the largest set logit (in (0, 1): it orders ROIs of one set size, so equal-coverage cuts need no ties),
+    with an empty set (nothing above the threshold: the head is sure of nothing) ranked below every other."""
+    set_scores = np.asarray(set_scores, dtype=np.float64)
     sizes = set_sizes(set_scores, threshold)
-    return Gate(np.asarray(probs).argmax(axis=1), -sizes.astype(np.float64), sizes <= max_set_size)
+    rank = np.where(sizes == 0, set_scores.shape[1] + 1, sizes).astype(np.float64)
+    score = -rank + 1.0 / (1.0 + np.exp(-set_scores.max(axis=1)))
+    return Gate(np.asarray(probs).argmax(axis=1), score, (sizes >= 1) & (sizes <= max_set_size))
 
 
 # ------------------------------------------------------------------------------- equal coverage

@@ -161,3 +161,26 @@ def test_paired_differences_and_verdicts():
     assert paired(acc([3.0, 3.1], [1.0, 1.0]), "x", "y", "d")["verdict"] == "higher"
     assert paired(acc([1.0], [2.0]), "x", "y", "d")["verdict"] == "one seed: no claim"
     assert paired(acc([1.0], [2.0]), "x", "z", "d") is None
+
+
+def test_set_size_gate_rows_and_their_claim_line():
+    from bench.accuracy import set_size_gates
+    from bench.report import claims
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25], [0.1, 0.8, 0.1], [0.34, 0.33, 0.33]])
+    set_logits = np.array([[3.0, -2, -3], [1.0, 0.9, -1], [-2, 2.5, -3], [-1, -1.2, -1.1]])
+    truth = np.array([0, 1, 1, 2])
+    D = 2.0 * (1 - np.eye(3))
+    rows = {(r["gate"], r["target_coverage"]): r for r in set_size_gates(probs, set_logits, set_logits, truth, D, k=1.0)}
+    # Sets at the threshold that averages 1 concept (the 4th largest logit, 0.9): sizes 1, 2, 1, 0.
+    assert rows["avgk_set_size", 0.5]["count"] == 2 and rows["avgk_set_size", 0.5]["precision"] == 1.0
+    assert rows["max_prob", 0.5]["precision"] == 1.0 and rows["max_prob", 0.7]["precision"] == pytest.approx(2 / 3)
+    assert rows["avgk_set_size", 0.7]["precision"] == pytest.approx(2 / 3)  # the set of 2 (wrong argmax) comes third
+    gate_rows = lambda diff: [{"gate": "max_prob", "target_coverage": c, "precision": 0.8} for c in (0.3, 0.5, 0.7)] + \
+        [{"gate": "avgk_set_size", "target_coverage": c, "precision": 0.8 + diff} for c in (0.3, 0.5, 0.7)]
+    acc = {"single": {"dwce_avgk": {"label": "DW-CE + set head", "against": None,
+                                    "runs": {str(s): {"set_gates": gate_rows(0.05 + 0.01 * s)} for s in range(3)}}},
+           "ensemble_rounds": {}}
+    text = claims(acc)
+    assert "Set-size gate of the average-K head vs max-probability of the same DW-CE + set head models" in text
+    assert "50% +0.060 +- 0.010 (n=3): higher" in text

@@ -100,8 +100,12 @@ def test_avgk_threshold_and_set_sizes():
     with pytest.raises(ValueError):
         fit_avgk_threshold(scores, k=4.0)
     gate = avgk_set_size_gate(np.array([[0.2, 0.5, 0.3], [0.6, 0.3, 0.1], [0.3, 0.3, 0.4]]), scores, 0.25, 1)
-    assert gate.label.tolist() == [1, 0, 2] and gate.score.tolist() == [-2, -1, -2]  # sets of 2, 1 and 2 concepts
+    sigmoid = lambda x: 1 / (1 + np.exp(-x))
+    assert gate.label.tolist() == [1, 0, 2]  # sets of 2, 1 and 2 concepts; a set's top logit breaks size ties
+    assert gate.score == pytest.approx([-2 + sigmoid(0.9), -1 + sigmoid(0.7), -2 + sigmoid(0.3)])
     assert gate.keep.tolist() == [False, True, False]
+    empty = avgk_set_size_gate(np.eye(3), scores, 0.5, 1)  # row 2: no logit >= 0.5, an empty set
+    assert empty.keep.tolist() == [False, True, False] and empty.score.argmin() == 2 and empty.score[2] < -3
 
 
 def test_gates_compared_at_equal_coverage():

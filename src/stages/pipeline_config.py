@@ -57,7 +57,7 @@ class PseudoLabelConfig(StrictModel):
     gate: Literal[GATES] = Field(
         "agreement_u", description="agreement: >= min_votes members agree; agreement_u: and U >= u_threshold; "
         "expected_distance: min_c sum_j p_j D[j,c] <= tau (Bayes label); max_prob: max p >= prob_threshold "
-        "(argmax label); avgk_set_size: the members' average-K set head (model.avgk_head) gives a set of at most "
+        "(argmax label); avgk_set_size: the members' average-K set head (model.avgk_head) gives a set of 1 to "
         "max_set_size concepts at the threshold that averages avgk_k concepts on validation (argmax label)")
     tau: float = Field(1.0, ge=0.0, description="expected_distance gate: largest accepted Bayes risk")
     prob_threshold: float = Field(0.5, ge=0.0, le=1.0, description="max_prob gate: smallest accepted max p")
