@@ -11,7 +11,8 @@ uses seed s for its weights and batches in every variant, and every run holds ou
 validation split (split seed 0), so variants are compared paired by seed. The DW-CE (team weights)
 models of the pipeline seeds are round 0 of a self-training pipeline (src.stages: train_ensemble,
 pseudo_label, retrain) whose rounds >= 1 fine-tune the previous round's member (`--warm-epochs`), so the
-ensemble and the rounds reuse them; `--ensemble-seeds` trains more DW-CE seeds for 5- and 8-member
+ensemble and the rounds reuse them; round 1 is also trained from round 0 with coarse pseudo-labels and with
+its members trained from scratch on the same pseudo-labels (the pseudo-labels' effect without extra epochs); `--ensemble-seeds` trains more DW-CE seeds for 5- and 8-member
 ensembles. Jobs run in priority order (`jobs`; a round's members are separate jobs); a finished run is
 skipped when the command is run again (an interrupted one resumes from its checkpoint), and
 OUT/accuracy.json is rewritten (atomically) after every job from whatever is complete, so a kill loses at
@@ -22,8 +23,8 @@ delete them when no process runs), e.g. two of `--part all --set train.threads=1
 The run folders under outputs/ are not committed, so the figures are also kept in the committed ledger
 bench/accuracy_ledger.json (`--ledger`), rewritten after every job: a fresh checkout's tables start from
 it, runs measured again replace its figures, and RESULTS.md names the figures that come from it alone.
-A single run the ledger holds is not trained again, nor are the coarse round 1 and round 0's test-time views
-(`--remeasure` re-runs them); the pipeline's members are, when their folders are missing, since the later
+A single run the ledger holds is not trained again, nor are the coarse and from-scratch rounds 1 and round
+0's test-time views (`--remeasure` re-runs them); the pipeline's members are, when their folders are missing, since the later
 rounds start from their weights.
 """
 from __future__ import annotations
@@ -55,6 +56,7 @@ from src.taxonomy import distance_matrix, load_taxonomy
 
 PIPELINE_NAME = "selftrain"
 COARSE_PIPELINE_NAME = "selftrain_coarse"  # its round_0 links to selftrain's
+SCRATCH_PIPELINE_NAME = "selftrain_scratch"  # likewise
 DWCE = {"name": "dwce", "dwce_weights": "team"}
 ALL_DECODERS = ["argmax", "vote", "bayes", "bayes_cal", "diffusion", "frame_bayes", "frame_argmax"]
 
@@ -142,6 +144,15 @@ class Plan:
         pipe = self.pipeline()
         return pipe.model_copy(update={"name": COARSE_PIPELINE_NAME, "rounds": 1,
                                        "pseudo": pipe.pseudo.model_copy(update={"coarse": True})})
+
+    def scratch_pipeline(self) -> PipelineConfig:
+        """Round 1 of the pipeline again, its members trained from scratch (the recipe's epochs) on the same
+        pseudo-labels: warm vs scratch, and the pseudo-labels' effect without the warm start's extra epochs."""
+        return self.pipeline().model_copy(update={"name": SCRATCH_PIPELINE_NAME, "rounds": 1, "warm_start": False})
+
+    def side_pipelines(self) -> dict[str, PipelineConfig]:
+        """The round-1 alternatives that start from the pipeline's round 0, by their section in the results."""
+        return {"coarse_round_1": self.coarse_pipeline(), "scratch_round_1": self.scratch_pipeline()}
 
     @property
     def tta_file(self) -> Path:
@@ -346,7 +357,7 @@ def collect(plan: Plan) -> dict:
 
 LEDGER_IDENTITY = ("root", "seeds", "epochs", "min_votes", "u_threshold", "warm_epochs", "train_config", "recipe")
 LEDGER_SECTIONS = ("ensemble_rounds", "pseudo_labels", "ensemble_sizes")  # keyed by round or ensemble size
-LEDGER_WHOLE = ("coarse", "coarse_round_1", "tta", "frame_aware_gates")  # one figure set each
+LEDGER_WHOLE = ("coarse", "coarse_round_1", "scratch_round_1", "tta", "frame_aware_gates")  # one figure set each
 
 
 def study_identity(plan: Plan) -> dict:
@@ -431,13 +442,13 @@ def collect_fresh(plan: Plan) -> dict:
             rounds[str(r)]["member_runs"] = {str(s): run_metrics(m, test, D) for s, m in zip(plan.seeds, members)}
         if (stats := pseudo_stats(pipe, r)) is not None:
             pseudo[str(r)] = stats
-    coarse_pipe = plan.coarse_pipeline()
-    coarse_members = [coarse_pipe.layout.member_dir(1, s) for s in plan.seeds]
-    coarse_round_1 = None
-    if all(is_done(m) for m in coarse_members):
-        coarse_round_1 = {**ensemble_metrics(coarse_pipe, coarse_members, test, 1),
-                          "pseudo_labels": pseudo_stats(coarse_pipe, 1),
-                          "member_runs": {str(s): run_metrics(m, test, D) for s, m in zip(plan.seeds, coarse_members)}}
+    side_rounds = {}
+    for section, side in plan.side_pipelines().items():
+        side_members = [side.layout.member_dir(1, s) for s in plan.seeds]
+        side_rounds[section] = None
+        if all(is_done(m) for m in side_members):
+            side_rounds[section] = {**ensemble_metrics(side, side_members, test, 1), "pseudo_labels": pseudo_stats(side, 1),
+                                    "member_runs": {str(s): run_metrics(m, test, D) for s, m in zip(plan.seeds, side_members)}}
     base_dirs = [plan.run_dir(BASE_VARIANT, s) for s in plan.seeds_of(BASE_VARIANT)]
     finished = len(list(itertools.takewhile(is_done, base_dirs)))  # an ensemble of k: the first k seeds
     sizes = {str(k): ensemble_metrics(pipe, base_dirs[:k], test) for k in ENSEMBLE_SIZES if finished >= k}
@@ -451,7 +462,7 @@ def collect_fresh(plan: Plan) -> dict:
             "variants": {v.name: {"label": v.label, "overrides": v.overrides, "against": v.against}
                          for v in plan.variants},
             "test_rois": int(len(test.long_side)), "single": singles, "ensemble_rounds": rounds,
-            "pseudo_labels": pseudo, "ensemble_sizes": sizes, "coarse": coarse, "coarse_round_1": coarse_round_1,
+            "pseudo_labels": pseudo, "ensemble_sizes": sizes, "coarse": coarse, **side_rounds,
             "tta": tta, "frame_aware_gates": frame_gates}
 
 
@@ -487,14 +498,14 @@ def round_jobs(pipe: PipelineConfig, r: int, title: str, before: Callable[[], No
 
 
 def jobs(plan: Plan, part: str = "all", remeasure: bool = False, only: list[str] | None = None) -> list[Job]:
-    """Jobs in priority order: the pipeline's round-0 members, the coarse and the exact self-training round 1,
-    the HXE and CE references and the FULL_FIRST variants on every seed, round 0's test-time views, the later
+    """Jobs in priority order: the pipeline's round-0 members, the self-training round 1 and its alternatives
+    from the same round 0 (coarse pseudo-labels; members from scratch), the HXE and CE references and the FULL_FIRST variants on every seed, round 0's test-time views, the later
     rounds, one seed of every other variant, the other variants' other seeds, then the extra ensemble seeds.
 
     part 'variants': the single-model variants only; 'all': everything (two processes share the list through
     claim files). A single run whose figures the ledger holds counts as done unless `remeasure` (a pipeline
-    member never does: later rounds need its weights); nor do the coarse round 1 and round 0's test-time views
-    when the ledger holds their figures (nothing trains from them).
+    member never does: later rounds need its weights); nor do the alternative rounds 1 and round 0's test-time
+    views when the ledger holds their figures (nothing trains from them).
 
     `only`: just the single runs of these variants, in the same passes (one seed of each, then the other seeds)
     but in `only`'s order within a pass (for spending a short session on the closest comparisons)."""
@@ -533,19 +544,20 @@ def jobs(plan: Plan, part: str = "all", remeasure: bool = False, only: list[str]
                   lambda s=s: is_done(layout.member_dir(0, s))) for i, s in enumerate(plan.seeds)]
     tta = Job("test-time views of round 0", lambda: predict_tta(plan), plan.tta_file.is_file, round0_done)
     rounds = [round_jobs(pipe, r, f"self-training round {r}") for r in range(1, plan.rounds + 1)]
-    coarse = round_jobs(plan.coarse_pipeline(), 1, "coarse self-training round 1", lambda: link_round_0(plan),
-                        previous=pipe)  # its round 0 is a link to pipe's, made by the first job
-    coarse = [] if held.get("coarse_round_1") is not None else coarse
+    titles = {"coarse_round_1": "coarse self-training round 1", "scratch_round_1": "from-scratch self-training round 1"}
+    side = [job for section, side_pipe in plan.side_pipelines().items() if held.get(section) is None
+            for job in round_jobs(side_pipe, 1, titles[section], lambda side_pipe=side_pipe: link_round_0(plan, side_pipe),
+                                  previous=pipe)]  # its round 0 is a link to pipe's, made by the first job
     tta = [] if held.get("tta") is not None else [tta]
-    early = (coarse + rounds[0]) if rounds else []
+    early = (rounds[0] + side) if rounds else []
     later = [j for jobs_of_round in rounds[1:] for j in jobs_of_round]
     return round0 + early + refs + tta + later + first + rest + base_extra
 
 
-def link_round_0(plan: Plan) -> None:
-    """The coarse pipeline's round 0 is the pipeline's (a link, not a copy), so its round 1 starts from the
-    same members and pseudo-labels are compared on equal terms."""
-    link = plan.coarse_pipeline().layout.round_dir(0)
+def link_round_0(plan: Plan, side: PipelineConfig) -> None:
+    """A side pipeline's round 0 is the pipeline's (a link, not a copy), so its round 1 starts from the same
+    members and the alternatives are compared on equal terms."""
+    link = side.layout.round_dir(0)
     if not link.exists():
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(plan.pipeline().layout.round_dir(0), link.parent), target_is_directory=True)
@@ -652,8 +664,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--collect", action="store_true",
                         help="train nothing: rewrite accuracy.json and the ledger from the finished runs")
     parser.add_argument("--remeasure", action="store_true",
-                        help="train the single runs, the coarse round 1 and the test-time views whose figures the "
-                             "ledger already holds (default: skip them)")
+                        help="train the single runs, the coarse and from-scratch rounds 1 and the test-time views "
+                             "whose figures the ledger already holds (default: skip them)")
     parser.add_argument("--only", nargs="+", metavar="VARIANT",
                         help="train just these single-model variants (no pipeline jobs), this order first within "
                              "each pass over the seeds; valid: " + " ".join(v.name for v in VARIANTS))

@@ -260,10 +260,13 @@ def rounds_table(acc: dict) -> str:
         source = "train only" if r == "0" else (
             f"train + {p['count']} pseudo-labels ({p['coverage']:.0%} of test, {p['accuracy']:.0%} right)" if p else "?")
         lines.append(f"| {r} | {source} | " + " | ".join(_decoder_cells(e)) + " |")
-    coarse = acc.get("coarse_round_1")
+    coarse, scratch, p = acc.get("coarse_round_1"), acc.get("scratch_round_1"), acc["pseudo_labels"].get("1")
     if coarse:
         lines.append(f"| 1, coarse | {coarse_source(coarse.get('pseudo_labels'))} | "
                      + " | ".join(_decoder_cells(coarse)) + " |")
+    if scratch:
+        lines.append(f"| 1, from scratch | the same {p['count'] if p else '?'} pseudo-labels, members trained from "
+                     "scratch | " + " | ".join(_decoder_cells(scratch)) + " |")
     return "\n".join(lines)
 
 
@@ -366,20 +369,37 @@ def claims(acc: dict) -> str:
         if members:
             out.append(f"- Self-training, each round's members vs round 0's, paired by seed (argmax distance): "
                        f"{'; '.join(members)}.")
-    coarse, exact = acc.get("coarse_round_1"), rounds.get("1")
-    if coarse and exact:
-        diff = ", ".join(f"{d} {coarse[f'{d}_distance'] - exact[f'{d}_distance']:+.3f}"
-                         for d in ("argmax", "bayes", "frame_bayes") if f"{d}_distance" in coarse and f"{d}_distance" in exact)
-        out.append(f"- Coarse vs exact pseudo-labels, round 1 from the same round 0 (ensemble distance, coarse minus "
-                   f"exact; one pipeline seed, so no verdict): {diff}.")
-        members = [f"{what} {_paired_text(paired_runs(coarse.get('member_runs', {}), exact.get('member_runs', {}), key))}"
-                   for what, key in (("argmax distance", "argmax_distance"), ("Bayes distance", "bayes_distance"),
-                                     ("argmax accuracy", "argmax_accuracy"))]
-        out.append(f"- Coarse vs exact pseudo-labels, round 1's members paired by seed: {'; '.join(members)}.")
+    exact = rounds.get("1")
+    for section, what in (("coarse_round_1", "Coarse vs exact pseudo-labels"),
+                          ("scratch_round_1", "From-scratch vs warm-started members on the same pseudo-labels")):
+        out += side_round_claims(acc.get(section), exact, what)
+    scratch, base = acc.get("scratch_round_1"), rounds.get("0")
+    if scratch and base:
+        out.append("- The pseudo-labels' own effect (from-scratch round 1 vs round 0, the same recipe and epochs), "
+                   "members paired by seed: " + "; ".join(member_pairs(scratch, base)) + ".")
     if acc.get("ledger_only"):
         out.append(f"- Kept from the ledger (bench/accuracy_ledger.json: measured in an earlier checkout, run folders "
                    f"not here): {', '.join(acc['ledger_only'])}.")
     return "\n".join(out)
+
+
+def member_pairs(a: dict, b: dict) -> list[str]:
+    """Paired-by-seed differences of two rounds' members (their `member_runs`): argmax and Bayes distance,
+    argmax accuracy."""
+    return [f"{what} {_paired_text(paired_runs(a.get('member_runs', {}), b.get('member_runs', {}), key))}"
+            for what, key in (("argmax distance", "argmax_distance"), ("Bayes distance", "bayes_distance"),
+                              ("argmax accuracy", "argmax_accuracy"))]
+
+
+def side_round_claims(side: dict | None, exact: dict | None, what: str) -> list[str]:
+    """Claim lines of an alternative round 1 (coarse pseudo-labels, members from scratch) against the pipeline's
+    round 1 from the same round 0: the ensembles' distances (one pipeline seed: no verdict) and the members'."""
+    if not (side and exact):
+        return []
+    diff = ", ".join(f"{d} {side[f'{d}_distance'] - exact[f'{d}_distance']:+.3f}"
+                     for d in ("argmax", "bayes", "frame_bayes") if f"{d}_distance" in side and f"{d}_distance" in exact)
+    return [f"- {what}, round 1 from the same round 0 (ensemble distance, difference; one pipeline seed, so no "
+            f"verdict): {diff}.", f"- {what}, round 1's members paired by seed: {'; '.join(member_pairs(side, exact))}."]
 
 
 def accuracy_plot(acc: dict, path: Path) -> None:

@@ -102,6 +102,10 @@ def test_accuracy_run_and_report_on_tiny_preset(tmp_path):
     assert coarse_round["pseudo_labels"]["coarse_count"] == 0 and 0 <= coarse_round["argmax_distance"] <= 12
     assert (plan.out / "pipeline" / "selftrain_coarse" / "round_0").resolve() == \
         (plan.out / "pipeline" / "selftrain" / "round_0").resolve()  # the same round 0, linked
+    scratch = result["scratch_round_1"]  # the same pseudo-labels; members from scratch (the recipe's 1 epoch, not 5)
+    assert scratch["pseudo_labels"]["count"] == result["pseudo_labels"]["1"]["count"]
+    assert {m["epochs"] for m in scratch["member_runs"].values()} == {1}
+    assert {m["epochs"] for m in result["ensemble_rounds"]["1"]["member_runs"].values()} == {5}
     # The ledger keeps a run whose folder is gone (a fresh checkout): its figures stay, named as the ledger's.
     shutil.rmtree(plan.run_dir("ce", 1))
     again = collect(plan)
@@ -127,7 +131,9 @@ def test_accuracy_run_and_report_on_tiny_preset(tmp_path):
     assert "200.00x" in again and again.count("Kept from") == 1 and kept_speed_section(out).count("Kept from") == 1
     for needle in ("git commit", "| CE (`ce`) |", "+- ", "(n=2)", "### Claims", "not met", "generated",
                    "### 2. Self-training", "expected_distance", "frame_bayes", "DW-CE (team) vs CE, argmax distance",
-                   "each round's members vs round 0's, paired by seed (argmax distance): round 1 "):
+                   "each round's members vs round 0's, paired by seed (argmax distance): round 1 ",
+                   "From-scratch vs warm-started members on the same pseudo-labels, round 1's members paired by seed",
+                   "The pseudo-labels' own effect (from-scratch round 1 vs round 0", "| 1, from scratch |"):
         assert needle in text, needle
 
 
