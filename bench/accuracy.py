@@ -90,8 +90,10 @@ VARIANTS = (  # the order is the study's priority: context and down-scaling befo
     Variant("hxe_0.1", "HXE, alpha 0.1", {"loss": {"name": "hxe", "hxe_alpha": 0.1}}, "ce"),
     Variant("hxe_0.5", "HXE, alpha 0.5", {"loss": {"name": "hxe", "hxe_alpha": 0.5}}, "ce"),
     Variant("dwce_fierce", "DW-CE + FIERCE, lambda 0.1", {"loss": {**DWCE, "fierce_lambda": 0.1}}, "dwce_team"),
-    Variant("dwce_avgk", "DW-CE + average-K set head (K 2)", {"loss": DWCE, "model": {"avgk_head": True}},
-            "dwce_team"),
+    Variant("dwce_avgk", "DW-CE + average-K set head (K 2) on detached features",
+            {"loss": DWCE, "model": {"avgk_head": True, "avgk_detach": True}}, "dwce_team"),
+    Variant("dwce_avgk_joint", "DW-CE + average-K set head (K 2), its BCE training the backbone too",
+            {"loss": DWCE, "model": {"avgk_head": True, "avgk_detach": False}}, "dwce_team"),
 )
 LEDGER = Path(__file__).resolve().with_name("accuracy_ledger.json")
 BASE_VARIANT = "dwce_team"  # its pipeline seeds are the self-training pipeline's round 0

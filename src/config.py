@@ -201,6 +201,9 @@ class ModelConfig(StrictModel):
     drop_rate: float = Field(0.0, ge=0, lt=1, description="dropout before the heads (timm drop_rate)")
     channels_last: bool = Field(True, description="channels_last memory format (faster convs on GPU)")
     avgk_head: bool = Field(False, description="add the average-K sigmoid set head (output 'avgk'; loss.avgk_*)")
+    avgk_detach: bool = Field(True, description="the set head reads detached features, so its BCE does not move "
+                              "the backbone (false: it does; under DW-CE, whose loss is ~100x smaller, it then "
+                              "drives the features and costs accuracy)")
 
     @field_validator("aux_ranks")
     @classmethod

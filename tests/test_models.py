@@ -126,3 +126,13 @@ def test_features_in_output_and_optional_avgk_head():
     out = model(x)
     assert out["avgk"].shape == (3, 79) and torch.allclose(model.avgk.bias, torch.full((79,), -math.log(78)))
     assert torch.allclose(out["avgk"], model.avgk(out["features"]))
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_avgk_head_on_detached_features_leaves_the_backbone_alone(detach):
+    torch.manual_seed(0)
+    model = Classifier([create_backbone("wrn10_1")], 1, 10, avgk_head=True, avgk_detach=detach)
+    model(torch.randn(2, 3, 32, 32))["avgk"].sum().backward()
+    backbone_grads = [p.grad for p in model.backbones.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+    assert model.avgk.weight.grad.abs().sum() > 0  # the set head itself learns either way
+    assert bool(backbone_grads) is not detach

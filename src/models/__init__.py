@@ -86,7 +86,8 @@ def build_model(cfg, num_classes: int, aux_classes: dict[str, int] | None = None
     n_backbones = 1 if m.shared_backbone else num_views
     backbones = [create_backbone(m.backbone, m.pretrained, m.drop_rate) for _ in range(n_backbones)]
     model = Classifier(backbones, num_views, num_classes, m.num_heads, m.head_hidden, m.fusion,
-                       aux_classes, channels_last=m.channels_last, avgk_head=m.avgk_head)
+                       aux_classes, channels_last=m.channels_last, avgk_head=m.avgk_head,
+                       avgk_detach=m.avgk_detach)
     if m.pretrained_path:
         load_pretrained_path(model, m.pretrained_path)
     return model

@@ -34,7 +34,8 @@ class Classifier(nn.Module):
 
     def __init__(self, backbones: list[nn.Module], num_views: int, num_classes: int, num_heads: int = 1,
                  head_hidden: int | None = None, fusion: str = "concat",
-                 aux_classes: dict[str, int] | None = None, channels_last: bool = False, avgk_head: bool = False):
+                 aux_classes: dict[str, int] | None = None, channels_last: bool = False, avgk_head: bool = False,
+                 avgk_detach: bool = True):
         super().__init__()
         if len(backbones) not in (1, num_views):
             raise ValueError("give one shared backbone or one per view")
@@ -54,6 +55,7 @@ class Classifier(nn.Module):
         self.heads = MultiHead(fused, num_classes, num_heads, head_hidden)
         self.aux = nn.ModuleDict({rank: nn.Linear(fused, n) for rank, n in (aux_classes or {}).items()})
         self.avgk = nn.Linear(fused, num_classes) if avgk_head else None
+        self.avgk_detach = avgk_detach  # the set head learns on the features without training them
         if self.avgk is not None:  # start at the prior log-odds of 1/C: the BCE over C sigmoids starts near CE's scale
             nn.init.constant_(self.avgk.bias, -math.log(num_classes - 1))
 
@@ -90,5 +92,5 @@ class Classifier(nn.Module):
         f = self.features(x)
         out = {"logits": self.heads(f), "aux": {rank: head(f) for rank, head in self.aux.items()}, "features": f}
         if self.avgk is not None:
-            out["avgk"] = self.avgk(f)
+            out["avgk"] = self.avgk(f.detach() if self.avgk_detach else f)
         return out
