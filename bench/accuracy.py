@@ -580,39 +580,37 @@ def claim(plan: Plan, name: str) -> bool:
 
 def run(plan: Plan, deadline: float | None = None, part: str = "all", shared: bool = False,
         remeasure: bool = False, only: list[str] | None = None) -> dict:
-    """Run every unfinished job in order (stopping before one would start after `deadline`, a time.time());
-    rewrite OUT/accuracy.json after each. With `shared`, jobs another process claimed are left to it, and a
-    self-training round whose previous round another process still trains is left for later in the pass.
-    Returns the final collection."""
+    """Run every unfinished job, each time the first in priority order that can start (stopping before one
+    would start after `deadline`, a time.time()); rewrite OUT/accuracy.json after each. With `shared`, jobs
+    another process claimed are left to it, and a job that waits for another process's (a round's members
+    for its pseudo-labels, those for the previous round) is taken as soon as it is ready, before any later
+    job. Returns the final collection."""
     plan.out.mkdir(parents=True, exist_ok=True)
     todo = jobs(plan, part, remeasure, only)
     pending = list(enumerate(todo, 1))
     while pending:
-        postponed = []
-        for i, job in pending:
+        for k, (i, job) in enumerate(pending):
             name = job.name
             if job.done():
                 print(f"[{i}/{len(todo)}] {name}: done, skipped", flush=True)
-                continue
-            if deadline is not None and time.time() > deadline:
+            elif deadline is not None and time.time() > deadline:
                 print(f"[{i}/{len(todo)}] {name}: past the deadline, not started", flush=True)
                 pending = []
                 break
-            if shared and not job.ready():
-                postponed.append((i, job))
+            elif shared and not job.ready():
                 continue
-            if shared and not claim(plan, name):
+            elif shared and not claim(plan, name):
                 print(f"[{i}/{len(todo)}] {name}: claimed by another process, skipped", flush=True)
-                continue
-            start = time.time()
-            print(f"[{i}/{len(todo)}] {name}: running", flush=True)
-            job.action()
-            print(f"[{i}/{len(todo)}] {name}: {time.time() - start:.0f} s", flush=True)
-            save(plan, collect(plan))
+            else:
+                start = time.time()
+                print(f"[{i}/{len(todo)}] {name}: running", flush=True)
+                job.action()
+                print(f"[{i}/{len(todo)}] {name}: {time.time() - start:.0f} s", flush=True)
+                save(plan, collect(plan))
+            del pending[k]
+            break  # look again from the top: an earlier job may be ready now
         else:
-            if postponed and len(postponed) == len(pending):
-                time.sleep(30)  # another process trains what they wait for
-            pending = postponed
+            time.sleep(30)  # every pending job waits for what another process trains
     result = collect(plan)
     save(plan, result)
     return result

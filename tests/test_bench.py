@@ -190,3 +190,20 @@ def test_set_size_gate_rows_and_their_claim_line():
     text = claims(acc)
     assert "Set-size gate of the average-K head vs max-probability of the same DW-CE + set head models" in text
     assert "50% +0.060 +- 0.010 (n=3): higher" in text
+
+
+def test_run_takes_an_earlier_job_as_soon_as_it_is_ready(tmp_path, monkeypatch):
+    import bench.accuracy as accuracy
+
+    ran = []
+    finished = lambda name: lambda: name in ran
+    todo = [accuracy.Job("a", lambda: ran.append("a"), finished("a"), ready=finished("b")),
+            accuracy.Job("b", lambda: ran.append("b"), finished("b")),
+            accuracy.Job("c", lambda: ran.append("c"), finished("c"))]
+    monkeypatch.setattr(accuracy, "jobs", lambda *args: todo)
+    monkeypatch.setattr(accuracy, "collect", lambda plan: {})
+    monkeypatch.setattr(accuracy, "save", lambda plan, result: None)
+    plan = Plan(root=tmp_path, out=tmp_path / "acc", seeds=[0], epochs=1, rounds=1, min_votes=1,
+                train_config="x.yaml", recipe_overrides={}, ledger=None)
+    accuracy.run(plan, shared=True)
+    assert ran == ["b", "a", "c"]  # a waited for b, then went before the later c
