@@ -164,7 +164,8 @@ def test_paired_differences_and_verdicts():
     assert p["n"] == 3 and abs(p["mean"] - (-1.0833333)) < 1e-6 and p["verdict"] == "lower"
     assert abs(p["std"] - np.std([-1.0, -1.1, -1.15], ddof=1)) < 1e-12
     assert paired(acc([1.0, 2.0, 1.0], [1.5, 1.5, 1.5]), "x", "y", "d")["verdict"] == "within seed noise"  # signs differ
-    assert paired(acc([3.0, 3.1], [1.0, 1.0]), "x", "y", "d")["verdict"] == "higher"
+    assert paired(acc([3.0, 3.1, 3.0], [1.0, 1.0, 1.1]), "x", "y", "d")["verdict"] == "higher"
+    assert paired(acc([3.0, 3.1], [1.0, 1.0]), "x", "y", "d")["verdict"] == "two seeds: no claim"
     assert paired(acc([1.0], [2.0]), "x", "y", "d")["verdict"] == "one seed: no claim"
     assert paired(acc([1.0], [2.0]), "x", "z", "d") is None
 
