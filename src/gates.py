@@ -62,8 +62,7 @@ def avgk_set_size_gate(probs: np.ndarray, set_scores: np.ndarray, threshold: flo
     """Average-K gate: the set {c : set score >= threshold} of the set head (`set_sizes`; its sigmoids or
     logits); label = argmax p, accepted when the set holds 1 to `max_set_size` concepts. Score: -set size plus
     a sigmoid of the largest set score (in (0, 1): it orders ROIs of one set size, so equal-coverage cuts need
-    no ties),
-    with an empty set (nothing above the threshold: the head is sure of nothing) ranked below every other."""
+    no ties), with an empty set (nothing above the threshold: the head is sure of nothing) below every other."""
     set_scores = np.asarray(set_scores, dtype=np.float64)
     sizes = set_sizes(set_scores, threshold)
     rank = np.where(sizes == 0, set_scores.shape[1] + 1, sizes).astype(np.float64)
