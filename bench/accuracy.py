@@ -12,20 +12,21 @@ validation split (split seed 0), so variants are compared paired by seed. The DW
 models of the pipeline seeds are round 0 of a self-training pipeline (src.stages: train_ensemble,
 pseudo_label, retrain) whose rounds >= 1 fine-tune the previous round's member (`--warm-epochs`), so the
 ensemble and the rounds reuse them; round 1 is also trained from round 0 with coarse pseudo-labels and with
-its members trained from scratch on the same pseudo-labels (the pseudo-labels' effect without extra epochs); `--ensemble-seeds` trains more DW-CE seeds for 5- and 8-member
-ensembles. Jobs run in priority order (`jobs`; a round's members are separate jobs); a finished run is
-skipped when the command is run again (an interrupted one resumes from its checkpoint), and
-OUT/accuracy.json is rewritten (atomically) after every job from whatever is complete, so a kill loses at
-most the run in progress. Two processes with `--shared` split the jobs (claim files under OUT/claims;
-delete them when no process runs), e.g. two of `--part all --set train.threads=1` on 2 cores;
+its members trained from scratch on the same pseudo-labels (the pseudo-labels' effect without extra
+epochs); `--ensemble-seeds` trains more DW-CE seeds for 5- and 8-member ensembles. Jobs run in priority
+order (`jobs`; a round's members are separate jobs); a finished run is skipped when the command is run
+again (an interrupted one resumes from its checkpoint), and OUT/accuracy.json is rewritten (atomically)
+after every job from whatever is complete, so a kill loses at most the run in progress. Two processes with
+`--shared` split the jobs (claim files under OUT/claims; delete them when no process runs), e.g. two of
+`--part all --set train.threads=1` on 2 cores;
 `--only NAME...` queues just those single-model variants (the named order first within each seed pass).
 
 The run folders under outputs/ are not committed, so the figures are also kept in the committed ledger
 bench/accuracy_ledger.json (`--ledger`), rewritten after every job: a fresh checkout's tables start from
 it, runs measured again replace its figures, and RESULTS.md names the figures that come from it alone.
 A single run the ledger holds is not trained again, nor are the coarse and from-scratch rounds 1 and round
-0's test-time views (`--remeasure` re-runs them); the pipeline's members are, when their folders are missing, since the later
-rounds start from their weights.
+0's test-time views (`--remeasure` re-runs them); the pipeline's members are, when their folders are
+missing, since the later rounds start from their weights.
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ from src.gates import (avgk_set_size_gate, coarse_agreement, compare_gates, fit_
                        max_probability_gate)
 from src.score import mean_distance, read_solution
 from src.stages.common import has_weights, load_predictions
-from src.stages.pipeline_config import PipelineConfig
+from src.stages.pipeline_config import PipelineConfig, PseudoLabelConfig
 from src.taxonomy import distance_matrix, load_taxonomy
 
 PIPELINE_NAME = "selftrain"
@@ -254,10 +255,12 @@ def run_metrics(run_dir: Path, test: TestSet, D: np.ndarray, pipe: PipelineConfi
 
 
 def set_size_gates(probs: np.ndarray, set_scores: np.ndarray, val_set_scores: np.ndarray, truth: np.ndarray,
-                   D: np.ndarray, k: float = 2.0, max_set_size: int = 1) -> list[dict]:
+                   D: np.ndarray, k: float = PseudoLabelConfig().avgk_k,
+                   max_set_size: int = PseudoLabelConfig().max_set_size) -> list[dict]:
     """A model with the average-K set head as its own pseudo-label gate: the set-size gate (threshold fitted so
-    validation sets average k concepts; accepted when the set holds at most max_set_size) against the
-    max-probability gate of the same probabilities, at equal coverage (`compare_gates` rows)."""
+    validation sets average k concepts; accepted when the set holds 1 to max_set_size; defaults: the
+    pipeline's) against the max-probability gate of the same probabilities, at equal coverage
+    (`compare_gates` rows)."""
     threshold = fit_avgk_threshold(val_set_scores, k)
     gates = {"max_prob": max_probability_gate(probs, 0.0),
              "avgk_set_size": avgk_set_size_gate(probs, set_scores, threshold, max_set_size)}
@@ -501,8 +504,8 @@ def round_jobs(pipe: PipelineConfig, r: int, title: str, before: Callable[[], No
 
 def jobs(plan: Plan, part: str = "all", remeasure: bool = False, only: list[str] | None = None) -> list[Job]:
     """Jobs in priority order: the pipeline's round-0 members, the self-training round 1 and its alternatives
-    from the same round 0 (coarse pseudo-labels; members from scratch), the HXE and CE references and the FULL_FIRST variants on every seed, round 0's test-time views, the later
-    rounds, one seed of every other variant, the other variants' other seeds, then the extra ensemble seeds.
+    from the same round 0 (coarse pseudo-labels; members from scratch), the HXE and CE references and the
+    FULL_FIRST variants on every seed, round 0's test-time views, the later rounds, one seed of every other variant, the other variants' other seeds, then the extra ensemble seeds.
 
     part 'variants': the single-model variants only; 'all': everything (two processes share the list through
     claim files). A single run whose figures the ledger holds counts as done unless `remeasure` (a pipeline
