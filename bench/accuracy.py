@@ -19,7 +19,8 @@ again (an interrupted one resumes from its checkpoint), and OUT/accuracy.json is
 after every job from whatever is complete, so a kill loses at most the run in progress. Two processes with
 `--shared` split the jobs (claim files under OUT/claims; delete them when no process runs), e.g. two of
 `--part all --set train.threads=1` on 2 cores;
-`--only NAME...` queues just those single-model variants (the named order first within each seed pass).
+`--only NAME...` keeps just those single-model variants (the named order first within each seed pass;
+with `--part all` the pipeline's jobs still come first).
 
 The run folders under outputs/ are not committed, so the figures are also kept in the committed ledger
 bench/accuracy_ledger.json (`--ledger`), rewritten after every job: a fresh checkout's tables start from
@@ -512,8 +513,9 @@ def jobs(plan: Plan, part: str = "all", remeasure: bool = False, only: list[str]
     member never does: later rounds need its weights); nor do the alternative rounds 1 and round 0's test-time
     views when the ledger holds their figures (nothing trains from them).
 
-    `only`: just the single runs of these variants, in the same passes (one seed of each, then the other seeds)
-    but in `only`'s order within a pass (for spending a short session on the closest comparisons)."""
+    `only`: of the single runs, just those of these variants (the extra ensemble seeds are the base variant's),
+    in the same passes (one seed of each, then the other seeds) but in `only`'s order within a pass (for
+    spending a short session on the closest comparisons); part 'all' keeps the pipeline's jobs before them."""
     from src.stages.train_ensemble import train_ensemble
     from src.train import train
 
@@ -542,7 +544,7 @@ def jobs(plan: Plan, part: str = "all", remeasure: bool = False, only: list[str]
                   for s in plan.seeds_of(BASE_VARIANT) if s not in plan.seeds]
     if only is not None:
         chosen = lambda group: sorted((j for j in group if j.variant in only), key=lambda j: only.index(j.variant))
-        return [j for group in (refs, first, rest, base_extra) for j in chosen(group)]
+        refs, first, rest, base_extra = (chosen(group) for group in (refs, first, rest, base_extra))
     if part == "variants":
         return refs + first + rest + base_extra
     round0 = [Job(f"round 0 (DW-CE team) member seed {s}", lambda i=i: train_ensemble(pipe, member_index=i),
@@ -670,8 +672,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="train the single runs, the coarse and from-scratch rounds 1 and the test-time views "
                              "whose figures the ledger already holds (default: skip them)")
     parser.add_argument("--only", nargs="+", metavar="VARIANT",
-                        help="train just these single-model variants (no pipeline jobs), this order first within "
-                             "each pass over the seeds; valid: " + " ".join(v.name for v in VARIANTS))
+                        help="of the single-model runs, train just these variants' (with --part all: after the "
+                             "pipeline's jobs; " + BASE_VARIANT + " names the extra ensemble seeds), this order "
+                             "first within each pass over the seeds; valid: " + " ".join(v.name for v in VARIANTS))
     parser.add_argument("--shared", action="store_true",
                         help="claim each job with a file under OUT/claims so parallel processes split the work")
     args = parser.parse_args(argv)

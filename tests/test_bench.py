@@ -59,8 +59,11 @@ def test_only_queues_the_named_variants_in_their_order_within_each_seed_pass(tmp
     plan = Plan(root=tmp_path, out=tmp_path / "acc", seeds=[0, 1], epochs=1, rounds=1, min_votes=1,
                 train_config=str(REPO / "cfg" / "demo_tiny.yaml"), recipe_overrides={}, variants=variants,
                 ledger=None)
-    names = [j.name for j in jobs(plan, "all", only=["ce_expdist", "dwce_paper"])]
+    names = [j.name for j in jobs(plan, "variants", only=["ce_expdist", "dwce_paper"])]
     assert names == ["ce_expdist seed 0", "dwce_paper seed 0", "ce_expdist seed 1", "dwce_paper seed 1"]
+    with_pipeline = [j.name for j in jobs(plan, "all", only=["dwce_paper"])]
+    assert with_pipeline[:2] == ["round 0 (DW-CE team) member seed 0", "round 0 (DW-CE team) member seed 1"]
+    assert [n for n in with_pipeline if "round" not in n] == ["dwce_paper seed 0", "dwce_paper seed 1"]
     assert "soft_labels seed 0" in [j.name for j in jobs(plan, "variants")]  # without --only: every variant
 
 
