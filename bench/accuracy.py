@@ -13,7 +13,8 @@ models of the pipeline seeds are round 0 of a self-training pipeline (src.stages
 pseudo_label, retrain) whose rounds >= 1 fine-tune the previous round's member (`--warm-epochs`), so the
 ensemble and the rounds reuse them; round 1 is also trained from round 0 with coarse pseudo-labels and with
 its members trained from scratch on the same pseudo-labels (the pseudo-labels' effect without extra
-epochs); `--ensemble-seeds` trains more DW-CE seeds for 5- and 8-member ensembles. Jobs run in priority
+epochs); `--ensemble-seeds` trains more DW-CE seeds for 5- and 8-member ensembles (and the spread of the
+argmax and Bayes distance over every k-subset of the seeds, `ensemble_subsets`). Jobs run in priority
 order (`jobs`; a round's members are separate jobs); a finished run is skipped when the command is run
 again (an interrupted one resumes from its checkpoint), and OUT/accuracy.json is rewritten (atomically)
 after every job from whatever is complete, so a kill loses at most the run in progress. Two processes with
@@ -295,6 +296,32 @@ def frame_aware_gates(pipe: PipelineConfig, members: list[Path], test: TestSet, 
     return compare_gates(gates, test.truth(preds.annotation_id), D)
 
 
+def subset_distances(member_probs: np.ndarray, truth: np.ndarray, D: np.ndarray, k: int) -> dict[str, list[float]]:
+    """Argmax and Bayes test distance of the mean of the members' (M, N, C) probabilities over every k-subset
+    of the M members, in itertools.combinations order: how much the choice of seeds moves an ensemble of k."""
+    out = {"argmax": [], "bayes": []}
+    for subset in itertools.combinations(range(len(member_probs)), k):
+        probs = member_probs[list(subset)].mean(axis=0)
+        out["argmax"].append(mean_distance(truth, decode_argmax(probs), D))
+        out["bayes"].append(mean_distance(truth, decode_bayes(probs, D), D))
+    return out
+
+
+def ensemble_subsets(members: list[Path], test: TestSet, D: np.ndarray) -> dict:
+    """subset_distances of the finished base-variant seeds for every size below their count and the whole set,
+    summarised (mean, sample std, min, max, number of subsets): the spread beside the first-k-seeds rows."""
+    preds = load_predictions(members, "test", test.taxonomy)
+    probs = np.stack([m.mean(axis=0) for m in preds.members])
+    truth = test.truth(preds.annotation_id)
+    out = {}
+    for k in sorted({1, *(k for k in ENSEMBLE_SIZES if k < len(members)), len(members)}):
+        figures = subset_distances(probs, truth, D, k)
+        out[str(k)] = {name: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else None,
+                              "min": float(np.min(v)), "max": float(np.max(v)), "subsets": len(v)}
+                       for name, v in figures.items()}
+    return {"members": len(members), "sizes": out}
+
+
 def coarse_metrics(members: list[Path], test: TestSet, min_votes: int) -> dict:
     """Coarse pseudo-labels from an ensemble's test predictions: ROIs where >= min_votes members agree on the
     concept (exact pseudo-labels) and, among the others, where they agree only on a genus, family or order
@@ -363,7 +390,8 @@ def collect(plan: Plan) -> dict:
 
 LEDGER_IDENTITY = ("root", "seeds", "epochs", "min_votes", "u_threshold", "warm_epochs", "train_config", "recipe")
 LEDGER_SECTIONS = ("ensemble_rounds", "pseudo_labels", "ensemble_sizes")  # keyed by round or ensemble size
-LEDGER_WHOLE = ("coarse", "coarse_round_1", "scratch_round_1", "tta", "frame_aware_gates")  # one figure set each
+LEDGER_WHOLE = ("coarse", "coarse_round_1", "scratch_round_1", "tta", "frame_aware_gates",
+                "ensemble_subsets")  # one figure set each
 
 
 def study_identity(plan: Plan) -> dict:
@@ -422,6 +450,10 @@ def merge_ledger(fresh: dict, ledger: dict) -> dict:
         if out.get(section) is None and ledger.get(section) is not None:
             out[section] = ledger[section]
             kept.append(section)
+    members = lambda c: (c.get("ensemble_subsets") or {}).get("members", 0)
+    if members(ledger) > members(out):  # a checkout that has trained fewer of the extra seeds so far
+        out["ensemble_subsets"] = ledger["ensemble_subsets"]
+        kept.append("ensemble_subsets")
     out["ledger_only"] = kept
     return out
 
@@ -458,6 +490,7 @@ def collect_fresh(plan: Plan) -> dict:
     base_dirs = [plan.run_dir(BASE_VARIANT, s) for s in plan.seeds_of(BASE_VARIANT)]
     finished = len(list(itertools.takewhile(is_done, base_dirs)))  # an ensemble of k: the first k seeds
     sizes = {str(k): ensemble_metrics(pipe, base_dirs[:k], test) for k in ENSEMBLE_SIZES if finished >= k}
+    subsets = ensemble_subsets(base_dirs[:finished], test, D) if finished > len(plan.seeds) else None
     coarse = coarse_metrics(base_dirs[:len(plan.seeds)], test, plan.min_votes) if finished >= len(plan.seeds) else None
     tta = tta_metrics(plan.tta_file, test, D) if plan.tta_file.is_file() else None
     round0 = [pipe.layout.member_dir(0, s) for s in plan.seeds]
@@ -468,7 +501,7 @@ def collect_fresh(plan: Plan) -> dict:
             "variants": {v.name: {"label": v.label, "overrides": v.overrides, "against": v.against}
                          for v in plan.variants},
             "test_rois": int(len(test.long_side)), "single": singles, "ensemble_rounds": rounds,
-            "pseudo_labels": pseudo, "ensemble_sizes": sizes, "coarse": coarse, **side_rounds,
+            "pseudo_labels": pseudo, "ensemble_sizes": sizes, "ensemble_subsets": subsets, "coarse": coarse, **side_rounds,
             "tta": tta, "frame_aware_gates": frame_gates}
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.accuracy import VARIANTS, Plan, collect, jobs, merge_ledger, run
+from bench.accuracy import VARIANTS, Plan, collect, jobs, merge_ledger, run, subset_distances
 from bench.common import format_speed_row, machine_info, target_check, timed
 from bench.report import kept_speed_section, paired, speed_markdown, speed_rows, write_report
 
@@ -78,12 +78,13 @@ def test_accuracy_run_and_report_on_tiny_preset(tmp_path):
     variants = tuple(v for v in VARIANTS if v.name in ("ce", "dwce_team"))
     plan = Plan(root=root, out=tmp_path / "acc", seeds=[0, 1], epochs=1, rounds=1, min_votes=1,
                 train_config=str(REPO / "cfg" / "demo_tiny.yaml"), recipe_overrides={}, variants=variants,
-                ledger=tmp_path / "ledger.json")
+                ledger=tmp_path / "ledger.json", ensemble_seeds=[2])
     result = run(plan, part="all", shared=True)
 
     assert set(result["single"]) == {"ce", "dwce_team"}
+    assert set(result["single"]["dwce_team"]["runs"]) == {"0", "1", "2"}  # + the extra ensemble seed
     for entry in result["single"].values():
-        assert set(entry["runs"]) == {"0", "1"}
+        assert {"0", "1"} <= set(entry["runs"])
         for m in entry["runs"].values():
             assert 0 <= m["argmax_distance"] <= 12 and 0 <= m["bayes_accuracy"] <= 1
     assert set(result["ensemble_rounds"]) == {"0", "1"}
@@ -94,6 +95,10 @@ def test_accuracy_run_and_report_on_tiny_preset(tmp_path):
     assert set(result["tta"]) == {"identity", "identity+hflip", "identity+hflip+down75"}
     assert result["tta"]["identity"]["ensemble"]["argmax_distance"] == pytest.approx(
         result["ensemble_rounds"]["0"]["argmax_distance"], abs=1e-9)  # the same members' plain predictions
+    subsets = result["ensemble_subsets"]  # the one 3-subset is the first-3-seeds ensemble
+    assert subsets["members"] == 3 and list(subsets["sizes"]) == ["1", "3"] and subsets["sizes"]["1"]["argmax"]["subsets"] == 3
+    for decoder in ("argmax", "bayes"):
+        assert subsets["sizes"]["3"][decoder]["mean"] == pytest.approx(result["ensemble_sizes"]["3"][f"{decoder}_distance"])
     coarse = result["coarse"]
     assert coarse["exact_coverage"] == 1.0 and 0 <= coarse["exact_precision"] <= 1  # min_votes 1: one member suffices
     assert result["pseudo_labels"]["1"]["count"] > 0 and result["pseudo_labels"]["1"]["curves"]
@@ -136,8 +141,30 @@ def test_accuracy_run_and_report_on_tiny_preset(tmp_path):
                    "### 2. Self-training", "expected_distance", "frame_bayes", "DW-CE (team) vs CE, argmax distance",
                    "each round's members vs round 0's, paired by seed (argmax distance): round 1 ",
                    "From-scratch vs warm-started members on the same pseudo-labels, round 1's members paired by seed",
-                   "The pseudo-labels' own effect (from-scratch round 1 vs round 0", "| 1, from scratch |"):
+                   "The pseudo-labels' own effect (from-scratch round 1 vs round 0", "| 1, from scratch |",
+                   "Every k-subset of the 3 DW-CE seeds", "Ensemble size (DW-CE, mean over every k-subset of the 3 seeds"):
         assert needle in text, needle
+
+
+def test_subset_distances_against_direct_evaluation():
+    D = np.array([[0.0, 2.0, 6.0], [2.0, 0.0, 6.0], [6.0, 6.0, 0.0]])
+    probs = np.array([[[0.6, 0.0, 0.4], [0.1, 0.8, 0.1]],   # member 0: argmax 0, 1
+                      [[0.1, 0.6, 0.3], [0.2, 0.3, 0.5]],   # member 1: argmax 1, 2
+                      [[0.3, 0.2, 0.5], [0.9, 0.0, 0.1]]])  # member 2: argmax 2, 0
+    truth = np.array([0, 2])
+    assert subset_distances(probs, truth, D, 1)["argmax"] == [(0 + 6) / 2, (2 + 0) / 2, (6 + 6) / 2]
+    # All three: mean [[.333, .267, .4], [.4, .367, .233]]; argmax 2, 0 (distances 6, 6); expected distance
+    # rows [2.93, 3.07, 3.6] and [2.13, 2.2, 4.6], so Bayes picks 0, 0 (distances 0, 6).
+    assert subset_distances(probs, truth, D, 3) == {"argmax": [6.0], "bayes": [3.0]}
+    rng = np.random.default_rng(0)
+    many = rng.dirichlet(np.ones(3), size=(4, 5))
+    labels = rng.integers(0, 3, size=5)
+    pairs = subset_distances(many, labels, D, 2)
+    subsets = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]  # itertools.combinations order
+    for i, (a, b) in enumerate(subsets):
+        mean = (many[a] + many[b]) / 2
+        assert pairs["argmax"][i] == pytest.approx(D[labels, mean.argmax(axis=1)].mean())
+        assert pairs["bayes"][i] == pytest.approx(D[labels, (mean @ D).argmin(axis=1)].mean())
 
 
 def test_merge_ledger_fills_only_what_is_missing_and_checks_the_study():
@@ -155,6 +182,11 @@ def test_merge_ledger_fills_only_what_is_missing_and_checks_the_study():
     assert merged["ensemble_rounds"]["0"] == {"d": 2.0} and merged["coarse"] == {"exact_coverage": 0.5}
     assert merged["ledger_only"] == ["ce seed 2", "hxe seed 0", "ensemble_rounds 1", "coarse"]
     assert fresh["single"]["ce"]["runs"] == {"0": {"d": 1.0}}  # not modified in place
+    bigger = {"members": 8, "sizes": {}}  # the ledger's subsets of more seeds beat a checkout's of fewer
+    assert merge_ledger({**fresh, "ensemble_subsets": {"members": 4, "sizes": {}}},
+                        {**ledger, "ensemble_subsets": bigger})["ensemble_subsets"] == bigger
+    assert merge_ledger({**fresh, "ensemble_subsets": bigger},
+                        {**ledger, "ensemble_subsets": {"members": 4}})["ensemble_subsets"] == bigger
     other = merge_ledger(fresh, {**ledger, "recipe": {"train": {"threads": 2}}})  # another study's figures
     assert other == fresh and "ledger_only" not in other
 
