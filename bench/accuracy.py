@@ -21,7 +21,11 @@ after every job from whatever is complete, so a kill loses at most the run in pr
 `--shared` split the jobs (claim files under OUT/claims; delete them when no process runs), e.g. two of
 `--part all --set train.threads=1` on 2 cores;
 `--only NAME...` keeps just those single-model variants (the named order first within each seed pass;
-with `--part all` the pipeline's jobs still come first).
+with `--part all` the pipeline's jobs still come first). One more independent self-training pipeline is
+one more study with other member seeds, its own OUT and ledger, and no single-model variants, e.g.
+`--seeds 3 4 5 --ensemble-seeds --only dwce_team --out outputs/bench/accuracy_pipeline_1
+--ledger bench/accuracy_ledger_pipeline_1.json` (`bench.report --pipeline-dirs` compares the rounds over
+the pipelines, paired by pipeline).
 
 The run folders under outputs/ are not committed, so the figures are also kept in the committed ledger
 bench/accuracy_ledger.json (`--ledger`), rewritten after every job: a fresh checkout's tables start from

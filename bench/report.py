@@ -4,6 +4,7 @@
     python -m bench.report --quick         # small speed settings (about a minute)
     python -m bench.report --speed-from outputs/bench/speed.json   # reuse saved speed results
     python -m bench.report --keep-speed        # accuracy tables only; the speed section of RESULTS.md stays
+    python -m bench.report --keep-speed --pipeline-dirs outputs/bench/accuracy_pipeline_1   # + a 2nd pipeline
 
 The accuracy numbers come from `python -m bench.accuracy` (run it first; it may still be running: the
 report tabulates whatever runs are complete). Speed results are saved to --speed-json; RESULTS.md records
@@ -287,6 +288,87 @@ def rounds_table(acc: dict) -> str:
     return "\n".join(lines)
 
 
+SIDE_ROUNDS = {"coarse_round_1": ("1, coarse", "1"), "scratch_round_1": ("1, from scratch", "1")}  # row, compared with
+
+
+def round_figures(acc: dict, r: str) -> dict | None:
+    """One pipeline study's ensemble figures of round r ('0', '1', ...) or of a SIDE_ROUNDS section."""
+    return acc.get(r) if r in SIDE_ROUNDS else (acc.get("ensemble_rounds") or {}).get(r)
+
+
+def pipeline_label(acc: dict) -> str:
+    return "members " + ",".join(str(s) for s in acc["seeds"])
+
+
+def across_pipelines(studies: list[dict], r: str, base: str, key: str) -> dict | None:
+    """Ensemble `key` of round r minus that of round `base`, paired by pipeline (each study is one pipeline,
+    with its own member seeds), with `paired_runs`' verdict."""
+    figures = lambda rr: {str(i): e for i, s in enumerate(studies) if (e := round_figures(s, rr))}
+    return paired_runs(figures(r), figures(base), key)
+
+
+def pooled_members(studies: list[dict], r: str, base: str, key: str) -> dict | None:
+    """Round r's members minus round `base`'s, paired by member seed and pooled over the pipelines. Members of
+    one pipeline share its pseudo-labels, so they are not independent draws: a hint beside the pipelines' pairs."""
+    def members(rr):
+        return {str(1000 * i + int(seed)): m for i, s in enumerate(studies)
+                for seed, m in ((round_figures(s, rr) or {}).get("member_runs") or {}).items()}
+    return paired_runs(members(r), members(base), key)
+
+
+def pipelines_table(studies: list[dict]) -> str:
+    """Self-training over independent pipelines: each pipeline's ensemble distance per round (argmax / Bayes /
+    frame Bayes), and the change against round 0 (the side rounds: against round 1) paired by pipeline, with
+    the members' change pooled over the pipelines."""
+    rounds = sorted({r for s in studies for r in s.get("ensemble_rounds") or {}}, key=int)
+    rows = [(r, r, "0") for r in rounds] + [(label, section, base) for section, (label, base) in SIDE_ROUNDS.items()]
+    lines = ["| round | " + " | ".join(pipeline_label(s) for s in studies) + " | vs | ensemble, paired by pipeline: "
+             "argmax | Bayes | frame Bayes | members, pooled over the pipelines: argmax |", "|---|" + "---|" * (len(studies) + 5)]
+    for label, r, base in rows:
+        figures = [round_figures(s, r) for s in studies]
+        if not any(figures):
+            continue
+        cells = ["-" if e is None else " / ".join(f"{e[f'{d}_distance']:.3f}" if f"{d}_distance" in e else "-"
+                                                  for d in ("argmax", "bayes", "frame_bayes")) for e in figures]
+        if r == "0":
+            cells += ["-"] * 5
+        else:
+            cells += [f"round {base}"] + [_paired_text(across_pipelines(studies, r, base, f"{d}_distance"))
+                                          for d in ("argmax", "bayes", "frame_bayes")]
+            cells.append(_paired_text(pooled_members(studies, r, base, "argmax_distance")))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pipeline_pseudo_table(studies: list[dict]) -> str:
+    """Each pipeline's pseudo-labels per round: count, share of the test, share right."""
+    rounds = sorted({r for s in studies for r in s.get("pseudo_labels") or {}}, key=int)
+    lines = ["| round | " + " | ".join(pipeline_label(s) for s in studies) + " |", "|---|" + "---|" * len(studies)]
+    for r in rounds:
+        cells = [f"{p['count']} ({p['coverage']:.0%} of test, {p['accuracy']:.0%} right)"
+                 if (p := (s.get("pseudo_labels") or {}).get(r)) else "-" for s in studies]
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pipeline_claims(studies: list[dict]) -> list[str]:
+    """Claim lines of self-training over the pipelines (round r vs round 0; the side rounds vs round 1)."""
+    if len(studies) < 2:
+        return []
+    out = []
+    rounds = sorted({r for s in studies for r in s.get("ensemble_rounds") or {}} - {"0"}, key=int)
+    for label, r, base in [(f"round {r}", r, "0") for r in rounds] + \
+            [(f"round {label}", section, b) for section, (label, b) in SIDE_ROUNDS.items()]:
+        ensemble = {d: across_pipelines(studies, r, base, f"{d}_distance") for d in ("argmax", "bayes", "frame_bayes")}
+        if not ensemble["argmax"] or ensemble["argmax"]["n"] < 2:
+            continue  # a round one pipeline holds: its own claim lines say it
+        out.append(f"- Self-training over {ensemble['argmax']['n']} pipelines, {label} vs round {base}: ensemble "
+                   + "; ".join(f"{d} {_paired_text(p)}" for d, p in ensemble.items() if p)
+                   + f"; members pooled over the pipelines, argmax "
+                   f"{_paired_text(pooled_members(studies, r, base, 'argmax_distance'))}.")
+    return out
+
+
 def coarse_source(p: dict | None) -> str:
     """What a coarse round trained on: exact pseudo-labels and set targets (by rank), and how many are right."""
     if not p:
@@ -342,8 +424,9 @@ def tta_table(acc: dict) -> str:
     return "\n".join(lines)
 
 
-def claims(acc: dict) -> str:
-    """The questions' verdicts, paired by seed (see `paired`)."""
+def claims(acc: dict, pipelines: list[dict] = ()) -> str:
+    """The questions' verdicts, paired by seed (see `paired`); self-training also over `pipelines` (more
+    pipeline studies, `pipeline_claims`)."""
     def line(a, b, key, what):
         p = paired(acc, a, b, key)
         return f"- {what}: {_paired_text(p)}." if p else f"- {what}: not measured yet."
@@ -396,6 +479,7 @@ def claims(acc: dict) -> str:
     for section, what in (("coarse_round_1", "Coarse vs exact pseudo-labels"),
                           ("scratch_round_1", "From-scratch vs warm-started members on the same pseudo-labels")):
         out += side_round_claims(acc.get(section), exact, what)
+    out += pipeline_claims([acc, *pipelines])
     scratch, base = acc.get("scratch_round_1"), rounds.get("0")
     if scratch and base:
         out.append("- The pseudo-labels' own effect (from-scratch round 1 vs round 0, the same recipe and epochs), "
@@ -425,7 +509,7 @@ def side_round_claims(side: dict | None, exact: dict | None, what: str) -> list[
             f"verdict): {diff}.", f"- {what}, round 1's members paired by seed: {'; '.join(member_pairs(side, exact))}."]
 
 
-def accuracy_plot(acc: dict, path: Path) -> None:
+def accuracy_plot(acc: dict, path: Path, pipelines: list[dict] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -442,15 +526,18 @@ def accuracy_plot(acc: dict, path: Path) -> None:
     axes[0].set_ylabel("mean hierarchical distance (test)")
     axes[0].set_title("single models (mean +- std over seeds)")
     axes[0].legend()
-    rounds = acc["ensemble_rounds"]
-    if rounds:
+    styles = ("-", "--", ":", "-.")  # one per pipeline study (the first four)
+    for n, (study, style) in enumerate(zip([acc, *pipelines], styles)):
+        rounds = study["ensemble_rounds"]
         r = [int(k) for k in rounds]
-        for key in ("argmax", "vote", "bayes", "frame_bayes"):
-            if all(f"{key}_distance" in rounds[str(i)] for i in r):
-                axes[1].plot(r, [rounds[str(i)][f"{key}_distance"] for i in r], marker="o", label=key)
-        axes[1].set_xticks(r)
+        for color, key in enumerate(("argmax", "vote", "bayes", "frame_bayes")):
+            if r and all(f"{key}_distance" in rounds[str(i)] for i in r):
+                axes[1].plot(r, [rounds[str(i)][f"{key}_distance"] for i in r], style, marker="o", color=f"C{color}",
+                             label=key if n == 0 else None)
+    if acc["ensemble_rounds"]:
+        axes[1].set_xticks(sorted({int(k) for s in [acc, *pipelines] for k in s["ensemble_rounds"]}))
         axes[1].set_xlabel("self-training round")
-        axes[1].set_title("ensemble (DW-CE team)")
+        axes[1].set_title("ensemble (DW-CE team)" + (f"; pipelines: {' '.join(styles[:1 + len(pipelines)])}" if pipelines else ""))
         axes[1].legend(fontsize=8)
     rows = (acc["pseudo_labels"].get("1") or {}).get("gates_at_equal_coverage") or []
     for gate in dict.fromkeys(r["gate"] for r in rows):
@@ -485,7 +572,9 @@ def load_accuracy(accuracy_dir: Path) -> dict | None:
     return collect(plan)
 
 
-def accuracy_markdown(acc: dict, command: str) -> str:
+def accuracy_markdown(acc: dict, command: str, pipelines: list[dict] = ()) -> str:
+    """The accuracy section; `pipelines`: more studies of the same benchmark, each one more self-training
+    pipeline with its own member seeds (`--pipeline-dirs`)."""
     recipe = json.dumps(acc["recipe"])
     return "\n".join([
         f"Benchmark: `{acc['root']}` (the calibrated generated `bench` preset, {acc['test_rois']} test ROIs; the "
@@ -502,6 +591,9 @@ def accuracy_markdown(acc: dict, command: str) -> str:
         "", f"### 2. Self-training (warm-started rounds of {acc.get('warm_epochs')} epochs; pseudo-labels: >= "
             f"{acc['min_votes']} of {len(acc['seeds'])} members agree, ensemble U >= {acc.get('u_threshold', 0)})",
         "", rounds_table(acc),
+        "", f"The same rounds over {1 + len(pipelines)} independent pipelines (each its own member seeds; argmax / Bayes "
+            "/ frame Bayes ensemble distance):", "", pipelines_table([acc, *pipelines]),
+        "", "Their pseudo-labels per round:", "", pipeline_pseudo_table([acc, *pipelines]),
         "", "Pseudo-label gates on round 0's ensemble at equal coverage: precision (coverage reached, mean distance "
             "of the accepted ROIs):", "", gates_table(acc),
         "", "The same gates on the members' frame-aware distributions (`pseudo.frame_aware: true`):", "",
@@ -511,14 +603,21 @@ def accuracy_markdown(acc: dict, command: str) -> str:
     ])
 
 
+def limits(pipelines: int) -> str:
+    """What the benchmark can and cannot support, for a study of `pipelines` self-training pipelines."""
+    runs = "one run (one set of members per round)" if pipelines == 1 else \
+        f"{pipelines} runs (each its own set of members per round): fewer than 3, so no verdict over pipelines" \
+        if pipelines < 3 else f"{pipelines} runs (each its own set of members per round)"
+    return LIMITS + f"; the self-training pipeline is {runs}."
+
+
 LIMITS = """What this benchmark can and cannot support:
 - It is a **generated** benchmark, calibrated so that a plain reference model errs on its shifted test as
   real competition models err on the real test (bench/REALISM.md); the models are small CPU models (WRN-10-2
   at 32 px, 20 epochs) trained from scratch.
 - It does **not** support claims about the leaderboard, the team's WRN-101-2 at 112 px with ImageNet weights,
   or the size of the gains the competition teams reported: magnitudes can differ on real images.
-- Three seeds detect differences of a few standard deviations of the seed noise only; the self-training
-  pipeline is one run (one set of members per round)."""
+- Three seeds detect differences of a few standard deviations of the seed noise only"""
 
 
 SPEED_HEADING = "## Speed (this machine; every ratio against a reference measured in the same run)"
@@ -541,9 +640,10 @@ def kept_speed_section(path: Path) -> str | None:
 
 
 def write_report(out: Path, speed: dict | None, acc: dict | None, command: str, machine: dict,
-                 accuracy_command: str, note: str = "", speed_text: str | None = None) -> str:
+                 accuracy_command: str, note: str = "", speed_text: str | None = None,
+                 pipelines: list[dict] = ()) -> str:
     """RESULTS.md text (also written to `out`) and the plot beside it. `speed_text`: a kept speed section
-    (`kept_speed_section`), used when `speed` is None."""
+    (`kept_speed_section`), used when `speed` is None; `pipelines`: more pipeline studies (`accuracy_markdown`)."""
     parts = ["# Benchmark results", "",
              f"Written by `{command}` on {machine['date_utc']}; machine: {machine['cpu']}, {machine['cores']} cores, "
              f"torch {machine.get('torch')}, Python {machine['python']}; git commit `{machine['git_commit']}`.", ""]
@@ -561,8 +661,9 @@ def write_report(out: Path, speed: dict | None, acc: dict | None, command: str, 
         parts += ["(speed benches not run)", ""]
     parts += [ACCURACY_HEADING, ""]
     if acc and acc["single"]:
-        accuracy_plot(acc, out.parent / "results_accuracy.png")
-        parts += [accuracy_markdown(acc, accuracy_command), "", "### Claims", "", claims(acc), "", LIMITS, ""]
+        accuracy_plot(acc, out.parent / "results_accuracy.png", pipelines)
+        parts += [accuracy_markdown(acc, accuracy_command, pipelines), "", "### Claims", "", claims(acc, pipelines), "",
+                  limits(1 + len(pipelines)), ""]
     else:
         parts += ["(no finished accuracy runs)", ""]
     text = "\n".join(parts)
@@ -584,10 +685,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed-json", type=Path, default=Path("outputs/bench/speed.json"), help="save speed results here")
     parser.add_argument("--accuracy-dir", type=Path, default=Path("outputs/bench/accuracy"),
                         help="OUT folder of `python -m bench.accuracy`")
+    parser.add_argument("--pipeline-dirs", type=Path, nargs="*", default=[], metavar="DIR",
+                        help="OUT folders of more `bench.accuracy` runs, each one more self-training pipeline with its "
+                             "own --seeds: the rounds are compared over the pipelines, paired by pipeline")
     parser.add_argument("--out", type=Path, default=Path("bench/RESULTS.md"))
     args = parser.parse_args(argv)
     command = shlex.join(["python", "-m", "bench.report", *(argv if argv is not None else sys.argv[1:])])
     acc = load_accuracy(args.accuracy_dir)
+    pipelines = []
+    for folder in args.pipeline_dirs:
+        if (study := load_accuracy(folder)) is None:
+            parser.error(f"--pipeline-dirs {folder}: no accuracy.json there (run `python -m bench.accuracy --out {folder}`)")
+        pipelines.append(study)
     speed = None
     if args.speed_from:
         speed = json.loads(args.speed_from.read_text())
@@ -604,13 +713,14 @@ def main(argv: list[str] | None = None) -> int:
             speed = run_speed(args.quick, acc["root"] if acc else None, Path(tmp))
         speed["command"] = command
         atomic_write_json(args.speed_json, speed)
-    commands = sorted(args.accuracy_dir.glob("command_*.txt"))
+    commands = [f for folder in [args.accuracy_dir, *args.pipeline_dirs] for f in sorted(folder.glob("command_*.txt"))]
     accuracy_command = " ; ".join(f.read_text().strip() for f in commands) or "python -m bench.accuracy"
     if speed:
         for row in speed_rows(speed):
             print(format_speed_row(row))
     speed_text = kept_speed_section(args.out) if args.keep_speed and speed is None else None
-    write_report(args.out, speed, acc, command.strip(), machine_info(), accuracy_command, args.note, speed_text)
+    write_report(args.out, speed, acc, command.strip(), machine_info(), accuracy_command, args.note, speed_text,
+                 pipelines)
     print(f"wrote {args.out}")
     return 0
 

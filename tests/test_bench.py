@@ -137,6 +137,8 @@ def test_accuracy_run_and_report_on_tiny_preset(tmp_path):
     assert "200.00x" in kept and kept.startswith("Kept from the previous RESULTS.md (speed measured ")
     again = write_report(out, None, result, "python -m bench.report --keep-speed", machine_info(), "x", speed_text=kept)
     assert "200.00x" in again and again.count("Kept from") == 1 and kept_speed_section(out).count("Kept from") == 1
+    twice = write_report(out, None, result, "x", machine_info(), "x", pipelines=[result])  # a second pipeline study
+    assert "over 2 independent pipelines" in twice and "- Self-training over 2 pipelines, round 1 vs round 0" in twice
     for needle in ("git commit", "| CE (`ce`) |", "+- ", "(n=2)", "### Claims", "not met", "generated",
                    "### 2. Self-training", "expected_distance", "frame_bayes", "DW-CE (team) vs CE, argmax distance",
                    "each round's members vs round 0's, paired by seed (argmax distance): round 1 ",
@@ -204,6 +206,37 @@ def test_paired_differences_and_verdicts():
     assert paired(acc([1.0], [2.0]), "x", "y", "d")["verdict"] == "one seed: no claim"
     assert paired(acc([1.0], [2.0]), "x", "z", "d") is None
 
+
+def test_self_training_over_pipelines_paired_by_pipeline_and_pooled_by_member():
+    from bench.report import (across_pipelines, limits, pipeline_claims, pipeline_pseudo_table, pipelines_table,
+                              pooled_members)
+
+    def rounds(seeds, ensemble, members):
+        """A pipeline study: per round, its ensemble distances and its members' argmax distances."""
+        out = {}
+        for r, (d, m) in enumerate(zip(ensemble, members)):
+            out[str(r)] = {"argmax_distance": d, "bayes_distance": d - 0.1, "frame_bayes_distance": d - 0.2,
+                           "member_runs": {str(s): {"argmax_distance": v} for s, v in zip(seeds, m)}}
+        return {"seeds": seeds, "ensemble_rounds": out}
+    a = rounds([0, 1], [2.0, 1.8], [[2.5, 2.4], [2.3, 2.3]])
+    b = rounds([3, 4], [2.2, 2.1], [[2.6, 2.5], [2.5, 2.0]])
+    b["scratch_round_1"] = {"argmax_distance": 2.0, "member_runs": {"3": {"argmax_distance": 2.4}}}
+    p = across_pipelines([a, b], "1", "0", "argmax_distance")  # (1.8 - 2.0, 2.1 - 2.2), one pair per pipeline
+    assert p["n"] == 2 and p["mean"] == pytest.approx(-0.15) and p["std"] == pytest.approx(np.std([-0.2, -0.1], ddof=1))
+    assert p["verdict"] == "two seeds: no claim"
+    pooled = pooled_members([a, b], "1", "0", "argmax_distance")  # four members, the same seed numbers kept apart
+    assert pooled["n"] == 4 and pooled["mean"] == pytest.approx(np.mean([-0.2, -0.1, -0.1, -0.5]))
+    assert across_pipelines([a, b], "scratch_round_1", "1", "argmax_distance")["n"] == 1  # pipeline b only
+    assert across_pipelines([a], "1", "0", "bayes_distance")["verdict"] == "one seed: no claim"
+    table = pipelines_table([a, b])
+    assert "| members 0,1 | members 3,4 |" in table and "| 1 | 1.800 / 1.700 / 1.600 | 2.100 / 2.000 / 1.900 |" in table
+    assert "| 1, from scratch | - | 2.000 / - / - | round 1 |" in table and "1, coarse" not in table
+    a["pseudo_labels"] = {"1": {"count": 50, "coverage": 0.5, "accuracy": 0.8}}
+    assert "| 1 | 50 (50% of test, 80% right) | - |" in pipeline_pseudo_table([a, b])
+    lines = pipeline_claims([a, b])
+    assert lines[0].startswith("- Self-training over 2 pipelines, round 1 vs round 0: ensemble argmax -0.150")
+    assert len(lines) == 1  # round 1 only: the from-scratch round 1 is pipeline b's alone
+    assert pipeline_claims([a]) == [] and "one run" in limits(1) and "no verdict over pipelines" in limits(2)
 
 def test_set_size_gate_rows_and_their_claim_line():
     from bench.accuracy import set_size_gates
