@@ -42,23 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from src.artifacts import RunLockedError, os_error_line
+    from src.artifacts import RunLockedError, exit_code
     from src.checkpoint import ConfigMismatchError
     from src.data.training import DataMissingError, PseudoLabelError  # torch import after argument checks
     from src.train import train
-    try:
+
+    def train_and_name_the_run() -> None:
         run_dir = train(cfg)
-    except (DataMissingError, FileExistsError, PseudoLabelError, RunLockedError, ConfigMismatchError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        if os_error_line(err) is None:
-            raise
-        print(f"error: {os_error_line(err)}", file=sys.stderr)
-        return 1
-    if os.environ.get("RANK", "0") == "0":  # torchrun: one line, from rank 0
-        print(run_dir)
-    return 0
+        if os.environ.get("RANK", "0") == "0":  # torchrun: one line, from rank 0
+            print(run_dir)
+    return exit_code(train_and_name_the_run,
+                     (DataMissingError, FileExistsError, PseudoLabelError, RunLockedError, ConfigMismatchError))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ import torch
 
 from bench.bench_train import bench_heads
 from bench.common import REPO, machine_info, timed
-from src.artifacts import atomic_write_json, atomic_write_text, atomic_write_with
+from src.artifacts import atomic_write_json, atomic_write_text
 from src.config import Config, load_config
 from src.losses import build_loss
 from src.models import build_model

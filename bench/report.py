@@ -316,15 +316,20 @@ def pooled_members(studies: list[dict], r: str, base: str, key: str) -> dict | N
     return paired_runs(members(r), members(base), key)
 
 
+def pipeline_rows(studies: list[dict]) -> list[tuple[str, str, str]]:
+    """(row label, round or SIDE_ROUNDS section, round it is compared with) of every round the pipeline studies
+    hold: rounds 0, 1, ... (each against round 0), then the side rounds (against round 1)."""
+    rounds = sorted({r for s in studies for r in s.get("ensemble_rounds") or {}}, key=int)
+    return [(r, r, "0") for r in rounds] + [(label, section, base) for section, (label, base) in SIDE_ROUNDS.items()]
+
+
 def pipelines_table(studies: list[dict]) -> str:
     """Self-training over independent pipelines: each pipeline's ensemble distance per round (argmax / Bayes /
     frame Bayes), and the change against round 0 (the side rounds: against round 1) paired by pipeline, with
     the members' change pooled over the pipelines."""
-    rounds = sorted({r for s in studies for r in s.get("ensemble_rounds") or {}}, key=int)
-    rows = [(r, r, "0") for r in rounds] + [(label, section, base) for section, (label, base) in SIDE_ROUNDS.items()]
     lines = ["| round | " + " | ".join(pipeline_label(s) for s in studies) + " | vs | ensemble, paired by pipeline: "
              "argmax | Bayes | frame Bayes | members, pooled over the pipelines: argmax |", "|---|" + "---|" * (len(studies) + 5)]
-    for label, r, base in rows:
+    for label, r, base in pipeline_rows(studies):
         figures = [round_figures(s, r) for s in studies]
         if not any(figures):
             continue
@@ -356,13 +361,13 @@ def pipeline_claims(studies: list[dict]) -> list[str]:
     if len(studies) < 2:
         return []
     out = []
-    rounds = sorted({r for s in studies for r in s.get("ensemble_rounds") or {}} - {"0"}, key=int)
-    for label, r, base in [(f"round {r}", r, "0") for r in rounds] + \
-            [(f"round {label}", section, b) for section, (label, b) in SIDE_ROUNDS.items()]:
+    for label, r, base in pipeline_rows(studies):
+        if r == "0":
+            continue
         ensemble = {d: across_pipelines(studies, r, base, f"{d}_distance") for d in ("argmax", "bayes", "frame_bayes")}
         if not ensemble["argmax"] or ensemble["argmax"]["n"] < 2:
             continue  # a round one pipeline holds: its own claim lines say it
-        out.append(f"- Self-training over {ensemble['argmax']['n']} pipelines, {label} vs round {base}: ensemble "
+        out.append(f"- Self-training over {ensemble['argmax']['n']} pipelines, round {label} vs round {base}: ensemble "
                    + "; ".join(f"{d} {_paired_text(p)}" for d, p in ensemble.items() if p)
                    + f"; members pooled over the pipelines, argmax "
                    f"{_paired_text(pooled_members(studies, r, base, 'argmax_distance'))}.")
@@ -411,17 +416,40 @@ def coarse_table(acc: dict) -> str:
     return "\n".join(lines)
 
 
-def tta_table(acc: dict) -> str:
-    tta = acc.get("tta")
-    if not tta:
+def tta_table(studies: list[dict]) -> str:
+    """Test-time views of round 0's members, per pipeline study: the members' mean and the ensemble's distances."""
+    measured = [s for s in studies if s.get("tta")]
+    if not measured:
         return "(not measured yet)"
-    lines = ["| test-time views (mean of their probabilities) | members: argmax distance | members: Bayes distance | "
-             "ensemble: argmax distance | ensemble: Bayes distance | ensemble: argmax accuracy |", "|---|---|---|---|---|---|"]
-    for views, e in tta.items():
-        m, en = e["members"], e["ensemble"]
-        lines.append(f"| {views} | {m['argmax_distance']:.3f} | {m['bayes_distance']:.3f} | {en['argmax_distance']:.3f} | "
-                     f"{en['bayes_distance']:.3f} | {en['argmax_accuracy']:.3f} |")
+    lines = ["| pipeline | test-time views (mean of their probabilities) | members: argmax distance | members: Bayes "
+             "distance | ensemble: argmax distance | ensemble: Bayes distance | ensemble: argmax accuracy |",
+             "|---|---|---|---|---|---|---|"]
+    for study in measured:
+        for views, e in study["tta"].items():
+            m, en = e["members"], e["ensemble"]
+            lines.append(f"| {pipeline_label(study)} | {views} | {m['argmax_distance']:.3f} | {m['bayes_distance']:.3f} | "
+                         f"{en['argmax_distance']:.3f} | {en['bayes_distance']:.3f} | {en['argmax_accuracy']:.3f} |")
     return "\n".join(lines)
+
+
+def tta_claims(studies: list[dict]) -> list[str]:
+    """Each set of test-time views against the identity view alone, paired by pipeline (one pair per pipeline
+    study: its members' mean and its ensemble), argmax and Bayes distance."""
+    measured = [s["tta"] for s in studies if s.get("tta") and "identity" in s["tta"]]
+    if not measured:
+        return []
+
+    def by_pipeline(views: str, part: str) -> dict:
+        return {str(i): tta[views][part] for i, tta in enumerate(measured) if views in tta}
+
+    out = []
+    for views in [v for v in measured[0] if v != "identity"]:
+        cells = [f"{part} {d} " + _paired_text(paired_runs(by_pipeline(views, part), by_pipeline("identity", part),
+                                                           f"{d}_distance"))
+                 for part in ("members", "ensemble") for d in ("argmax", "bayes")]
+        out.append(f"- Test-time views {views} vs identity, round 0, paired by pipeline (members: their mean): "
+                   f"{'; '.join(cells)}.")
+    return out
 
 
 def claims(acc: dict, pipelines: list[dict] = ()) -> str:
@@ -480,6 +508,7 @@ def claims(acc: dict, pipelines: list[dict] = ()) -> str:
                           ("scratch_round_1", "From-scratch vs warm-started members on the same pseudo-labels")):
         out += side_round_claims(acc.get(section), exact, what)
     out += pipeline_claims([acc, *pipelines])
+    out += tta_claims([acc, *pipelines])
     scratch, base = acc.get("scratch_round_1"), rounds.get("0")
     if scratch and base:
         out.append("- The pseudo-labels' own effect (from-scratch round 1 vs round 0, the same recipe and epochs), "
@@ -587,7 +616,8 @@ def accuracy_markdown(acc: dict, command: str, pipelines: list[dict] = ()) -> st
         "", "### 1. Losses, 5. context, 6. down-scaling, seed options: single models", "", single_table(acc),
         "", "Accuracy by quarter of the test box long side:", "", size_table(acc),
         "", "### 4. Ensembles and decoders (test distance / accuracy / distinct labels)", "", ensemble_size_table(acc),
-        "", "Test-time augmentation on round 0's members (`src.predict --tta`):", "", tta_table(acc),
+        "", "Test-time augmentation on round 0's members (`src.predict --tta`), per pipeline:", "",
+        tta_table([acc, *pipelines]),
         "", f"### 2. Self-training (warm-started rounds of {acc.get('warm_epochs')} epochs; pseudo-labels: >= "
             f"{acc['min_votes']} of {len(acc['seeds'])} members agree, ensemble U >= {acc.get('u_threshold', 0)})",
         "", rounds_table(acc),
@@ -605,9 +635,12 @@ def accuracy_markdown(acc: dict, command: str, pipelines: list[dict] = ()) -> st
 
 def limits(pipelines: int) -> str:
     """What the benchmark can and cannot support, for a study of `pipelines` self-training pipelines."""
-    runs = "one run (one set of members per round)" if pipelines == 1 else \
-        f"{pipelines} runs (each its own set of members per round): fewer than 3, so no verdict over pipelines" \
-        if pipelines < 3 else f"{pipelines} runs (each its own set of members per round)"
+    if pipelines == 1:
+        runs = "one run (one set of members per round)"
+    elif pipelines < 3:
+        runs = f"{pipelines} runs (each its own set of members per round): fewer than 3, so no verdict over pipelines"
+    else:
+        runs = f"{pipelines} runs (each its own set of members per round)"
     return LIMITS + f"; the self-training pipeline is {runs}."
 
 

@@ -131,6 +131,22 @@ def os_error_line(err: BaseException) -> str | None:
     return f"{err.filename}: {err.strerror}" if err.filename else f"{err.strerror or err}"
 
 
+def exit_code(action: Callable[[], object], known: tuple[type[BaseException], ...]) -> int:
+    """Run `action` for a command line: 0 when it returns; for a `known` error (a problem with the inputs)
+    one line on stderr and 2; for a failed write (`os_error_line`) one line and 1; anything else raises."""
+    try:
+        action()
+    except known as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if (line := os_error_line(err)) is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 1
+    return 0
+
+
 class RunLockedError(RuntimeError):
     """Another live process holds the lock of a run folder; the message names it (pid, host)."""
 

@@ -1,8 +1,11 @@
 """Atomic writes and the clean-up of temp files that killed runs left behind (src.artifacts)."""
+import errno
 import os
 import time
 
-from src.artifacts import TEMP_PATTERN, atomic_path, atomic_write_text, remove_stale_temps
+import pytest
+
+from src.artifacts import TEMP_PATTERN, atomic_path, atomic_write_text, exit_code, remove_stale_temps
 
 
 def test_remove_stale_temps_removes_only_old_temps_of_this_folder(tmp_path):
@@ -28,3 +31,20 @@ def test_atomic_temps_match_the_clean_up_pattern(tmp_path):
         assert list(tmp_path.glob(TEMP_PATTERN)) == [tmp]  # what a killed run would leave
     atomic_write_text(tmp_path / "b.txt", "y")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.txt"]
+
+
+def test_exit_code_maps_input_problems_to_2_failed_writes_to_1_and_lets_bugs_raise(capsys):
+    def raising(err):
+        def action():
+            raise err
+        return action
+    assert exit_code(lambda: None, (ValueError,)) == 0
+    assert exit_code(raising(ValueError("bad threshold")), (ValueError,)) == 2
+    assert capsys.readouterr().err == "error: bad threshold\n"
+    assert exit_code(raising(OSError(errno.ENOSPC, "No space left on device", "/out/a.csv")), (ValueError,)) == 1
+    assert capsys.readouterr().err == "error: /out/a.csv: No space left on device\n"
+    assert exit_code(raising(FileNotFoundError(errno.ENOENT, "gone", "x.json")), (FileNotFoundError,)) == 2
+    with pytest.raises(KeyError):  # not an input problem: its traceback shows
+        exit_code(raising(KeyError("bug")), (ValueError,))
+    with pytest.raises(ConnectionResetError):  # an OSError that is no failed write
+        exit_code(raising(ConnectionResetError(errno.ECONNRESET, "reset")), (ValueError,))

@@ -237,6 +237,29 @@ def test_self_training_over_pipelines_paired_by_pipeline_and_pooled_by_member():
     assert lines[0].startswith("- Self-training over 2 pipelines, round 1 vs round 0: ensemble argmax -0.150")
     assert len(lines) == 1  # round 1 only: the from-scratch round 1 is pipeline b's alone
     assert pipeline_claims([a]) == [] and "one run" in limits(1) and "no verdict over pipelines" in limits(2)
+    assert "no verdict" not in limits(3) and "3 runs" in limits(3)
+
+
+def test_test_time_views_per_pipeline_and_paired_by_pipeline():
+    from bench.report import tta_claims, tta_table
+
+    def study(seeds, identity, hflip):
+        """A pipeline study's TTA figures: (members' mean, ensemble) argmax distance per view set."""
+        def figures(members, ensemble):
+            return {"members": {"argmax_distance": members, "bayes_distance": members - 0.1},
+                    "ensemble": {"argmax_distance": ensemble, "bayes_distance": ensemble - 0.1, "argmax_accuracy": 0.6}}
+        return {"seeds": seeds, "tta": {"identity": figures(*identity), "identity+hflip": figures(*hflip)}}
+    studies = [study([0, 1], (2.5, 2.2), (2.4, 2.3)), study([3, 4], (2.6, 2.3), (2.5, 2.25)),
+               study([6, 7], (2.55, 2.4), (2.5, 2.3))]
+    table = tta_table(studies)
+    assert "| members 3,4 | identity+hflip | 2.500 | 2.400 | 2.250 | 2.150 | 0.600 |" in table
+    assert table.count("\n") == 2 + 2 * 3 - 1  # header, rule, two view sets per pipeline
+    lines = tta_claims(studies)
+    assert len(lines) == 1 and lines[0].startswith("- Test-time views identity+hflip vs identity")
+    # Members: -0.1, -0.1, -0.05 on every pipeline -> lower; ensemble: +0.1, -0.05, -0.1 -> signs differ.
+    assert f"members argmax {-0.25 / 3:+.3f} +- {np.std([-0.1, -0.1, -0.05], ddof=1):.3f} (n=3): lower" in lines[0]
+    assert "ensemble argmax -0.017 +- 0.104 (n=3): within seed noise" in lines[0]
+    assert tta_claims([{"seeds": [0]}]) == [] and tta_table([{"seeds": [0]}]) == "(not measured yet)"
 
 def test_set_size_gate_rows_and_their_claim_line():
     from bench.accuracy import set_size_gates

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import shlex
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -18,7 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from src.artifacts import (
-    RunLockedError, atomic_write_json, create_json_if_absent, os_error_line, remove_stale_temps, run_lock,
+    RunLockedError, atomic_write_json, create_json_if_absent, exit_code, remove_stale_temps, run_lock,
 )
 from src.config import (
     ConfigError, config_sources, config_to_yaml, deep_merge, describe_config, load_config, load_yaml, parse_overrides,
@@ -61,18 +60,8 @@ def run_cli(parser: argparse.ArgumentParser, body: Callable[[PipelineConfig, arg
     (bad config, missing or inconsistent inputs, a run folder in use or made with another config), 1 when
     a write fails (read-only folder, full disk)."""
     args = parser.parse_intermixed_args(argv)  # overrides may come after options
-    try:
-        cfg = load_pipeline_config(args.config, args.overrides)
-        body(cfg, args)
-    except (ConfigError, StageError, LabelFileError, FileNotFoundError, RunLockedError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        if os_error_line(err) is None:
-            raise
-        print(f"error: {os_error_line(err)}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_code(lambda: body(load_pipeline_config(args.config, args.overrides), args),
+                     (ConfigError, StageError, LabelFileError, FileNotFoundError, RunLockedError))
 
 
 # ------------------------------------------------------------------------------------ the run folder
