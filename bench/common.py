@@ -82,10 +82,13 @@ def git_commit(repo: Path = REPO) -> str:
 
 
 def machine_info() -> dict:
-    """Date, CPU model, core count, load average, Python/torch versions, git commit."""
+    """Date, CPU model, core count, load average, Python/torch versions, the numeric packages' versions
+    (src.runtime.package_versions), git commit."""
+    from src.runtime import package_versions
+
     info = {"date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
             "cores": os.cpu_count(), "load_average": [round(x, 2) for x in load_average()],
-            "python": platform.python_version(), "git_commit": git_commit()}
+            "python": platform.python_version(), "git_commit": git_commit(), "packages": package_versions()}
     try:
         import torch
 

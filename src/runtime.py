@@ -16,6 +16,25 @@ import torch.distributed as dist
 from torch.utils.data import ConcatDataset, Subset
 
 
+# The packages whose versions decide a run's numbers on a given machine (kernels, augmentation, decoding).
+NUMERIC_PACKAGES = ("torch", "torchvision", "timm", "numpy", "opencv-python-headless", "albumentations", "albucore",
+                    "Pillow", "scipy")
+
+
+def package_versions(names: tuple[str, ...] = NUMERIC_PACKAGES) -> dict[str, str | None]:
+    """Installed version of each package (None when absent): written beside a run's results, because the same
+    seed and config reproduce a run exactly only with the same versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 @dataclass
 class Runtime:
     """This process's rank, the world size, its device, and whether it created the process group."""

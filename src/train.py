@@ -48,7 +48,7 @@ from src.losses import TrainingLoss, build_loss, build_training_loss
 from src.models import build_model
 from src.plots import plot_training_curves
 from src.predict import ViewPredictions, amp_dtype, predict_logits, predict_views, softmax_np, write_predictions
-from src.runtime import Runtime, epoch_seed, reseed_transforms, seed_everything, setup_runtime
+from src.runtime import Runtime, epoch_seed, package_versions, reseed_transforms, seed_everything, setup_runtime
 from src.schedule import build_scheduler
 from src.score import chance_metrics, classification_metrics, mean_distance, read_solution
 from src.taxonomy import RANKS, Taxonomy, distance_matrix, load_taxonomy
@@ -275,7 +275,8 @@ def finish(cfg: Config, run_dir: Path, model: nn.Module, data: Datasets, loaders
     done = {"run_dir": str(run_dir), "epochs": cfg.train.epochs, "classes": len(classes),
             "final": history[-1] if history else {},
             "test_missing_pixels": int((~test_cache.has_pixels).sum()),  # predicted from black crops
-            "train_dropped": int(((train_cache.labels >= 0) & ~train_cache.good).sum())}
+            "train_dropped": int(((train_cache.labels >= 0) & ~train_cache.good).sum()),
+            "packages": package_versions()}
     views, size = tuple(cfg.train.tta_views), cfg.data.image_size
 
     def predict(dataset) -> ViewPredictions:  # every test-time view of the dataset's crops
