@@ -13,7 +13,7 @@ folder output.dir/output.run_name holds:
                        (T, H, N, C) and views (T,) hold each; with model.avgk_head avgk_scores (N, C)
     predictions.csv    annotation_id,concept_name,confidence
     val_probs.npz, val_predictions.csv   the same for the validation split, plus labels (N,)
-    done.json          written last: the run is complete
+    done.json          written last: the run is complete; test metrics and the numeric packages' versions
 
 Resumption (train.resume=true, from checkpoint.pt) is exact: every epoch reseeds all random streams from
 (seed, epoch, rank), so an epoch's batches, augmentations and dropout do not depend on what ran before it.
