@@ -10,6 +10,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from src.runtime import cpu_model, package_versions
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -58,17 +60,6 @@ def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
 
 
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (platform.processor() is often empty on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def git_commit(repo: Path = REPO) -> str:
     """HEAD commit of the repository, with '+dirty' when tracked files have local changes."""
     try:
@@ -84,7 +75,6 @@ def git_commit(repo: Path = REPO) -> str:
 def machine_info() -> dict:
     """Date, CPU model, core count, load average, Python/torch versions, the numeric packages' versions
     (src.runtime.package_versions), git commit."""
-    from src.runtime import package_versions
 
     info = {"date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
             "cores": os.cpu_count(), "load_average": [round(x, 2) for x in load_average()],

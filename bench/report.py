@@ -680,7 +680,7 @@ def write_report(out: Path, speed: dict | None, acc: dict | None, command: str, 
     parts = ["# Benchmark results", "",
              f"Written by `{command}` on {machine['date_utc']}; machine: {machine['cpu']}, {machine['cores']} cores, "
              f"torch {machine.get('torch')}, Python {machine['python']}; git commit `{machine['git_commit']}`.",
-             "Packages (a seed reproduces a run exactly only with the same versions): "
+             "Packages (a seed reproduces a run exactly only on the same CPU model and package versions): "
              + ", ".join(f"{name} {v}" for name, v in (machine.get("packages") or {}).items()) + ".", ""]
     parts += [SPEED_HEADING, ""]
     if speed:

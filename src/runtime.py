@@ -7,14 +7,15 @@ integer, so an epoch's batches and augmentations depend only on (seed, epoch, ra
 from __future__ import annotations
 
 import os
+import platform
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import ConcatDataset, Subset
-
 
 # The packages whose versions decide a run's numbers on a given machine (kernels, augmentation, decoding).
 NUMERIC_PACKAGES = ("torch", "torchvision", "timm", "numpy", "opencv-python-headless", "albumentations", "albucore",
@@ -22,8 +23,7 @@ NUMERIC_PACKAGES = ("torch", "torchvision", "timm", "numpy", "opencv-python-head
 
 
 def package_versions(names: tuple[str, ...] = NUMERIC_PACKAGES) -> dict[str, str | None]:
-    """Installed version of each package (None when absent): written beside a run's results, because the same
-    seed and config reproduce a run exactly only with the same versions."""
+    """Installed version of each package (None when absent)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
@@ -33,6 +33,25 @@ def package_versions(names: tuple[str, ...] = NUMERIC_PACKAGES) -> dict[str, str
         except PackageNotFoundError:
             out[name] = None
     return out
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (platform.processor() is often empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_environment(device: torch.device) -> dict:
+    """What a run's numbers depend on besides its seed and config: the processor that computed them (CPU
+    kernels differ between CPU models; GPUs differ again) and the numeric packages' versions. The same seed
+    and config reproduce a run exactly only where all of these are the same."""
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"cpu": cpu_model(), "gpu": gpu, "packages": package_versions()}
 
 
 @dataclass

@@ -13,7 +13,7 @@ folder output.dir/output.run_name holds:
                        (T, H, N, C) and views (T,) hold each; with model.avgk_head avgk_scores (N, C)
     predictions.csv    annotation_id,concept_name,confidence
     val_probs.npz, val_predictions.csv   the same for the validation split, plus labels (N,)
-    done.json          written last: the run is complete; test metrics and the numeric packages' versions
+    done.json          written last: the run is complete; test metrics, the CPU/GPU model and package versions
 
 Resumption (train.resume=true, from checkpoint.pt) is exact: every epoch reseeds all random streams from
 (seed, epoch, rank), so an epoch's batches, augmentations and dropout do not depend on what ran before it.
@@ -48,7 +48,7 @@ from src.losses import TrainingLoss, build_loss, build_training_loss
 from src.models import build_model
 from src.plots import plot_training_curves
 from src.predict import ViewPredictions, amp_dtype, predict_logits, predict_views, softmax_np, write_predictions
-from src.runtime import Runtime, epoch_seed, package_versions, reseed_transforms, seed_everything, setup_runtime
+from src.runtime import Runtime, epoch_seed, reseed_transforms, run_environment, seed_everything, setup_runtime
 from src.schedule import build_scheduler
 from src.score import chance_metrics, classification_metrics, mean_distance, read_solution
 from src.taxonomy import RANKS, Taxonomy, distance_matrix, load_taxonomy
@@ -276,7 +276,7 @@ def finish(cfg: Config, run_dir: Path, model: nn.Module, data: Datasets, loaders
             "final": history[-1] if history else {},
             "test_missing_pixels": int((~test_cache.has_pixels).sum()),  # predicted from black crops
             "train_dropped": int(((train_cache.labels >= 0) & ~train_cache.good).sum()),
-            "packages": package_versions()}
+            **run_environment(device)}
     views, size = tuple(cfg.train.tta_views), cfg.data.image_size
 
     def predict(dataset) -> ViewPredictions:  # every test-time view of the dataset's crops

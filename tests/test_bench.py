@@ -139,7 +139,7 @@ def test_accuracy_run_and_report_on_tiny_preset(tmp_path):
     assert "200.00x" in again and again.count("Kept from") == 1 and kept_speed_section(out).count("Kept from") == 1
     twice = write_report(out, None, result, "x", machine_info(), "x", pipelines=[result])  # a second pipeline study
     assert "over 2 independent pipelines" in twice and "- Self-training over 2 pipelines, round 1 vs round 0" in twice
-    for needle in ("git commit", "Packages (a seed reproduces a run exactly only with the same versions): torch ",
+    for needle in ("git commit", "Packages (a seed reproduces a run exactly only on the same CPU model and package versions): torch ",
                    "| CE (`ce`) |", "+- ", "(n=2)", "### Claims", "not met", "generated",
                    "### 2. Self-training", "expected_distance", "frame_bayes", "DW-CE (team) vs CE, argmax distance",
                    "each round's members vs round 0's, paired by seed (argmax distance): round 1 ",

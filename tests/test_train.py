@@ -136,8 +136,9 @@ def test_weights_only_checkpoint_without_a_full_one(tiny_root, tmp_path, monkeyp
     train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"resume": True})}))
     assert "no full checkpoint.pt to continue from: training starts again from epoch 0" in capsys.readouterr().out
     assert (run / "done.json").exists() and len(pd.read_csv(run / "metrics.csv")) == 2
-    packages = json.loads((run / "done.json").read_text())["packages"]  # what the run's numbers depend on
-    assert torch.__version__.startswith(packages["torch"]) and packages["numpy"] == np.__version__
+    done = json.loads((run / "done.json").read_text())  # what the run's numbers depend on
+    assert torch.__version__.startswith(done["packages"]["torch"]) and done["packages"]["numpy"] == np.__version__
+    assert done["cpu"] and done["gpu"] is None  # a CPU run
 
 
 def test_batched_augmentation_trains_and_resumes_exactly(tiny_root, tmp_path):
