@@ -288,7 +288,9 @@ def rounds_table(acc: dict) -> str:
     return "\n".join(lines)
 
 
-SIDE_ROUNDS = {"coarse_round_1": ("1, coarse", "1"), "scratch_round_1": ("1, from scratch", "1")}  # row, compared with
+# row label, the rounds it is compared with: from-scratch members also against round 0 (the same recipe and
+# epochs: the pseudo-labels' own effect)
+SIDE_ROUNDS = {"coarse_round_1": ("1, coarse", ("1",)), "scratch_round_1": ("1, from scratch", ("1", "0"))}
 
 
 def round_figures(acc: dict, r: str) -> dict | None:
@@ -318,15 +320,17 @@ def pooled_members(studies: list[dict], r: str, base: str, key: str) -> dict | N
 
 def pipeline_rows(studies: list[dict]) -> list[tuple[str, str, str]]:
     """(row label, round or SIDE_ROUNDS section, round it is compared with) of every round the pipeline studies
-    hold: rounds 0, 1, ... (each against round 0), then the side rounds (against round 1)."""
+    hold: rounds 0, 1, ... (each against round 0), then the side rounds (against round 1, and as SIDE_ROUNDS
+    says)."""
     rounds = sorted({r for s in studies for r in s.get("ensemble_rounds") or {}}, key=int)
-    return [(r, r, "0") for r in rounds] + [(label, section, base) for section, (label, base) in SIDE_ROUNDS.items()]
+    return [(r, r, "0") for r in rounds] + [(label, section, base) for section, (label, bases) in SIDE_ROUNDS.items()
+                                            for base in bases]
 
 
 def pipelines_table(studies: list[dict]) -> str:
     """Self-training over independent pipelines: each pipeline's ensemble distance per round (argmax / Bayes /
-    frame Bayes), and the change against round 0 (the side rounds: against round 1) paired by pipeline, with
-    the members' change pooled over the pipelines."""
+    frame Bayes), and the change against round 0 (the side rounds: against round 1, from-scratch members also
+    against round 0) paired by pipeline, with the members' change pooled over the pipelines."""
     lines = ["| round | " + " | ".join(pipeline_label(s) for s in studies) + " | vs | ensemble, paired by pipeline: "
              "argmax | Bayes | frame Bayes | members, pooled over the pipelines: argmax |", "|---|" + "---|" * (len(studies) + 5)]
     for label, r, base in pipeline_rows(studies):
@@ -357,7 +361,8 @@ def pipeline_pseudo_table(studies: list[dict]) -> str:
 
 
 def pipeline_claims(studies: list[dict]) -> list[str]:
-    """Claim lines of self-training over the pipelines (round r vs round 0; the side rounds vs round 1)."""
+    """Claim lines of self-training over the pipelines (round r vs round 0; the side rounds vs `pipeline_rows`'
+    bases)."""
     if len(studies) < 2:
         return []
     out = []

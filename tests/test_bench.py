@@ -232,6 +232,7 @@ def test_self_training_over_pipelines_paired_by_pipeline_and_pooled_by_member():
     table = pipelines_table([a, b])
     assert "| members 0,1 | members 3,4 |" in table and "| 1 | 1.800 / 1.700 / 1.600 | 2.100 / 2.000 / 1.900 |" in table
     assert "| 1, from scratch | - | 2.000 / - / - | round 1 |" in table and "1, coarse" not in table
+    assert "| 1, from scratch | - | 2.000 / - / - | round 0 | -0.200 (n=1): one seed: no claim |" in table
     a["pseudo_labels"] = {"1": {"count": 50, "coverage": 0.5, "accuracy": 0.8}}
     assert "| 1 | 50 (50% of test, 80% right) | - |" in pipeline_pseudo_table([a, b])
     lines = pipeline_claims([a, b])
