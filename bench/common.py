@@ -75,7 +75,6 @@ def git_commit(repo: Path = REPO) -> str:
 def machine_info() -> dict:
     """Date, CPU model, core count, load average, Python/torch versions, the numeric packages' versions
     (src.runtime.package_versions), git commit."""
-
     info = {"date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
             "cores": os.cpu_count(), "load_average": [round(x, 2) for x in load_average()],
             "python": platform.python_version(), "git_commit": git_commit(), "packages": package_versions()}
