@@ -568,10 +568,12 @@ def accuracy_plot(acc: dict, path: Path, pipelines: list[dict] = ()) -> None:
             if r and all(f"{key}_distance" in rounds[str(i)] for i in r):
                 axes[1].plot(r, [rounds[str(i)][f"{key}_distance"] for i in r], style, marker="o", color=f"C{color}",
                              label=key if n == 0 else None)
+        if pipelines:
+            axes[1].plot([], [], style, color="k", label=f"pipeline {n + 1}")  # a legend entry for the line style
     if acc["ensemble_rounds"]:
         axes[1].set_xticks(sorted({int(k) for s in [acc, *pipelines] for k in s["ensemble_rounds"]}))
         axes[1].set_xlabel("self-training round")
-        axes[1].set_title("ensemble (DW-CE team)" + (f"; pipelines: {' '.join(styles[:1 + len(pipelines)])}" if pipelines else ""))
+        axes[1].set_title("ensemble (DW-CE team)" + (", per pipeline" if pipelines else ""))
         axes[1].legend(fontsize=8)
     rows = (acc["pseudo_labels"].get("1") or {}).get("gates_at_equal_coverage") or []
     for gate in dict.fromkeys(r["gate"] for r in rows):
