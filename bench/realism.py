@@ -29,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.common import REPO, cpu_model, git_commit, load_average
+from bench.common import REPO, git_commit, load_average
 from src import error_profile as ep
 from src.artifacts import atomic_path, atomic_write_json, atomic_write_text
 from src.config import Config, deep_merge, load_yaml, parse_overrides, validate_config
 from src.data.skeleton import load_skeleton
+from src.runtime import cpu_model
 from src.score import pair_distances
 from src.taxonomy import distance_matrix, load_taxonomy
 
