@@ -50,7 +50,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from src import error_profile as ep
+from src.synthetic import error_profile as ep
 from src.artifacts import atomic_write_json, atomic_write_text
 from src.config import Config, deep_merge, load_yaml, parse_overrides, validate_config
 from src.ensemble import decode_argmax, decode_bayes

@@ -87,7 +87,7 @@ def preset_scaling(presets: list[str], bench_root: str | None, workdir: Path) ->
     """Per preset: measured prepare and one-epoch times, and the extrapolated pipeline wall time."""
     from src.data.cache import load_or_build_crop_cache
     from src.data.download import download_split
-    from src.data.synthetic import generate_benchmark
+    from src.synthetic.generator import generate_benchmark
     from src.train import train
 
     rows = []

@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 
 from bench.common import REPO, git_commit, load_average
-from src import error_profile as ep
+from src.synthetic import error_profile as ep
 from src.artifacts import atomic_path, atomic_write_json, atomic_write_text
 from src.config import Config, deep_merge, load_yaml, parse_overrides, validate_config
-from src.data.skeleton import load_skeleton
+from src.synthetic.skeleton import load_skeleton
 from src.runtime import cpu_model
 from src.score import pair_distances
 from src.taxonomy import distance_matrix, load_taxonomy
@@ -109,7 +109,7 @@ REAL_PLACEMENT = {"genus": (0.03, 0.07), "family": (0.06, 0.11), "order": (0.14,
 def prepare_data(work: Path, preset: str, seed: int, progress: bool) -> Path:
     """The generated, cropped data set of one generator seed (reused when it is the same generation)."""
     from src.data.download import download_split
-    from src.data.synthetic import generate_benchmark, generator_record
+    from src.synthetic.generator import generate_benchmark, generator_record
 
     root = work / f"{preset}_g{seed}"
     record = json.loads((root / "generator.json").read_text()) if (root / "generator.json").is_file() else None

@@ -55,7 +55,7 @@ def run_speed(quick: bool, accuracy_root: str | None, workdir: Path) -> dict:
         scaling += ["--root", str(demo_root)]
     else:  # no demo data: the worker test runs on the tiny preset generated here
         from src.data.download import download_split
-        from src.data.synthetic import generate_benchmark
+        from src.synthetic.generator import generate_benchmark
 
         root = generate_benchmark(workdir / "tiny", "tiny", seed=0, progress=False)
         for split in ("train", "test"):

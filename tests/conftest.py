@@ -36,7 +36,7 @@ def tiny_taxonomy():
 def tiny_root(tmp_path_factory) -> Path:
     """The 'tiny' generated benchmark, downloaded (frames and ROIs of both splits); treat it as read-only."""
     from src.data.download import download_split
-    from src.data.synthetic import generate_benchmark
+    from src.synthetic.generator import generate_benchmark
     root = tmp_path_factory.mktemp("bench") / "tiny"
     generate_benchmark(root, "tiny", seed=0, progress=False)
     for split in ("train", "test"):

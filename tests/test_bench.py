@@ -70,7 +70,7 @@ def test_only_queues_the_named_variants_in_their_order_within_each_seed_pass(tmp
 def test_accuracy_run_and_report_on_tiny_preset(tmp_path):
     """Train 2 variants x 2 seeds + 1 self-training round on the tiny preset (1 epoch), then write RESULTS.md."""
     from src.data.download import download_split
-    from src.data.synthetic import generate_benchmark
+    from src.synthetic.generator import generate_benchmark
 
     root = generate_benchmark(tmp_path / "tiny", "tiny", seed=0, progress=False)
     for split in ("train", "test"):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from src import error_profile as ep
+from src.synthetic import error_profile as ep
 from src.taxonomy import distance_matrix, load_taxonomy
 
 TAX = load_taxonomy()

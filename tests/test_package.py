@@ -75,6 +75,7 @@ def test_package_holds_members_code_and_manifest(cfg, tmp_path):
     assert json.loads((out / "dataset-metadata.json").read_text())["id"] == "someone/fathomnet-fake"
     # the project's code and taxonomy, without caches
     assert (out / "src" / "predict.py").is_file() and (out / "src" / "stages" / "package.py").is_file()
+    assert not (out / "src" / "synthetic").exists()  # the generator is research scaffolding, not inference
     assert (out / manifest["taxonomy_file"]).is_file()
     assert not list(out.rglob("__pycache__"))
     assert not [p for p in (tmp_path / "upload").iterdir() if p.name != "pkg"]  # no temporary folder left

@@ -281,4 +281,4 @@ def test_missing_data_hint_uses_the_generated_preset(tmp_path):
     (generated / "dataset_test.json").write_text("{}")
     with pytest.raises(DataMissingError) as err:
         check_data(generated)  # only the downloads are missing: no generation (it would overwrite the folder)
-    assert "src.data.synthetic" not in str(err.value) and "src.data.download" in str(err.value)
+    assert "src.synthetic" not in str(err.value) and "src.data.download" in str(err.value)

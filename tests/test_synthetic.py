@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.data.synthetic import (PRESETS, frame_individuals, generate_benchmark, generator_record, main, split_style,
+from src.synthetic.generator import (PRESETS, frame_individuals, generate_benchmark, generator_record, main, split_style,
                                 write_preview)
-from src.data.synthetic_shapes import (COLOUR_ARCHETYPES, Appearance, colour_archetype, concept_genes, draw_sprite,
+from src.synthetic.shapes import (COLOUR_ARCHETYPES, Appearance, colour_archetype, concept_genes, draw_sprite,
                                        instance_genes, sample_instance)
 from src.taxonomy import distance_matrix, load_taxonomy
 
@@ -103,7 +103,7 @@ def test_coco_validity(tiny, split):
 
 
 def test_test_split_replays_the_real_geometry(tiny):
-    from src.data.skeleton import load_skeleton
+    from src.synthetic.skeleton import load_skeleton
     real = load_skeleton().test_geometry
     record = json.loads((tiny / "generator.json").read_text())
     scale = record["render_scale"]

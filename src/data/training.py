@@ -43,7 +43,7 @@ class PseudoLabelError(ValueError):
     """data.pseudo_labels cannot be read or does not match the test set; the message says why."""
 
 
-GENERATOR_PRESETS = ("tiny", "demo", "bench")  # src.data.synthetic's presets
+GENERATOR_PRESETS = ("tiny", "demo", "bench")  # src.synthetic.generator's presets
 
 
 def generated_preset(root: Path) -> tuple[str, int]:
@@ -67,7 +67,7 @@ def check_data(root: Path) -> None:
     has_coco = (root / "dataset_train.json").exists() and (root / "dataset_test.json").exists()
     if "synthetic" in root.parts or (root / "generator.json").is_file():
         preset, seed = generated_preset(root)
-        generate = "" if has_coco else f"  python -m src.data.synthetic --out {root} --preset {preset} --seed {seed}\n"
+        generate = "" if has_coco else f"  python -m src.synthetic --out {root} --preset {preset} --seed {seed}\n"
         make = generate + downloads
     else:
         fetch = "" if has_coco else f"  python -m src.data.fetch --competition fathomnet-2025 --out {root}\n"

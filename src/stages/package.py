@@ -11,7 +11,7 @@ DIR (created; never an existing folder) holds:
                            config.yaml, metrics.csv, done.json of each member of round R
   classes.json             the canonical class order (category ids 1..79)
   pipeline.yaml            the pipeline config that trained the ensemble
-  src/                     a copy of the project's code, with the taxonomy (src/fathomnet2025_taxonomy.json)
+  src/                     a copy of the project's library (not the benchmark generator), with the taxonomy (src/fathomnet2025_taxonomy.json)
   dataset-metadata.json    with --kaggle-id: what `kaggle datasets create -p DIR --dir-mode tar` needs
 The folder is assembled beside DIR and renamed into place, so DIR is either complete or absent.
 notebooks/kaggle_submission.ipynb and `python -m src.predict` read it with src.manifest.read_package.
@@ -34,6 +34,12 @@ from src.taxonomy import DEFAULT_TAXONOMY_PATH, load_taxonomy
 
 SRC_DIR = Path(__file__).resolve().parents[1]  # the project's src/ package
 MEMBER_FILES = ("config.yaml", "metrics.csv", "done.json")
+
+
+def inference_only(folder: str, names: list[str]) -> list[str]:
+    """copytree's ignore: the package ships the library without caches and without the generated benchmark."""
+    research = ("synthetic",) if Path(folder) == SRC_DIR else ()
+    return [n for n in names if n == "__pycache__" or n.endswith(".pyc") or n in research]
 
 
 def slim_weights(member: Path, out: Path) -> None:
@@ -94,7 +100,7 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
                     shutil.copy2(member / name, dest / name)
             entries.append({"seed": seed, "dir": f"members/seed_{seed}", "source": str(member),
                             "model_sha256": sha256(dest / "model.pt")})
-        shutil.copytree(SRC_DIR, tmp / "src", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(SRC_DIR, tmp / "src", ignore=inference_only)
         atomic_write_json(tmp / "classes.json", list(taxonomy.names))
         decoding = {"sigma": cfg.decoding.sigma, "diffusion_alpha": cfg.decoding.diffusion_alpha,
                     "temperature": temperature}

@@ -3,7 +3,7 @@
     python -m src.stages.prepare CONFIG.yaml [overrides]
 
 When `prepare.synthetic_preset` is set and data_root holds no complete generated benchmark yet
-(generator.json is written last), it is generated there (src.data.synthetic). Then, with `prepare.download`, the frames of the
+(generator.json is written last), it is generated there (src.synthetic.generator). Then, with `prepare.download`, the frames of the
 train and test COCO files are fetched into data_root/{train,test}/images and their ROIs cut
 (src.data.download); a split whose annotations.csv already exists is left alone. Inputs are never
 overwritten. Lost training frames give a warning (training drops their ROIs, up to
@@ -29,7 +29,7 @@ def prepare(cfg: PipelineConfig) -> dict:
         raise StageError(f"{root / 'dataset_train.json'} not found (set prepare.synthetic_preset to generate "
                          "a benchmark, or put the competition files there)")
     if preset is not None and not (root / "generator.json").is_file():  # written last by a complete generation
-        from src.data.synthetic import generate_benchmark
+        from src.synthetic.generator import generate_benchmark
 
         print(f"  generating the '{preset}' benchmark into {root}", flush=True)
         generate_benchmark(root, preset=preset, seed=cfg.prepare.synthetic_seed, progress=False)

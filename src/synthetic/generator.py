@@ -1,10 +1,10 @@
 """Generate a FathomNet-shaped benchmark in the real COCO format: the embedded default data set.
 
 Real FathomNet images cannot be fetched offline, so tests, CI and the README's first command use this.
-The structure is the real competition's (src/data/skeleton.py): the train split replays real train
+The structure is the real competition's (src/synthetic/skeleton.py): the train split replays real train
 frames with their real label multisets, the test split the 325 real test frames with their real sizes
 and box geometry, labels drawn with the real per-frame composition (mostly one taxon per frame) and
-class-dependent sizes. The pixels are drawn (src/data/synthetic_shapes.py). It writes, under ROOT:
+class-dependent sizes. The pixels are drawn (src/synthetic/shapes.py). It writes, under ROOT:
   frames/train/*.jpg, frames/test/*.jpg   underwater-looking frames
   dataset_train.json, dataset_test.json   COCO files like the competition's (test category_id null,
                                           coco_url = file:// URL of the frame)
@@ -25,7 +25,7 @@ individuals look like another class's concept (every model fails on them). Diffi
 frame too: animals of one taxon in a frame are one species seen alike, some frames show atypical
 animals, and bad frames degrade all their animals at once, so errors cluster by frame.
 
-    python -m src.data.synthetic --out inputs/synthetic/demo --preset demo --seed 0 --preview preview.png
+    python -m src.synthetic --out inputs/synthetic/demo --preset demo --seed 0 --preview preview.png
 """
 from __future__ import annotations
 
@@ -49,8 +49,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from src.artifacts import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
-from src.data.skeleton import Skeleton, load_skeleton
-from src.data.synthetic_shapes import (PELAGIC_PLANS, UPRIGHT_PLANS, Appearance, Genes, concept_genes, draw_sprite,
+from src.synthetic.skeleton import Skeleton, load_skeleton
+from src.synthetic.shapes import (PELAGIC_PLANS, UPRIGHT_PLANS, Appearance, Genes, concept_genes, draw_sprite,
                                        individual_look, instance_genes, rotate_sprite, sample_instance)
 from src.taxonomy import Taxonomy, load_taxonomy
 
@@ -569,7 +569,7 @@ def _coco_header(preset: str, seed: int, shift: float) -> dict:
     return {
         "info": {"year": 2025, "version": str(GENERATOR_VERSION),
                  "description": f"Generated FathomNet-shaped benchmark (preset={preset}, seed={seed}, shift={shift})",
-                 "contributor": "src.data.synthetic", "url": "", "date_created": "2025/01/08"},
+                 "contributor": "src.synthetic.generator", "url": "", "date_created": "2025/01/08"},
         "images": [], "licenses": [{"id": 0, "name": "synthetic, CC0", "url": ""}], "annotations": [], "categories": [],
     }
 
@@ -630,9 +630,9 @@ def _generate_split(split: str, plans: list[FramePlan], genes, style: FrameStyle
 def _code_hash() -> str:
     """Hash of the generator's code and skeleton files: a changed drawing makes another data set."""
     import hashlib
-    from src.data import skeleton, synthetic_shapes
+    from src.synthetic import shapes, skeleton
     digest = hashlib.blake2b(digest_size=8)
-    for path in (Path(__file__), Path(synthetic_shapes.__file__), Path(skeleton.__file__),
+    for path in (Path(__file__), Path(shapes.__file__), Path(skeleton.__file__),
                  *sorted(skeleton.SKELETON_DIR.glob("*.csv"))):
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -776,7 +776,7 @@ def write_preview(root: str | Path, out_png: str | Path, taxonomy: Taxonomy | No
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m src.data.synthetic",
+        prog="python -m src.synthetic",
         description="Generate a FathomNet-shaped benchmark (COCO files, JPEG frames, solution.csv): the real 79 "
                     "concepts and taxonomy, the real frames' label multisets and the real test geometry, with "
                     "drawn pixels; the test split is shifted (smaller objects, worse imaging).")

@@ -11,10 +11,10 @@ The generated benchmark replays the competition's structure so that models meet 
   test_composition.csv n_rois, pattern, frames: how many test frames with n ROIs hold taxa in groups of
                        the given sizes (e.g. "2+1": one taxon twice, another once); aggregated, no labels
 
-The files live in src/data/fathomnet_skeleton/ with their origin (ORIGIN.md). `derive_skeleton` rebuilds
+The files live in src/synthetic/fathomnet_skeleton/ with their origin (ORIGIN.md). `derive_skeleton` rebuilds
 them from a folder holding the competition files:
 
-    python -m src.data.skeleton --real DIR --out src/data/fathomnet_skeleton
+    python -m src.synthetic.skeleton --real DIR --out src/synthetic/fathomnet_skeleton
 
 `sample_frames` picks whole frames for the smaller presets, so their composition stays real.
 """
@@ -78,7 +78,7 @@ def load_skeleton(folder: str | Path = SKELETON_DIR) -> Skeleton:
     missing = [name for name in FILES if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(f"skeleton files missing in {folder}: {missing}; rebuild them with "
-                                "python -m src.data.skeleton --real DIR --out " + str(folder))
+                                "python -m src.synthetic.skeleton --real DIR --out " + str(folder))
     train = pd.read_csv(folder / "train_frames.csv")
     train = pd.DataFrame({"frame": train["frame"].to_numpy(), "label": train["category_id"].to_numpy() - 1})
     sizes = pd.read_csv(folder / "class_sizes.csv")
@@ -144,7 +144,7 @@ def derive_skeleton(real_dir: str | Path, out_dir: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m src.data.skeleton",
+        prog="python -m src.synthetic.skeleton",
         description="Derive the generator's skeleton files (real frame compositions and test geometry, no "
                     "pixels, no per-ROI test labels) from the competition's files.")
     parser.add_argument("--real", required=True, type=Path,
