@@ -24,7 +24,7 @@ from src.data.cache import load_or_build_crop_cache
 from src.data.coco import load_coco
 from src.data.dataset import CropCacheDataset, PngRoiDataset
 from src.data.download import crop_all
-from src.data.transforms import build_eval_transform, build_train_transform, build_torchvision_train_transform
+from src.data.transforms import build_eval_transform, build_torchvision_train_transform, build_train_transform
 
 
 def write_simple_dataset(root: Path, n_frames: int, boxes_per_frame: int, width: int, height: int,

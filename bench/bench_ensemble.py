@@ -13,8 +13,15 @@ import numpy as np
 
 from bench.common import timed
 from src.ensemble import (
-    apply_temperature, decode_bayes, diffuse, diffusion_operator, fit_temperature, gmu, member_labels_and_u,
-    taxonomy_graph, vote,
+    apply_temperature,
+    decode_bayes,
+    diffuse,
+    diffusion_operator,
+    fit_temperature,
+    gmu,
+    member_labels_and_u,
+    taxonomy_graph,
+    vote,
 )
 from src.taxonomy import distance_matrix, load_taxonomy
 

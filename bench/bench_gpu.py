@@ -296,8 +296,9 @@ def section_checkpoint(b: Bench) -> dict:
     with tempfile.TemporaryDirectory(dir=b.args.ckpt_dir) as tmp:
         saver = CheckpointSaver(tmp, b.model, optimizer, scheduler, scaler, torch.Generator(),
                                 b.cfg.model_dump(mode="json"), b.taxonomy.names)
-        for name, write, path in (("full", lambda: saver.save_full(1, []), saver.path),
-                                  ("weights_only", lambda: saver.save_weights(1), saver.weights_path)):
+        # the lambdas run inside the loop, before `del saver` below (ruff's F821 cannot tell)
+        for name, write, path in (("full", lambda: saver.save_full(1, []), saver.path),  # noqa: F821
+                                  ("weights_only", lambda: saver.save_weights(1), saver.weights_path)):  # noqa: F821
             _, write_s = timed(write)
             _, load_s = timed(lambda: torch.load(path, map_location=b.device, weights_only=False), sync=b.sync)
             out[name] = {"gb": path.stat().st_size / 1e9, "write_s": write_s, "load_to_device_s": load_s}

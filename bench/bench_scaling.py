@@ -35,10 +35,10 @@ PIPELINE = "cfg/pipeline_demo.yaml"
 
 def worker_scaling(root: str, batches: int, workers=(0, 1, 2), threads: int = 2) -> dict:
     """Training img/s of the demo recipe per DataLoader worker count (same model, data and batches)."""
+    from src.data.training import build_datasets, load_split
     from src.losses import build_loss
     from src.models import build_model
     from src.taxonomy import load_taxonomy
-    from src.data.training import build_datasets, load_split
     from src.train import build_optimizer
 
     cfg = load_config(Config, DEMO_RECIPE, [f"data.root={root}", "data.val_fraction=0", "data.shifted_val=false"])

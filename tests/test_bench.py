@@ -51,7 +51,13 @@ def test_speed_rows_verdicts_follow_the_issue_targets():
     assert "200.00x" in speed_markdown(fake_speed())
     line = format_speed_row(speed_rows(fake_speed())[0])
     assert "ratio 6.00x" in line and "target >= 5x: met" in line
-    assert rows  # names parse
+    # each row carries its own figures, and a ratio computed here (workers) equals the direct evaluation
+    assert rows["local scorer (vectorised) vs row-by-row loop"]["ratio"] == 200.0
+    assert rows["the same through a DataLoader with 2 workers"]["figure"] == 4000.0
+    workers = rows["demo model training (WRN-16-2 32 px"]
+    assert workers["ratio"] == pytest.approx(150.0 / 120.0) and workers["verdict"] == "no target"
+    ensemble = rows["ensemble post-processing (GMU"]
+    assert ensemble["ratio"] == pytest.approx(0.2) and "peak 300 MiB" in ensemble["measurement"]
 
 
 def test_only_queues_the_named_variants_in_their_order_within_each_seed_pass(tmp_path):
@@ -209,8 +215,14 @@ def test_paired_differences_and_verdicts():
 
 
 def test_self_training_over_pipelines_paired_by_pipeline_and_pooled_by_member():
-    from bench.report import (across_pipelines, limits, pipeline_claims, pipeline_pseudo_table, pipelines_table,
-                              pooled_members)
+    from bench.report import (
+        across_pipelines,
+        limits,
+        pipeline_claims,
+        pipeline_pseudo_table,
+        pipelines_table,
+        pooled_members,
+    )
 
     def rounds(seeds, ensemble, members):
         """A pipeline study: per round, its ensemble distances and its members' argmax distances."""

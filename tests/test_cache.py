@@ -10,8 +10,12 @@ from PIL import Image
 
 from src.data.cache import load_or_build_crop_cache, open_crop_cache
 from src.data.dataset import CropCacheDataset, PngRoiDataset, with_transform
-from src.data.transforms import (build_eval_transform, build_train_transform, build_torchvision_train_transform,
-                                 build_tta_transform)
+from src.data.transforms import (
+    build_eval_transform,
+    build_torchvision_train_transform,
+    build_train_transform,
+    build_tta_transform,
+)
 from src.taxonomy import load_taxonomy
 
 TAXONOMY = load_taxonomy()

@@ -2,8 +2,18 @@
 import numpy as np
 import pytest
 
-from src.data.crops import (BadBoxError, clip_box, context_window, crop_padded, extract_views, fit_square,
-                            parse_view, square_view, view_pixels, window_square)
+from src.data.crops import (
+    BadBoxError,
+    clip_box,
+    context_window,
+    crop_padded,
+    extract_views,
+    fit_square,
+    parse_view,
+    square_view,
+    view_pixels,
+    window_square,
+)
 
 
 def test_clip_box_rounds_outwards_and_clips_to_frame():

@@ -3,9 +3,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.gates import (EQUAL_COVERAGES, Gate, agreement_gate, agreement_u_gate, avgk_set_size_gate, coarse_agreement,
-                       compare_gates, expected_distance_gate, fit_avgk_threshold, max_probability_gate,
-                       precision_coverage_curve, pseudo_label_targets, set_sizes, threshold_at_coverage)
+from src.gates import (
+    EQUAL_COVERAGES,
+    Gate,
+    agreement_gate,
+    agreement_u_gate,
+    avgk_set_size_gate,
+    coarse_agreement,
+    compare_gates,
+    expected_distance_gate,
+    fit_avgk_threshold,
+    max_probability_gate,
+    precision_coverage_curve,
+    pseudo_label_targets,
+    set_sizes,
+    threshold_at_coverage,
+)
 from src.taxonomy import taxonomy_tree
 
 # 3 members x 4 ROIs

@@ -11,9 +11,24 @@ from albumentations.augmentations.pixel import functional as fpixel
 from scipy.stats import ks_2samp
 
 from src.config import AugmentConfig
-from src.data.gpu_augment import (BRIGHTNESS, CONTRAST, RRC_RATIO, SATURATION, AugmentParams, BatchAugment, build_batch_augment,
-                                  color_jitter, downscale, downscale_matrices, grey, normalize, resized_crop,
-                                  rrc_boxes, sample_params, uint8_view)
+from src.data.gpu_augment import (
+    BRIGHTNESS,
+    CONTRAST,
+    RRC_RATIO,
+    SATURATION,
+    AugmentParams,
+    BatchAugment,
+    build_batch_augment,
+    color_jitter,
+    downscale,
+    downscale_matrices,
+    grey,
+    normalize,
+    resized_crop,
+    rrc_boxes,
+    sample_params,
+    uint8_view,
+)
 from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_train_transform, to_normalized_tensor
 
 LEVEL = 1 / (255 * IMAGENET_STD.min())  # one grey level in normalised units (the largest channel's)

@@ -3,9 +3,15 @@ import numpy as np
 import pytest
 import torch
 
-from src.losses import (CEExpectedDistance, CrossEntropy, DistanceWeightedCE, SoftLabelCE, build_loss,
-                        log_one_minus_softmax)
 from src.config import LossConfig
+from src.losses import (
+    CEExpectedDistance,
+    CrossEntropy,
+    DistanceWeightedCE,
+    SoftLabelCE,
+    build_loss,
+    log_one_minus_softmax,
+)
 from src.taxonomy import distance_matrix, dwce_weights_paper, dwce_weights_team, load_taxonomy
 
 C = 6

@@ -7,8 +7,18 @@ import torch
 import torch.nn.functional as F
 
 from src.config import LossConfig
-from src.losses import (CrossEntropy, DistanceWeightedCE, FeatureEntropy, HierarchicalCE, SetTargetLoss, avgk_loss,
-                        build_loss, build_training_loss, feature_entropy, set_nll)
+from src.losses import (
+    CrossEntropy,
+    DistanceWeightedCE,
+    FeatureEntropy,
+    HierarchicalCE,
+    SetTargetLoss,
+    avgk_loss,
+    build_loss,
+    build_training_loss,
+    feature_entropy,
+    set_nll,
+)
 from src.taxonomy import RANKS, distance_matrix, dwce_weights_team, load_taxonomy, taxonomy_tree
 
 

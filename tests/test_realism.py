@@ -29,7 +29,11 @@ def test_realism_report_on_tiny(tmp_path, capsys):
     for run in entry["runs"].values():  # the figures are those of the run's predictions
         pred = np.array(run["pred"])
         assert run["accuracy"] == pytest.approx(np.mean(pred == truth))
-    assert 0.0 <= entry["agreement"]["jaccard"] <= 1.0  # two seeds: agreement is measured
+    # two seeds: the agreement figures are those of the two runs' error sets, evaluated here directly
+    wrong_0, wrong_1 = (np.array(entry["runs"][s]["pred"]) != truth for s in ("0", "1"))
+    union = (wrong_0 | wrong_1).sum()
+    assert entry["agreement"]["jaccard"] == pytest.approx((wrong_0 & wrong_1).sum() / max(union, 1))
+    assert entry["agreement"]["all_wrong"] == pytest.approx(np.mean(wrong_0 & wrong_1))
 
     # a second call reuses the generation and both finished runs: same figures, no training
     capsys.readouterr()

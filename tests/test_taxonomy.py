@@ -3,8 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from src.taxonomy import (RANKS, distance, distance_matrix, dwce_weights_paper, dwce_weights_team,
-                          load_taxonomy)
+from src.taxonomy import RANKS, distance, distance_matrix, dwce_weights_paper, dwce_weights_team, load_taxonomy
 
 TAX = load_taxonomy()
 D = distance_matrix(TAX)
