@@ -53,11 +53,12 @@ import pandas as pd
 from src.synthetic import error_profile as ep
 from src.artifacts import atomic_write_json, atomic_write_text
 from src.config import Config, deep_merge, load_yaml, parse_overrides, validate_config
+from src.decoding import load_predictions
 from src.ensemble import decode_argmax, decode_bayes
 from src.gates import (avgk_set_size_gate, coarse_agreement, compare_gates, fit_avgk_threshold,
                        max_probability_gate)
+from src.run_files import has_weights
 from src.score import mean_distance, read_solution
-from src.stages.common import has_weights, load_predictions
 from src.stages.pipeline_config import PipelineConfig, PseudoLabelConfig
 from src.taxonomy import distance_matrix, load_taxonomy
 
@@ -292,7 +293,7 @@ def ensemble_metrics(pipe: PipelineConfig, members: list[Path], test: TestSet, r
 def frame_aware_gates(pipe: PipelineConfig, members: list[Path], test: TestSet, D: np.ndarray) -> list[dict]:
     """Every pseudo-label gate at equal coverage on the members' frame-aware distributions (pseudo.frame_aware)."""
     from src.gates import compare_gates
-    from src.stages.common import load_round
+    from src.stages.predictions import load_round
     from src.stages.pseudo_label import gate_inputs
 
     loaded = load_round(pipe, members, test.taxonomy, ["frame_bayes"])
@@ -358,7 +359,7 @@ def pseudo_stats(pipe: PipelineConfig, r: int) -> dict | None:
 
 def predict_tta(plan: Plan) -> Path:
     """Round 0's members' test probabilities for every view of TTA_VIEWS (src.predict, as `predict --tta`)."""
-    from src.predict import predict_ensemble, save_ensemble_probs
+    from src.inference import predict_ensemble, save_ensemble_probs
 
     members = [plan.pipeline().layout.member_dir(0, s) for s in plan.seeds]
     preds = predict_ensemble(members, plan.root / "dataset_test.json", plan.root / "cache",

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from bench.common import timed
 from src.config import Config, deep_merge, load_config, parse_overrides, validate_config
-from src.stages.common import build_member_config
+from src.stages.members import build_member_config
 from src.stages.pipeline_config import load_pipeline_config
 
 DEMO_RECIPE = "cfg/demo_wrn_dwce.yaml"

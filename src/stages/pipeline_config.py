@@ -29,7 +29,8 @@ from typing import Any, Literal, Optional
 from pydantic import Field, ValidationInfo, field_validator
 
 from src.config import StrictModel, load_config
-from src.ensemble import DECODERS, DIFFUSION_ALPHA, FRAME_DECODERS, SIGMA_CONVENTIONS
+from src.decoding import DECODERS, FRAME_DECODERS
+from src.ensemble import DIFFUSION_ALPHA, SIGMA_CONVENTIONS
 
 Decoder = Literal[DECODERS]
 Sigma = Literal[SIGMA_CONVENTIONS]
@@ -176,6 +177,14 @@ class RunLayout:
     @property
     def submit_dir(self) -> Path:
         return self.root / "submit"
+
+
+def new_run_name(cfg: PipelineConfig) -> str:
+    """A name no run under output_root has yet: <name>_2, <name>_3, ..."""
+    k = 2
+    while (Path(cfg.output_root) / f"{cfg.name}_{k}").exists():
+        k += 1
+    return f"{cfg.name}_{k}"
 
 
 def load_pipeline_config(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
