@@ -57,7 +57,7 @@ from src.decoding import load_predictions
 from src.ensemble import decode_argmax, decode_bayes
 from src.gates import (avgk_set_size_gate, coarse_agreement, compare_gates, fit_avgk_threshold,
                        max_probability_gate)
-from src.run_files import has_weights
+from src.run_files import METRICS_FILE, has_weights, is_done
 from src.score import mean_distance, read_solution
 from src.stages.pipeline_config import PipelineConfig, PseudoLabelConfig
 from src.taxonomy import distance_matrix, load_taxonomy
@@ -191,10 +191,6 @@ class Plan:
         return validate_config(Config, tree, source=f"{self.train_config} + {variant.name}")
 
 
-def is_done(run_dir: Path) -> bool:
-    return (run_dir / "done.json").is_file()
-
-
 # ------------------------------------------------------------------------------------------- metrics
 def label_metrics(decoded: dict[str, np.ndarray], truth: np.ndarray, D: np.ndarray) -> dict:
     """<decoder>_distance, <decoder>_accuracy and <decoder>_distinct (labels used) of each decoder's labels."""
@@ -253,7 +249,7 @@ def run_metrics(run_dir: Path, test: TestSet, D: np.ndarray, pipe: PipelineConfi
         metrics["val_accuracy"] = float((decode_argmax(val.mean) == val.labels).mean())
     if preds.set_scores is not None and val is not None and val.set_scores is not None:
         metrics["set_gates"] = set_size_gates(preds.mean, preds.set_scores[0], val.set_scores[0], truth, D)
-    history = run_dir / "metrics.csv"
+    history = run_dir / METRICS_FILE
     if history.is_file():
         frame = pd.read_csv(history)
         metrics["train_seconds"] = float(frame["epoch_seconds"].sum())

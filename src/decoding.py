@@ -18,6 +18,7 @@ from src.ensemble import (
     member_labels_and_u, taxonomy_graph, vote,
 )
 from src.frames import cooccurrence_prior, fit_frame_weight, frame_mean_field
+from src.run_files import probs_file
 from src.taxonomy import Taxonomy, distance_matrix
 
 FRAME_DECODERS = ("frame_bayes", "frame_argmax")  # frame-aware: need a FramePrior and the ROIs' frame ids
@@ -178,7 +179,7 @@ class PredictionFileError(ValueError):
 
 def load_predictions(member_dirs: list[Path], split: str, taxonomy: Taxonomy) -> EnsemblePredictions | None:
     """Read `<split>_probs.npz` of every member (split 'test' or 'val'); None when no member has the file."""
-    files = [Path(d) / f"{split}_probs.npz" for d in member_dirs]
+    files = [Path(d) / probs_file(split) for d in member_dirs]
     present = [f.is_file() for f in files]
     if not any(present):
         return None
