@@ -36,16 +36,6 @@ if [[ ! -f "$config" ]]; then
     exit 2
 fi
 
-# A pipeline config has top-level keys a training config never has (following `base:` files).
-is_pipeline() {
-    grep -qE '^(name|train_config|train_overrides|data_root|solution|seeds|split_seed|rounds|warm_start|allow_missing_test|prepare|pseudo|decoding|output_root|submissions_dir|kaggle):' "$1" && return 0
-    local base
-    base=$(sed -nE 's/^base:[[:space:]]*["'\'']?([^"'\''#[:space:]]+).*/\1/p' "$1")
-    [[ -z "$base" ]] && return 1
-    [[ "$base" == /* ]] || base="$(dirname "$1")/$base"
-    [[ -f "$base" ]] && is_pipeline "$base"
-}
-
 round=""
 overrides=()
 while [[ $# -gt 0 ]]; do
@@ -63,7 +53,15 @@ fi
 python=${PYTHON:-python}
 [[ -z "${PYTHON:-}" && -x .venv/bin/python ]] && python=.venv/bin/python
 
-if is_pipeline "$config"; then
+# A pipeline config has top-level keys a training config never has (following `base:` files): Python says which.
+kind=0
+"$python" -m src.stages.pipeline_config --is-pipeline "$config" || kind=$?
+if [[ $kind -gt 1 ]]; then
+    echo "error: cannot tell whether $config is a pipeline or a training config" >&2
+    exit 2
+fi
+
+if [[ $kind -eq 0 ]]; then
     if [[ "${round:-0}" -eq 0 ]]; then
         target=(-m src.stages.train_ensemble "$config")
     else

@@ -53,11 +53,12 @@ import pandas as pd
 from src.synthetic import error_profile as ep
 from src.artifacts import atomic_write_json, atomic_write_text
 from src.config import Config, deep_merge, load_yaml, parse_overrides, validate_config
+from src.decoding import load_predictions
 from src.ensemble import decode_argmax, decode_bayes
 from src.gates import (avgk_set_size_gate, coarse_agreement, compare_gates, fit_avgk_threshold,
                        max_probability_gate)
+from src.run_files import METRICS_FILE, has_weights, is_done
 from src.score import mean_distance, read_solution
-from src.stages.common import has_weights, load_predictions
 from src.stages.pipeline_config import PipelineConfig, PseudoLabelConfig
 from src.taxonomy import distance_matrix, load_taxonomy
 
@@ -190,10 +191,6 @@ class Plan:
         return validate_config(Config, tree, source=f"{self.train_config} + {variant.name}")
 
 
-def is_done(run_dir: Path) -> bool:
-    return (run_dir / "done.json").is_file()
-
-
 # ------------------------------------------------------------------------------------------- metrics
 def label_metrics(decoded: dict[str, np.ndarray], truth: np.ndarray, D: np.ndarray) -> dict:
     """<decoder>_distance, <decoder>_accuracy and <decoder>_distinct (labels used) of each decoder's labels."""
@@ -252,7 +249,7 @@ def run_metrics(run_dir: Path, test: TestSet, D: np.ndarray, pipe: PipelineConfi
         metrics["val_accuracy"] = float((decode_argmax(val.mean) == val.labels).mean())
     if preds.set_scores is not None and val is not None and val.set_scores is not None:
         metrics["set_gates"] = set_size_gates(preds.mean, preds.set_scores[0], val.set_scores[0], truth, D)
-    history = run_dir / "metrics.csv"
+    history = run_dir / METRICS_FILE
     if history.is_file():
         frame = pd.read_csv(history)
         metrics["train_seconds"] = float(frame["epoch_seconds"].sum())
@@ -292,7 +289,7 @@ def ensemble_metrics(pipe: PipelineConfig, members: list[Path], test: TestSet, r
 def frame_aware_gates(pipe: PipelineConfig, members: list[Path], test: TestSet, D: np.ndarray) -> list[dict]:
     """Every pseudo-label gate at equal coverage on the members' frame-aware distributions (pseudo.frame_aware)."""
     from src.gates import compare_gates
-    from src.stages.common import load_round
+    from src.stages.predictions import load_round
     from src.stages.pseudo_label import gate_inputs
 
     loaded = load_round(pipe, members, test.taxonomy, ["frame_bayes"])
@@ -358,7 +355,7 @@ def pseudo_stats(pipe: PipelineConfig, r: int) -> dict | None:
 
 def predict_tta(plan: Plan) -> Path:
     """Round 0's members' test probabilities for every view of TTA_VIEWS (src.predict, as `predict --tta`)."""
-    from src.predict import predict_ensemble, save_ensemble_probs
+    from src.inference import predict_ensemble, save_ensemble_probs
 
     members = [plan.pipeline().layout.member_dir(0, s) for s in plan.seeds]
     preds = predict_ensemble(members, plan.root / "dataset_test.json", plan.root / "cache",

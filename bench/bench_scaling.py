@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader
 
 from bench.common import timed
 from src.config import Config, deep_merge, load_config, parse_overrides, validate_config
-from src.stages.common import build_member_config
+from src.run_files import METRICS_FILE
+from src.stages.members import build_member_config
 from src.stages.pipeline_config import load_pipeline_config
 
 DEMO_RECIPE = "cfg/demo_wrn_dwce.yaml"
@@ -110,7 +111,7 @@ def preset_scaling(presets: list[str], bench_root: str | None, workdir: Path) ->
             root / f"dataset_{s}.json", root / s / "images", cache_dir, cfg.data.image_size,
             views=tuple(cfg.data.views), progress=False) for s in ("train", "test")])
         _, row["one_run_1_epoch_s"] = timed(lambda: train(cfg))
-        metrics = pd.read_csv(Path(cfg.output.dir) / cfg.output.run_name / "metrics.csv")
+        metrics = pd.read_csv(Path(cfg.output.dir) / cfg.output.run_name / METRICS_FILE)
         row["epoch_s"] = float(metrics["epoch_seconds"].iloc[0])
         row["run_overhead_s"] = row["one_run_1_epoch_s"] - row["epoch_s"]
         epochs = pipe.train_overrides.get("train", {}).get("epochs") or cfg.train.epochs

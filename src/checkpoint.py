@@ -1,7 +1,7 @@
 """A run's checkpoints (cf. timm's CheckpointSaver): model.pt every epoch, checkpoint.pt every N epochs.
 
     model.pt        weights only: the model's state dict, the epoch count, the resolved config and the class
-                    order (the format of a packaged member's model.pt; src.predict and warm starts load it)
+                    order (the format of a packaged member's model.pt; src.inference and warm starts load it)
     checkpoint.pt   everything needed to continue training exactly: the model, optimiser, scheduler and
                     grad-scaler states, the epoch count and metric history, every random stream's state,
                     the config and the class order; written every train.full_checkpoint_every epochs, at
@@ -18,10 +18,9 @@ from pathlib import Path
 import torch
 
 from src.artifacts import atomic_write_with
+from src.run_files import CHECKPOINT_FILE, WEIGHTS_FILE
 from src.runtime import rng_states, set_rng_states
 
-CHECKPOINT_FILE = "checkpoint.pt"
-WEIGHTS_FILE = "model.pt"
 # Keys used after the last epoch only: a resume may change them, but they change a finished run's predictions.
 FINAL_PREDICTION_KEYS = ("train.tta_views",)
 # Keys that may change between a run and its resumption without changing the result.

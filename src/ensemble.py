@@ -1,9 +1,8 @@
 """Ensemble math on saved probability arrays: GMU, voting, decoders, calibration, taxonomy diffusion.
 
 Everything here is a pure function (arrays in, arrays out, no I/O), so pseudo-labelling and decoding
-run on the members' saved `test_probs.npz` in milliseconds (formulas: docs/method.md). The last
-section holds an ensemble's saved predictions (`EnsemblePredictions`) and decodes them with every
-decoder (`decode_ensemble`): the one decoding path of `submit`, the Kaggle notebook and `src.predict`.
+run on the members' saved `test_probs.npz` in milliseconds (formulas: docs/method.md). Decoding a whole
+ensemble (its saved predictions, frame priors, every decoder at once) sits one layer up, in src.decoding.
 
 Shapes: M models (or heads), N ROIs, C classes in the canonical taxonomy order.
 """
@@ -14,12 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from src.taxonomy import RANKS, Taxonomy, distance_matrix
+from src.taxonomy import RANKS, Taxonomy
 
 SIGMA_CONVENTIONS = ("top2_sigma", "sigma_at_top2_mu")  # the first is the default
 DIFFUSION_ALPHA = 0.3  # the diffusion decoder's default a
-FRAME_DECODERS = ("frame_bayes", "frame_argmax")  # frame-aware: need a FramePrior and the ROIs' frame ids
-DECODERS = ("argmax", "vote", "bayes", "bayes_cal", "diffusion", *FRAME_DECODERS)  # every name decode_ensemble knows
 
 
 def _check_probs(probs: np.ndarray, ndim: int, name: str = "probs") -> np.ndarray:
@@ -237,158 +234,14 @@ def decode_diffusion(probs: np.ndarray, graph: TaxonomyGraph, alpha: float = 0.3
     return diffuse(probs, graph, alpha).argmax(axis=1)
 
 
-# ------------------------------------------------------------------------------ decoding an ensemble
+# ------------------------------------------------------------------------------- test-time views
 def mean_over_views(view_probs: np.ndarray) -> np.ndarray:
     """(T, H, N, C) per-view probabilities of one member -> (H, N, C) their mean over the T test-time views
-    (the view itself when T = 1). Training's saved `probs` and `src.predict` both average views here."""
+    (the view itself when T = 1). Training's saved `probs` and `src.inference` both average views here."""
     view_probs = np.asarray(view_probs)
     if view_probs.ndim != 4:
         raise ValueError(f"view_probs must be (T, H, N, C), got shape {view_probs.shape}")
     return view_probs[0] if len(view_probs) == 1 else view_probs.mean(axis=0)
-
-
-@dataclass
-class EnsemblePredictions:
-    """Predictions of M members on one split, aligned by annotation id.
-
-    `members` hold each member's per-head probabilities averaged over its test-time views (`mean_over_views`);
-    the ensemble mean is then the mean over members of their head means."""
-
-    annotation_id: np.ndarray  # (N,)
-    members: list[np.ndarray]  # M arrays (H_m, N, C) of per-head softmax (mean over the views)
-    labels: np.ndarray | None  # (N,) true class index (validation) or None
-    frame_ids: np.ndarray | None = None  # (N,) frame (COCO image_id) of each ROI, for the frame decoders
-    views: tuple[str, ...] = ("identity",)  # the test-time views averaged into `members`
-    member_views: list[np.ndarray] | None = None  # M arrays (T, H_m, N, C) per view, when there are T > 1 views
-    set_scores: list[np.ndarray] | None = None  # M arrays (N, C): the average-K set head's sigmoid scores
-
-    @classmethod
-    def from_views(cls, annotation_id: np.ndarray, member_views: list[np.ndarray], views, labels=None,
-                   **fields) -> "EnsemblePredictions":
-        """From each member's per-view probabilities (T, H_m, N, C): members = `mean_over_views`."""
-        views = tuple(views)
-        if any(len(v) != len(views) for v in member_views):
-            raise ValueError(f"every member needs the {len(views)} views {views}")
-        return cls(annotation_id, [mean_over_views(v) for v in member_views], labels, views=views,
-                   member_views=list(member_views) if len(views) > 1 else None, **fields)
-
-    @property
-    def member_means(self) -> np.ndarray:
-        """(M, N, C) each member's mean over its heads."""
-        return np.stack([m.mean(axis=0) for m in self.members])
-
-    @property
-    def mean(self) -> np.ndarray:
-        """(N, C) the ensemble prediction: mean over members of their head means."""
-        return self.member_means.mean(axis=0)
-
-
-@dataclass(frozen=True)
-class FramePrior:
-    """What frame-aware decoding needs beside the probabilities: the label co-occurrence prior K (C, C) of
-    the training frames, and the weight w of each frame decoder fitted on validation frames."""
-
-    K: np.ndarray
-    weights: dict[str, float]  # frame decoder -> w
-    iterations: int = 1  # mean-field steps
-
-
-def fit_frame_prior(val: EnsemblePredictions | None, train_frame_ids: np.ndarray, train_labels: np.ndarray,
-                    D: np.ndarray, decoders=FRAME_DECODERS, iterations: int = 1,
-                    smoothing: float = 1.0) -> FramePrior | None:
-    """K from the labelled training ROIs outside the validation frames (`src.frames.cooccurrence_prior`), and
-    per frame decoder the weight w with the least validation mean distance (`src.frames.fit_frame_weight`).
-
-    train_frame_ids, train_labels (N_train,): the frame and class (-1 unknown) of every training annotation;
-    val: the ensemble's validation predictions with labels and frame ids (None without them)."""
-    from src.frames import cooccurrence_prior, fit_frame_weight  # src.frames imports this module
-
-    if val is None or val.labels is None or val.frame_ids is None:
-        return None
-    train_frame_ids = np.asarray(train_frame_ids)
-    outside = ~np.isin(train_frame_ids, val.frame_ids)  # validation frames fit w; they must not shape K
-    K = cooccurrence_prior(train_frame_ids[outside], np.asarray(train_labels)[outside], D.shape[0], smoothing)
-    keep = val.labels >= 0
-    if not keep.any():
-        return None
-    mean = val.mean[keep]
-    weights = {name: fit_frame_weight(mean, val.labels[keep], val.frame_ids[keep], K, D,
-                                      decode=name.removeprefix("frame_"), iterations=iterations)[0]
-               for name in decoders}
-    return FramePrior(K, weights, iterations)
-
-
-def frame_aware(probs: np.ndarray, frame_ids: np.ndarray, prior: FramePrior, decoder: str) -> np.ndarray:
-    """(N, C) (or (..., N, C), each slice alone) frame-aware distributions with the weight of `decoder`."""
-    from src.frames import frame_mean_field
-
-    probs = np.asarray(probs)
-    if probs.ndim == 2:
-        return frame_mean_field(probs, frame_ids, prior.K, prior.weights[decoder], prior.iterations)
-    return np.stack([frame_aware(p, frame_ids, prior, decoder) for p in probs])
-
-
-@dataclass
-class Decoding:
-    """Decoded labels per decoder, the temperature bayes_cal used, and the decoders that could not run."""
-
-    labels: dict[str, np.ndarray]
-    temperature: float | None
-    skipped: dict[str, str]
-
-
-def decode_ensemble(preds: EnsemblePredictions, decoders, taxonomy: Taxonomy, sigma: str, alpha: float,
-                    temperature: float | None = None, frame_prior: FramePrior | None = None) -> Decoding:
-    """Decode an ensemble with every named decoder (names from DECODERS).
-
-    argmax: argmax of the ensemble mean; vote: mode of the members' labels, ties by each member's own U
-    (GMU over its heads); bayes: least expected distance under the ensemble mean; bayes_cal: the same
-    after temperature scaling (T fitted on validation, passed in); diffusion: argmax after taxonomy
-    diffusion of the ensemble mean (alpha); frame_bayes / frame_argmax: Bayes / argmax of the frame-aware
-    ensemble mean (`src.frames.frame_mean_field` over preds.frame_ids with the prior's K and the decoder's w)."""
-    unknown = [name for name in decoders if name not in DECODERS]
-    if unknown:
-        raise ValueError(f"unknown decoder(s) {unknown}; valid: {', '.join(DECODERS)}")
-    D = distance_matrix(taxonomy)
-    mean = preds.mean
-    out, skipped = {}, {}
-    for name in decoders:
-        if name == "argmax":
-            out[name] = decode_argmax(mean)
-        elif name == "vote":
-            labels, u = member_labels_and_u(preds.members, sigma=sigma)
-            out[name] = vote(labels, u, num_classes=len(taxonomy))[0]
-        elif name == "bayes":
-            out[name] = decode_bayes(mean, D)
-        elif name == "bayes_cal":
-            if temperature is None:
-                skipped[name] = "no validation predictions to fit a temperature on"
-                continue
-            out[name] = decode_bayes(apply_temperature(mean, temperature), D)
-        elif name in FRAME_DECODERS:
-            if frame_prior is None or name not in frame_prior.weights:
-                skipped[name] = "no frame prior (it needs labelled validation predictions with frame ids)"
-            elif preds.frame_ids is None:
-                skipped[name] = "no frame ids for these ROIs"
-            else:
-                q = frame_aware(mean, preds.frame_ids, frame_prior, name)
-                out[name] = decode_bayes(q, D) if name == "frame_bayes" else decode_argmax(q)
-        else:  # diffusion
-            out[name] = decode_diffusion(mean, taxonomy_graph(taxonomy), alpha)
-    return Decoding(out, temperature, skipped)
-
-
-def fit_validation_temperature(val: EnsemblePredictions | None) -> float | None:
-    """Temperature of the ensemble mean fitted on validation NLL, or None without labelled validation."""
-    if val is None or val.labels is None or (val.labels < 0).all():
-        return None
-    keep = val.labels >= 0
-    return fit_temperature(val.mean[keep], val.labels[keep])
-
-
-def ensemble_u(preds: EnsemblePredictions, sigma: str) -> np.ndarray:
-    """(N,) U over the members' head means (the ensemble-level certainty used for thresholds)."""
-    return gmu(preds.member_means, sigma=sigma)[1]
 
 
 def taxon_probabilities(probs: np.ndarray, taxonomy: Taxonomy,

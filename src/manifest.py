@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from src.artifacts import atomic_save_npz
-from src.ensemble import FramePrior
+from src.decoding import FramePrior
+from src.run_files import WEIGHTS_FILE
 from src.taxonomy import load_taxonomy
 
 MANIFEST = "manifest.json"
@@ -49,7 +50,7 @@ def read_package(folder: str | Path, verify: bool = False) -> tuple[Path, dict]:
         raise ValueError(f"{root}: classes.json differs from the packaged taxonomy's order")
     if verify:
         for entry in manifest["members"]:
-            if sha256(root / entry["dir"] / "model.pt") != entry["model_sha256"]:
+            if sha256(root / entry["dir"] / WEIGHTS_FILE) != entry["model_sha256"]:
                 raise ValueError(f"{root / entry['dir'] / 'model.pt'}: checksum differs from the manifest")
         frame = manifest["decoding"].get("frame_prior")
         if frame and sha256(root / frame["file"]) != frame["sha256"]:
@@ -65,7 +66,7 @@ def write_frame_prior(root: Path, prior: FramePrior) -> dict:
 
 
 def package_decoding(root: Path, manifest: dict) -> dict:
-    """The decoding parameters of `src.predict.decode_predictions` from a package: the manifest's "decoding"
+    """The decoding parameters of `src.inference.decode_predictions` from a package: the manifest's "decoding"
     with its frame_prior entry (if any) loaded as a `src.ensemble.FramePrior`."""
     decoding = dict(manifest["decoding"])
     frame = decoding.get("frame_prior")

@@ -19,7 +19,7 @@ Resumption (train.resume=true, from checkpoint.pt) is exact: every epoch reseeds
 (seed, epoch, rank), so an epoch's batches, augmentations and dropout do not depend on what ran before it.
 Under torchrun each process trains on its shard (DistributedSampler); rank 0 validates and writes.
 The pieces live in src.runtime (devices, seeding), src.checkpoint, src.data.training (caches, splits,
-loaders), src.predict (prediction, artefacts) and src.score (metrics).
+loaders), src.forward (prediction, artefacts), src.run_files (file names) and src.score (metrics).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from src.artifacts import atomic_write_json, atomic_write_text, atomic_write_with, remove_stale_temps, run_lock
-from src.checkpoint import WEIGHTS_FILE, CheckpointSaver, saved_checkpoints
+from src.checkpoint import CheckpointSaver, saved_checkpoints
 from src.config import Config, config_to_yaml
 from src.data.dataset import with_transform
 from src.data.training import (Datasets, Loaders, build_datasets, build_loaders, check_data, check_missing_pixels,
@@ -47,7 +47,8 @@ from src.data.transforms import build_tta_transform
 from src.losses import TrainingLoss, build_loss, build_training_loss
 from src.models import build_model
 from src.plots import plot_training_curves
-from src.predict import ViewPredictions, amp_dtype, predict_logits, predict_views, softmax_np, write_predictions
+from src.forward import ViewPredictions, amp_dtype, predict_logits, predict_views, softmax_np, write_predictions
+from src.run_files import CONFIG_FILE, CURVES_FILE, DONE_FILE, METRICS_FILE, WEIGHTS_FILE
 from src.runtime import Runtime, epoch_seed, reseed_transforms, run_environment, seed_everything, setup_runtime
 from src.schedule import build_scheduler
 from src.score import chance_metrics, classification_metrics, mean_distance, read_solution
@@ -143,7 +144,7 @@ def train(cfg: Config) -> Path:
 
 def _train(cfg: Config, rt: Runtime) -> Path:
     run_dir = Path(cfg.output.dir) / cfg.output.run_name
-    if (run_dir / "done.json").exists() and cfg.train.resume:
+    if (run_dir / DONE_FILE).exists() and cfg.train.resume:
         print(f"{run_dir} is already complete (done.json)")
         return run_dir
     if saved_checkpoints(run_dir) and not cfg.train.resume:
@@ -209,7 +210,7 @@ def _train(cfg: Config, rt: Runtime) -> Path:
             print(f"{run_dir}: {WEIGHTS_FILE} holds epoch {weights_epoch} but there is no full {saver.path.name} "
                   "to continue from: training starts again from epoch 0 (see train.full_checkpoint_every)")
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
+        atomic_write_text(run_dir / CONFIG_FILE, config_to_yaml(cfg))
 
     net = model
     if cfg.train.compile:
@@ -250,8 +251,8 @@ def _train(cfg: Config, rt: Runtime) -> Path:
                 row.update({f"{name}_{k}": v for k, v in metrics.items()})
             history.append(row)
             saver.save(epoch + 1, history, last=stop or epoch + 1 == cfg.train.epochs)
-            atomic_write_with(run_dir / "metrics.csv", lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
-            plot_training_curves(history, run_dir / "curves.png")
+            atomic_write_with(run_dir / METRICS_FILE, lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
+            plot_training_curves(history, run_dir / CURVES_FILE)
             summary = ", ".join(f"{k} {v:.4g}" for k, v in row.items()
                                 if k in ("train_loss", "val_loss", "val_accuracy", "val_distance", "train_img_per_s"))
             print(f"epoch {epoch + 1}/{cfg.train.epochs}: {summary}", flush=True)
@@ -298,5 +299,5 @@ def finish(cfg: Config, run_dir: Path, model: nn.Module, data: Datasets, loaders
                           extra={"image_id": train_cache.index["image_id"].to_numpy(np.int64)[data.val_rows],
                                  **val.npz_arrays()})
         done.update(chance_metrics(data.val_labels, D))
-    atomic_write_json(run_dir / "done.json", done)
+    atomic_write_json(run_dir / DONE_FILE, done)
     print(f"done: {run_dir}", flush=True)

@@ -104,7 +104,7 @@ def test_pipeline_help_documents_every_key():
 
 
 def test_pipeline_decoders_come_from_one_tuple():
-    from src.ensemble import DECODERS, FRAME_DECODERS
+    from src.decoding import DECODERS, FRAME_DECODERS
     from src.stages.pipeline_config import DecodingConfig, PipelineConfig
 
     assert tuple(DecodingConfig().decoders) + FRAME_DECODERS == DECODERS  # frame decoders: opt in

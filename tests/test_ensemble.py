@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from scipy.sparse.csgraph import connected_components
 
+from src.decoding import DECODERS, FRAME_DECODERS, EnsemblePredictions, FramePrior, decode_ensemble, fit_frame_prior
 from src.ensemble import (
-    DECODERS, FRAME_DECODERS, EnsemblePredictions, FramePrior, apply_temperature, decode_argmax, decode_bayes,
-    decode_diffusion, decode_ensemble, diffuse, diffusion_operator, expected_distance, fit_frame_prior,
+    apply_temperature, decode_argmax, decode_bayes, decode_diffusion, diffuse, diffusion_operator, expected_distance,
     fit_temperature, gmu, mean_over_views, member_labels_and_u, nll, taxonomy_graph, vote,
 )
 from src.frames import cooccurrence_prior, frame_mean_field

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 
-from src.ensemble import FramePrior, frame_aware
+from src.decoding import FramePrior, frame_aware, load_predictions
+from src.inference import decode_predictions, predict_ensemble
 from src.manifest import package_decoding, read_package
-from src.predict import decode_predictions, predict_ensemble
-from src.stages.common import load_predictions, load_round
+from src.stages.predictions import load_round
 from src.submission import write_submission
 from src.taxonomy import load_taxonomy
 

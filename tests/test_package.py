@@ -10,12 +10,12 @@ import torch
 
 from src.artifacts import atomic_save_npz, atomic_write_json, atomic_write_text
 from src.config import Config, config_to_yaml, load_config
-from src.models import build_model
-from src.predict import load_member, predict_crops
-from src.stages import package as package_stage
-from src.ensemble import fit_validation_temperature
-from src.stages.common import StageError, load_predictions
+from src.decoding import fit_validation_temperature, load_predictions
+from src.inference import load_member, predict_crops
 from src.manifest import find_manifest, read_package
+from src.models import build_model
+from src.stages import package as package_stage
+from src.stages.cli import StageError
 from src.stages.package import package
 from src.stages.pipeline_config import PipelineConfig, load_pipeline_config
 from src.taxonomy import load_taxonomy
@@ -156,7 +156,7 @@ def test_default_decoder_prefers_frame_bayes_when_it_can_be_fitted():
 
 
 def test_preferred_decoder_order():
-    from src.stages.common import preferred_decoder
+    from src.decoding import preferred_decoder
 
     assert preferred_decoder(["argmax", "bayes", "frame_bayes"]) == "frame_bayes"
     assert preferred_decoder(["argmax", "bayes"]) == "bayes"

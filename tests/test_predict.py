@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.predict import (find_members, load_member, main, predict_crop_views, predict_crops, prediction_table,
-                         weights_file)
-from src.stages.common import load_predictions
+from src.decoding import load_predictions
+from src.inference import find_members, load_member, predict_crop_views, predict_crops
+from src.predict import main, prediction_table
+from src.run_files import weights_file
 from src.taxonomy import RANKS, distance_matrix, load_taxonomy
 
 TAX = load_taxonomy()
@@ -166,14 +167,3 @@ def test_cli_decoder_column_and_tta_option(tiny_run, tiny_tta_run, tmp_path, cap
     assert main([round_dir, coco, "--out", str(tmp_path / "vote.csv"), "--decoder", "vote", *common]) == 0
     votes = pd.read_csv(tmp_path / "vote.csv", keep_default_na=False)["vote_concept"]
     assert votes.tolist() == pd.read_csv(tiny_run[0].layout.submission("vote"))["concept_name"].tolist()
-
-
-@pytest.mark.parametrize("module", ["src/predict.py", "src/ensemble.py", "src/score.py", "src/manifest.py"])
-def test_the_library_imports_no_application_layer(module):
-    """Inference and ensemble code sit below the stages and the training loop (imports anywhere in the file)."""
-    import ast
-
-    tree = ast.parse((Path(__file__).resolve().parents[1] / module).read_text())
-    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    assert not {m for m in imported if m and (m == "src.train" or m.startswith("src.stages"))}

@@ -24,8 +24,8 @@ from src.config import Config, load_config
 from src.data.cache import CropCache, load_or_build_crop_cache
 from src.data.coco import load_coco
 from src.data.training import DataMissingError, check_data, check_missing_pixels, load_split
-from src.predict import MissingPixelsError, load_crops, read_roi_files
-from src.stages.common import StageError
+from src.inference import MissingPixelsError, load_crops, read_roi_files
+from src.stages.cli import StageError
 from src.stages.pipeline_config import PipelineConfig
 from src.stages.prepare import prepare
 from src.taxonomy import load_taxonomy

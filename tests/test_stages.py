@@ -24,7 +24,8 @@ from src.stages import pipeline as pipeline_stage
 from src.stages import pseudo_label as pseudo_label_stage
 from src.stages import submit as submit_stage
 from src.stages import train_ensemble as train_ensemble_stage
-from src.stages.common import StageError, build_member_config
+from src.stages.cli import StageError
+from src.stages.members import build_member_config
 from src.stages.pipeline_config import PipelineConfig
 from src.stages.pseudo_label import make_pseudo_labels
 from src.stages.retrain import retrain
@@ -177,7 +178,7 @@ def test_every_gate_at_equal_coverage_and_the_chosen_gate(cfg):
     default_csv = cfg.layout.pseudo_labels(1).read_bytes()
     table = {(row["gate"], row["target_coverage"]): row for row in default["gates_at_equal_coverage"]}
     assert {g for g, _ in table} == {"agreement", "agreement_u", "expected_distance", "max_prob"}  # no set head
-    from src.stages.common import load_predictions
+    from src.decoding import load_predictions
 
     members = [cfg.layout.member_dir(0, s) for s in cfg.seeds]
     mean = load_predictions(members, "test", TAX).mean

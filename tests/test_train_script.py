@@ -6,16 +6,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(*args, **env):
+    """Exit code, the printed command (the interpreter shown as "py") and stderr of a dry run."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "CUDA_VISIBLE_DEVICES"}
     result = subprocess.run(["bash", str(REPO / "train_model.sh"), *args], cwd="/", capture_output=True, text=True,
-                            env={**base, "DRY_RUN": "1", "PYTHON": "py", **env}, timeout=30)
-    return result.returncode, shlex.split(result.stdout), result.stderr
+                            env={**base, "DRY_RUN": "1", "PYTHON": sys.executable, **env}, timeout=60)
+    cmd = shlex.split(result.stdout)
+    return result.returncode, ["py" if c == sys.executable else c for c in cmd], result.stderr
 
 
 def test_single_run():
@@ -68,6 +71,40 @@ def test_round_needs_a_pipeline_config(tmp_path):
     variant.write_text(f"base: {REPO / 'cfg' / 'pipeline_demo.yaml'}\n")
     _, cmd, _ = _run(str(variant), SLURM_ARRAY_TASK_ID="1", SLURM_SUBMIT_DIR=str(REPO))
     assert cmd[1:3] == ["-m", "src.stages.train_ensemble"]
+
+
+@pytest.mark.parametrize("text, pipeline", [
+    ("name: x\nseeds: [0]\n", True), ("train: {epochs: 1}\nseed: 3\n", False), ("{}\n", False),
+    ("warm_start_overrides: {train: {epochs: 1}}\n", True)])
+def test_python_tells_a_pipeline_config_from_a_training_config(tmp_path, text, pipeline):
+    from src.stages.pipeline_config import is_pipeline_config, main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert is_pipeline_config(path) is pipeline and main(["--is-pipeline", str(path)]) == (0 if pipeline else 1)
+    variant = tmp_path / "variant.yaml"  # through a base file
+    variant.write_text("base: c.yaml\n")
+    assert is_pipeline_config(variant) is pipeline
+
+
+def test_configs_of_the_repository_are_told_apart():
+    from src.stages.pipeline_config import is_pipeline_config
+
+    for path in sorted((REPO / "cfg").glob("*.yaml")):
+        assert is_pipeline_config(path) is path.name.startswith("pipeline"), path
+
+
+def test_an_unreadable_config_stops_the_script(tmp_path, capsys):
+    from src.stages.pipeline_config import main
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("base: missing.yaml\n")
+    assert main(["--is-pipeline", str(broken)]) == 2 and "error" in capsys.readouterr().err
+    rc, cmd, err = _run(str(broken))
+    assert rc == 2 and not cmd and "cannot tell" in err
+    out = subprocess.run([sys.executable, "-m", "src.stages.pipeline_config", "--is-pipeline",
+                          str(REPO / "cfg" / "pipeline_demo.yaml")], cwd=REPO, capture_output=True, timeout=60)
+    assert out.returncode == 0
 
 
 def test_stages_print_the_train_model_command():

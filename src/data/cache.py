@@ -11,7 +11,7 @@ The key hashes the COCO file's and every referenced frame's size and mtime with 
 when any of them changes a new folder is built, and the superseded build of the same inputs is removed.
 Annotations with a problem (frame missing or undecodable: zeros; bad box: a 1-pixel box at the nearest
 position) keep their row so test predictions cover every id; training drops them, and `has_pixels` tells
-the rows whose crops are all zeros (src.data.training and src.predict refuse to predict those by default).
+the rows whose crops are all zeros (src.data.training and src.inference refuse to predict those by default).
 Builds are locked (src.artifacts.run_lock): a second process waits for the first build of the same
 inputs and then opens it; a build after a killed one removes the killed one's temporary crops file.
 """

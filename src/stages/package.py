@@ -26,14 +26,17 @@ from pathlib import Path
 
 from src.artifacts import atomic_write_json, atomic_write_text
 from src.config import config_to_yaml
-from src.ensemble import FRAME_DECODERS
+from src.decoding import FRAME_DECODERS, preferred_decoder
 from src.manifest import MANIFEST, MANIFEST_FORMAT, sha256, write_frame_prior
-from src.stages.common import StageError, has_weights, load_round, open_run, preferred_decoder, run_cli, stage_parser
+from src.run_files import CONFIG_FILE, DONE_FILE, METRICS_FILE, WEIGHTS_FILE, has_weights, is_done, weights_file
+from src.stages.cli import StageError, run_cli, stage_parser
 from src.stages.pipeline_config import PipelineConfig
+from src.stages.predictions import load_round
+from src.stages.state import open_run
 from src.taxonomy import DEFAULT_TAXONOMY_PATH, load_taxonomy
 
 SRC_DIR = Path(__file__).resolve().parents[1]  # the project's src/ package
-MEMBER_FILES = ("config.yaml", "metrics.csv", "done.json")
+MEMBER_FILES = (CONFIG_FILE, METRICS_FILE, DONE_FILE)
 
 
 def inference_only(folder: str, names: list[str]) -> list[str]:
@@ -46,8 +49,6 @@ def slim_weights(member: Path, out: Path) -> None:
     """model.pt: the member's model weights, class names, config and epoch (no optimiser/RNG state), from its
     weights-only model.pt or, for runs trained before there was one, its checkpoint.pt."""
     import torch
-
-    from src.predict import weights_file
 
     state = torch.load(weights_file(member), map_location="cpu", weights_only=False)
     slim = {key: state[key] for key in ("model", "classes", "config", "epoch") if key in state}
@@ -73,7 +74,7 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
         raise StageError(f"--kaggle-id must look like USER/dataset-slug, got {kaggle_id!r}")
     taxonomy = load_taxonomy()
     members = [cfg.layout.member_dir(r, s) for s in cfg.seeds]
-    unfinished = [str(m) for m in members if not (m / "done.json").is_file() or not has_weights(m)]
+    unfinished = [str(m) for m in members if not is_done(m) or not has_weights(m)]
     if unfinished:
         raise StageError(f"round {r} members are not finished (no done.json, or neither model.pt nor "
                          f"checkpoint.pt): {', '.join(unfinished)}")
@@ -94,12 +95,12 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
             dest = tmp / "members" / f"seed_{seed}"
             dest.mkdir(parents=True)
             print(f"  member seed {seed}: {member} -> {dest.relative_to(tmp)}", flush=True)
-            slim_weights(member, dest / "model.pt")
+            slim_weights(member, dest / WEIGHTS_FILE)
             for name in MEMBER_FILES:
                 if (member / name).is_file():
                     shutil.copy2(member / name, dest / name)
             entries.append({"seed": seed, "dir": f"members/seed_{seed}", "source": str(member),
-                            "model_sha256": sha256(dest / "model.pt")})
+                            "model_sha256": sha256(dest / WEIGHTS_FILE)})
         shutil.copytree(SRC_DIR, tmp / "src", ignore=inference_only)
         atomic_write_json(tmp / "classes.json", list(taxonomy.names))
         decoding = {"sigma": cfg.decoding.sigma, "diffusion_alpha": cfg.decoding.diffusion_alpha,

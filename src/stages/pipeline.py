@@ -21,11 +21,12 @@ from typing import Callable
 
 from src.artifacts import atomic_write_json, atomic_write_text
 from src.config import config_to_yaml
-from src.stages.common import format_table, open_run, record_step, run_cli, stage_parser
+from src.stages.cli import format_table, run_cli, stage_parser
 from src.stages.pipeline_config import PipelineConfig
 from src.stages.prepare import prepare
 from src.stages.pseudo_label import make_pseudo_labels
 from src.stages.retrain import retrain
+from src.stages.state import open_run, record_step
 from src.stages.submit import evaluate_round, submit
 from src.stages.train_ensemble import train_ensemble
 

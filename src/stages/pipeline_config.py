@@ -28,8 +28,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from src.config import StrictModel, load_config
-from src.ensemble import DECODERS, DIFFUSION_ALPHA, FRAME_DECODERS, SIGMA_CONVENTIONS
+from src.config import Config, ConfigError, StrictModel, load_config, load_yaml
+from src.decoding import DECODERS, FRAME_DECODERS
+from src.ensemble import DIFFUSION_ALPHA, SIGMA_CONVENTIONS
 
 Decoder = Literal[DECODERS]
 Sigma = Literal[SIGMA_CONVENTIONS]
@@ -178,6 +179,43 @@ class RunLayout:
         return self.root / "submit"
 
 
+def new_run_name(cfg: PipelineConfig) -> str:
+    """A name no run under output_root has yet: <name>_2, <name>_3, ..."""
+    k = 2
+    while (Path(cfg.output_root) / f"{cfg.name}_{k}").exists():
+        k += 1
+    return f"{cfg.name}_{k}"
+
+
 def load_pipeline_config(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
     """Read a pipeline YAML and apply `dotted.key=value` overrides (ConfigError on any problem)."""
     return load_config(PipelineConfig, path, overrides)
+
+
+def is_pipeline_config(path: str | Path) -> bool:
+    """Whether a YAML file is a pipeline config rather than a training config (src.config.Config): it has,
+    itself or through its `base:` files, a top-level key only a pipeline config has. ConfigError when the
+    file (or a base) cannot be read."""
+    return bool(set(load_yaml(path)) & (set(PipelineConfig.model_fields) - set(Config.model_fields)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m src.stages.pipeline_config --is-pipeline FILE`: exit 0 for a pipeline config, 1 for a training
+    config, 2 when the file cannot be read (train_model.sh asks it which kind of config it was given)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m src.stages.pipeline_config",
+                                     description="Tell a pipeline config from a training config.")
+    parser.add_argument("--is-pipeline", metavar="FILE", required=True,
+                        help="exit 0 when FILE is a pipeline config, 1 when it is a training config, 2 on an error")
+    args = parser.parse_args(argv)
+    try:
+        return 0 if is_pipeline_config(args.is_pipeline) else 1
+    except (ConfigError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from src.stages.common import StageError, open_run, run_cli, stage_parser
+from src.stages.cli import StageError, run_cli, stage_parser
 from src.stages.pipeline_config import PipelineConfig
+from src.stages.state import open_run
 
 SPLITS = ("train", "test")
 

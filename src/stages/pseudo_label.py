@@ -26,17 +26,19 @@ import numpy as np
 import pandas as pd
 
 from src.artifacts import atomic_write_json, atomic_write_with
-from src.ensemble import EnsemblePredictions, ensemble_u, frame_aware, member_labels_and_u
+from src.decoding import EnsemblePredictions, ensemble_u, frame_aware
+from src.ensemble import member_labels_and_u
 from src.gates import (
     Gate, agreement_gate, agreement_u_gate, avgk_set_size_gate, coarse_agreement, compare_gates,
     expected_distance_gate, fit_avgk_threshold, max_probability_gate,
 )
 from src.plots import plot_threshold_curves
 from src.score import mean_distance, read_solution
-from src.stages.common import (
-    StageError, has_weights, load_round, load_taxonomy_and_distance, new_run_name, open_run, run_cli, stage_parser,
-)
-from src.stages.pipeline_config import COARSE_RANKS, PipelineConfig, PseudoLabelConfig
+from src.run_files import has_weights, is_done
+from src.stages.cli import StageError, run_cli, stage_parser
+from src.stages.pipeline_config import COARSE_RANKS, PipelineConfig, PseudoLabelConfig, new_run_name
+from src.stages.predictions import load_round, load_taxonomy_and_distance
+from src.stages.state import open_run
 
 PSEUDO_COLUMNS = ["annotation_id", "concept_name", "votes", "agreement", "U"]
 QUANTILES = np.linspace(0.0, 0.95, 20)  # thresholds at these quantiles of U: even steps of coverage at any U scale
@@ -65,7 +67,7 @@ def make_pseudo_labels(cfg: PipelineConfig, r: int) -> dict:
     layout, p = cfg.layout, cfg.pseudo
     taxonomy, D = load_taxonomy_and_distance()
     members = [layout.member_dir(r - 1, s) for s in cfg.seeds]
-    missing = [str(m) for m in members if not (m / "done.json").is_file()]
+    missing = [str(m) for m in members if not is_done(m)]
     if missing:
         raise StageError(f"round {r - 1} members are not finished: {', '.join(missing)}")
     loaded = load_round(cfg, members, taxonomy, ["frame_bayes"] if p.frame_aware else [])
@@ -119,7 +121,7 @@ def refuse_rewrite_under_trained_round(cfg: PipelineConfig, r: int, new_text: st
     from `new_text`: an artefact later steps were built on is never rewritten."""
     path = cfg.layout.pseudo_labels(r)
     started = [d for d in (cfg.layout.member_dir(r, s) for s in cfg.seeds)
-               if (d / "done.json").is_file() or has_weights(d)]
+               if is_done(d) or has_weights(d)]
     if started and path.is_file() and path.read_text() != new_text:
         raise StageError(f"{path} is what round {r}'s members ({started[0]}, ...) were trained on; it is not "
                          f"rewritten with other pseudo-labels: start a new run with name={new_run_name(cfg)}")

@@ -10,8 +10,10 @@ Finished members (done.json) are skipped. --print-sbatch prints the SLURM job-ar
 """
 from __future__ import annotations
 
-from src.stages.common import StageError, open_run, run_cli, sbatch_hint, stage_parser, train_round
+from src.stages.cli import StageError, run_cli, stage_parser
+from src.stages.members import train_round
 from src.stages.pipeline_config import PipelineConfig
+from src.stages.train_stage import add_member_arguments, run_member_training
 
 
 def retrain(cfg: PipelineConfig, r: int, trainer=None, member_index: int | None = None) -> list:
@@ -28,19 +30,11 @@ def retrain(cfg: PipelineConfig, r: int, trainer=None, member_index: int | None 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser("retrain", __doc__)
     parser.add_argument("--round", type=int, default=1, help="self-training round to train (>= 1)")
-    parser.add_argument("--print-sbatch", action="store_true", help="print the SLURM job-array command and exit")
-    parser.add_argument("--member-index", type=int, default=None, help="train only seeds[i] (one SLURM array task)")
+    add_member_arguments(parser)
 
     def body(cfg, args):
-        hint = sbatch_hint(args.config, args.overrides, args.round, len(cfg.seeds))
-        if args.print_sbatch:
-            print(hint)
-            return
-        whole = args.member_index is None  # else one SLURM array task: it locks only its member's folder
-        with open_run(cfg, f"retrain_{args.round}" if whole else None, args.wait, lock=whole):
-            if whole:
-                print(f"training {len(cfg.seeds)} members one after another; on SLURM, in parallel: {hint}")
-            retrain(cfg, args.round, member_index=args.member_index)
+        run_member_training(cfg, args, args.round, f"retrain_{args.round}",
+                            lambda cfg, member_index: retrain(cfg, args.round, member_index=member_index))
 
     return run_cli(parser, body, argv)
 

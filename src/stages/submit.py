@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from src.artifacts import atomic_write_json, atomic_write_text
-from src.ensemble import decode_ensemble
+from src.decoding import decode_ensemble, preferred_decoder
+from src.run_files import DONE_FILE, is_done
 from src.score import mean_distance, read_solution, score_frames
-from src.stages.common import (
-    StageError, format_table, load_round, load_taxonomy_and_distance, new_run_name, open_run, preferred_decoder,
-    run_cli, stage_parser,
-)
-from src.stages.pipeline_config import PipelineConfig
+from src.stages.cli import StageError, format_table, run_cli, stage_parser
+from src.stages.pipeline_config import PipelineConfig, new_run_name
+from src.stages.predictions import load_round, load_taxonomy_and_distance
+from src.stages.state import open_run
 from src.submission import coco_annotation_ids, labels_frame, read_label_csv, validate_submission, write_submission
 
 
@@ -55,7 +55,7 @@ class RoundEvaluation:
 def evaluate_round(cfg: PipelineConfig, r: int) -> RoundEvaluation:
     """Decode round r's ensemble on validation and test with every decoder; score what has known labels."""
     members = [cfg.layout.member_dir(r, s) for s in cfg.seeds]
-    unfinished = [str(m) for m in members if not (m / "done.json").is_file()]
+    unfinished = [str(m) for m in members if not is_done(m)]
     if unfinished:
         raise StageError(f"round {r} members are not finished: {', '.join(unfinished)}")
     return evaluate_members(cfg, members, r)
@@ -92,7 +92,7 @@ def check_test_pixels(cfg: PipelineConfig, r: int) -> None:
     """StageError when a member of round r predicted test ROIs from black crops (frames missing or
     undecodable), unless cfg.allow_missing_test (then a warning)."""
     for seed in cfg.seeds:
-        done = cfg.layout.member_dir(r, seed) / "done.json"
+        done = cfg.layout.member_dir(r, seed) / DONE_FILE
         missing = json.loads(done.read_text()).get("test_missing_pixels", 0) if done.is_file() else 0
         if not missing:
             continue

@@ -10,8 +10,10 @@ per seed: train_model.sh runs this stage with --member-index $SLURM_ARRAY_TASK_I
 """
 from __future__ import annotations
 
-from src.stages.common import open_run, run_cli, sbatch_hint, stage_parser, train_round
+from src.stages.cli import run_cli, stage_parser
+from src.stages.members import train_round
 from src.stages.pipeline_config import PipelineConfig
+from src.stages.train_stage import add_member_arguments, run_member_training
 
 
 def train_ensemble(cfg: PipelineConfig, trainer=None, member_index: int | None = None) -> list:
@@ -21,19 +23,10 @@ def train_ensemble(cfg: PipelineConfig, trainer=None, member_index: int | None =
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser("train_ensemble", __doc__)
-    parser.add_argument("--print-sbatch", action="store_true", help="print the SLURM job-array command and exit")
-    parser.add_argument("--member-index", type=int, default=None, help="train only seeds[i] (one SLURM array task)")
+    add_member_arguments(parser)
 
     def body(cfg, args):
-        hint = sbatch_hint(args.config, args.overrides, 0, len(cfg.seeds))
-        if args.print_sbatch:
-            print(hint)
-            return
-        whole = args.member_index is None  # else one SLURM array task: it locks only its member's folder
-        with open_run(cfg, "train_ensemble" if whole else None, args.wait, lock=whole):
-            if whole:
-                print(f"training {len(cfg.seeds)} members one after another; on SLURM, in parallel: {hint}")
-            train_ensemble(cfg, member_index=args.member_index)
+        run_member_training(cfg, args, 0, "train_ensemble", train_ensemble)
 
     return run_cli(parser, body, argv)
 
