@@ -19,6 +19,7 @@ import torch
 
 from src.artifacts import atomic_write_with
 from src.runtime import rng_states, set_rng_states
+from src.serialization import load_state_file
 
 CHECKPOINT_FILE = "checkpoint.pt"
 WEIGHTS_FILE = "model.pt"
@@ -100,13 +101,13 @@ class CheckpointSaver:
         """The epoch count of model.pt (None when absent); memory-mapped, so the weights are not read."""
         if not self.weights_path.is_file():
             return None
-        return torch.load(self.weights_path, map_location="cpu", weights_only=False, mmap=True)["epoch"]
+        return load_state_file(self.weights_path, mmap=True)["epoch"]
 
     def resume(self) -> tuple[int, list[dict]]:
         """Load every state from checkpoint.pt; returns (finished epochs, history).
 
         ConfigMismatchError when the config differs from the saved one outside RESUMABLE_KEYS."""
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        state = load_state_file(self.path)
         changed = config_differences(state["config"], self.config, defaults=self.defaults)
         if changed:
             raise ConfigMismatchError(f"{self.path}: the config differs from the checkpoint's in {changed}; "

@@ -256,7 +256,8 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(64, ge=1, description="per process (per GPU under torchrun)")
     eval_batch_size: Optional[int] = Field(None, ge=1, description="default 2 x batch_size")
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="auto: bf16 on CUDA, off on CPU")
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
+        "auto", description="auto: bf16 on CUDA, off on CPU (float32); bf16 and fp16 need CUDA (an error on the CPU)")
     compile: bool = Field(False, description="torch.compile the model (CUDA)")
     resume: bool = Field(False, description="continue the run in output.dir/output.run_name")
     max_epochs_this_run: Optional[int] = Field(

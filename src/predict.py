@@ -180,9 +180,10 @@ def load_member_config(run_dir: str | Path) -> Config:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """src.runtime.pick_device: DeviceError (a ValueError) when the device asked for is missing."""
+    from src.runtime import pick_device
+
+    return pick_device(device)
 
 
 def load_member(run_dir: str | Path, taxonomy: Taxonomy | None = None,
@@ -191,12 +192,13 @@ def load_member(run_dir: str | Path, taxonomy: Taxonomy | None = None,
 
     ValueError when the weights' class order differs from the taxonomy's canonical order."""
     from src.models import build_model
+    from src.serialization import load_state_file
 
     run_dir = Path(run_dir)
     taxonomy = taxonomy or load_taxonomy()
     cfg = load_member_config(run_dir)
     path = weights_file(run_dir)
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_state_file(path)  # tensors and plain data only: loading never runs code from the file
     classes = tuple(state["classes"])
     if classes != taxonomy.names:
         raise ValueError(f"{path}: class order differs from the taxonomy's canonical order")
@@ -557,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
             tta = tuple(view.strip() for view in args.tta.split(","))
             for view in tta:
                 parse_tta_view(view)
+        resolve_device(args.device)  # a missing device stops before any work
         taxonomy = load_taxonomy()
         members = find_members(args.model)
         decoding = _cli_decoding(Path(args.model), args.decoder)

@@ -48,7 +48,7 @@ from src.losses import TrainingLoss, build_loss, build_training_loss
 from src.models import build_model
 from src.plots import plot_training_curves
 from src.predict import ViewPredictions, amp_dtype, predict_logits, predict_views, softmax_np, write_predictions
-from src.runtime import Runtime, epoch_seed, reseed_transforms, run_environment, seed_everything, setup_runtime
+from src.runtime import Runtime, check_amp, epoch_seed, reseed_transforms, run_environment, seed_everything, setup_runtime
 from src.schedule import build_scheduler
 from src.score import chance_metrics, classification_metrics, mean_distance, read_solution
 from src.taxonomy import RANKS, Taxonomy, distance_matrix, load_taxonomy
@@ -128,7 +128,8 @@ def train(cfg: Config) -> Path:
     folder stops with RunLockedError (or waits, output.wait_for_lock); temporary files a killed run
     left in the folder are removed."""
     check_data(Path(cfg.data.root))
-    rt = setup_runtime(cfg.train.device)
+    rt = setup_runtime(cfg.train.device)  # DeviceError (before the run folder exists) when it is missing
+    check_amp(cfg.train.amp, rt.device)
     run_dir = Path(cfg.output.dir) / cfg.output.run_name
     try:
         with run_lock(run_dir, cfg.output.wait_for_lock, advice="wait for it to finish (output.wait_for_lock=true "

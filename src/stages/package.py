@@ -48,8 +48,12 @@ def slim_weights(member: Path, out: Path) -> None:
     import torch
 
     from src.predict import weights_file
+    from src.serialization import UnsafeFileError, load_state_file
 
-    state = torch.load(weights_file(member), map_location="cpu", weights_only=False)
+    try:
+        state = load_state_file(weights_file(member))
+    except UnsafeFileError as err:
+        raise StageError(str(err)) from None
     slim = {key: state[key] for key in ("model", "classes", "config", "epoch") if key in state}
     torch.save(slim, out)
 
