@@ -73,16 +73,38 @@ def build_optimizer(model: nn.Module, o) -> torch.optim.Optimizer:
 
 def train_one_epoch(net: nn.Module, loader: DataLoader, loss_fn: TrainingLoss,
                     optimizer, scheduler, scaler, grad_clip: float | None, rt: Runtime, dtype, desc: str,
-                    show: bool, augment=None) -> tuple[float, int, float]:
+                    show: bool, augment=None, check_every: int = 50) -> tuple[float, int, float]:
     """One pass over the loader, lr stepped per batch. Returns (mean loss, images seen by all ranks, seconds).
 
     augment: the batched augmentation (uint8 batch on the device -> network input), None when the loader's
     items are already augmented.
 
-    A NaN/inf loss (averaged over ranks, so that every rank stops) raises TrainingDiverged with the step."""
+    A NaN/inf loss (on any rank, so that every rank stops) raises TrainingDiverged naming the first step
+    (1-based) where it went bad. The check makes no host-device sync per step: the first bad step and its
+    loss stay on the device and are read every `check_every` steps and at the end of the epoch (the steps
+    between run on, but nothing is saved before the check)."""
     net.train()
-    started, seen, total, count = time.perf_counter(), 0, 0.0, 0
+    started, seen, count = time.perf_counter(), 0, 0
+    total = torch.zeros((), dtype=torch.float64, device=rt.device)      # sum of loss x batch size
+    bad_step = torch.zeros((), dtype=torch.int64, device=rt.device)     # first step with a NaN/inf loss, 0: none
+    bad_value = torch.zeros((), dtype=torch.float32, device=rt.device)  # its loss
     bar = tqdm(loader, desc=desc, disable=not show, leave=False)
+    steps = len(loader) if hasattr(loader, "__len__") else None
+
+    def check(step: int) -> None:  # one host read for `check_every` steps
+        first = bad_step.clone()
+        if rt.world > 1:  # the earliest bad step of any rank (0 = none, so it counts as the largest)
+            first = torch.where(first == 0, torch.iinfo(torch.int64).max, first)
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+            first = torch.where(first == torch.iinfo(torch.int64).max, 0, first)
+        if (k := int(first.item())):
+            value = float(bad_value.item()) if int(bad_step.item()) == k else math.nan
+            raise TrainingDiverged(f"loss is {value} at step {k}", value, k)
+        if show:
+            bar.set_postfix(loss=f"{float(total.item()) / max(1, count):.4f}",
+                            lr=f"{scheduler.get_last_lr()[0]:.2e}")
+
+    step = -1
     for step, (x, y) in enumerate(bar):
         x = x.to(rt.device, non_blocking=True)
         y = y.to(rt.device, non_blocking=True)
@@ -91,13 +113,10 @@ def train_one_epoch(net: nn.Module, loader: DataLoader, loss_fn: TrainingLoss,
         with torch.autocast(rt.device.type, dtype=dtype) if dtype else nullcontext():
             out = net(x)
         loss = loss_fn.terms(out, y)
-        value = loss.detach().clone()
-        if rt.world > 1:
-            dist.all_reduce(value)
-            value /= rt.world
-        value = value.item()
-        if not math.isfinite(value):
-            raise TrainingDiverged(f"loss is {value} at step {step + 1}", value, step + 1)
+        value = loss.detach().float()
+        first = (bad_step == 0) & ~torch.isfinite(value)  # on the device: no sync
+        bad_step = torch.where(first, step + 1, bad_step)
+        bad_value = torch.where(first, value, bad_value)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if grad_clip:
@@ -107,9 +126,15 @@ def train_one_epoch(net: nn.Module, loader: DataLoader, loss_fn: TrainingLoss,
         scaler.update()
         scheduler.step()
         seen += len(y) * rt.world
-        total, count = total + value * len(y), count + len(y)
-        bar.set_postfix(loss=f"{value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-    return total / max(1, count), seen, time.perf_counter() - started
+        total, count = total + value.double() * len(y), count + len(y)
+        if (step + 1) % check_every == 0 and step + 1 != steps:
+            check(step)
+    check(step)
+    if rt.world > 1:  # the mean over every rank's batches
+        sums = torch.stack([total, torch.tensor(float(count), dtype=torch.float64, device=rt.device)])
+        dist.all_reduce(sums)
+        return float(sums[0] / sums[1].clamp(min=1)), seen, time.perf_counter() - started
+    return float(total.item()) / max(1, count), seen, time.perf_counter() - started
 
 
 def validate(model: nn.Module, loader: DataLoader, labels: np.ndarray, loss_fn: nn.Module, D: np.ndarray,
