@@ -34,6 +34,17 @@ from src.taxonomy import DEFAULT_TAXONOMY_PATH, load_taxonomy
 
 SRC_DIR = Path(__file__).resolve().parents[1]  # the project's src/ package
 MEMBER_FILES = ("config.yaml", "metrics.csv", "done.json")
+# The licence names Kaggle accepts in a dataset's dataset-metadata.json (github.com/Kaggle/kaggle-cli,
+# docs/datasets_metadata.md, "Licenses").
+KAGGLE_DATASET_LICENSES = (
+    "CC0-1.0", "CC-BY-SA-3.0", "CC-BY-SA-4.0", "CC-BY-NC-SA-4.0", "GPL-2.0", "ODbL-1.0", "DbCL-1.0",
+    "copyright-authors", "other", "unknown", "CC-BY-4.0", "CC-BY-NC-4.0", "PDDL", "CC-BY-3.0", "CC-BY-3.0-IGO",
+    "US-Government-Works", "CC-BY-NC-SA-3.0-IGO", "CDLA-Permissive-1.0", "CDLA-Sharing-1.0", "CC-BY-ND-4.0",
+    "CC-BY-NC-ND-4.0", "ODC-BY-1.0", "LGPL-3.0", "AGPL-3.0", "FDL-1.3", "EU-ODP-Legal-Notice", "apache-2.0",
+    "GPL-3.0")
+# FathomNet's images are CC BY-NC-ND 4.0 (its annotations CC BY-ND 4.0): weights trained on them carry the
+# stricter of the two.
+DEFAULT_LICENSE = "CC-BY-NC-ND-4.0"
 
 
 def inference_only(folder: str, names: list[str]) -> list[str]:
@@ -65,8 +76,10 @@ def default_decoder(cfg: PipelineConfig, frame_prior_fitted: bool = True) -> str
 
 
 def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder: str | None = None,
-            kaggle_id: str | None = None) -> Path:
-    """Assemble the upload folder `out` from round r's members (default: the last round); returns it."""
+            kaggle_id: str | None = None, license: str = DEFAULT_LICENSE) -> Path:
+    """Assemble the upload folder `out` from round r's members (default: the last round); returns it.
+
+    license: the licence dataset-metadata.json names (one of KAGGLE_DATASET_LICENSES)."""
     out = Path(out)
     r = cfg.rounds if r is None else r
     if out.exists():
@@ -75,6 +88,10 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
         raise StageError(f"decoder {decoder!r} is not among the configured decoders {cfg.decoding.decoders}")
     if kaggle_id is not None and kaggle_id.count("/") != 1:
         raise StageError(f"--kaggle-id must look like USER/dataset-slug, got {kaggle_id!r}")
+    if license not in KAGGLE_DATASET_LICENSES:
+        raise StageError(f"--license {license!r} is not a licence Kaggle accepts for datasets: "
+                         f"{', '.join(KAGGLE_DATASET_LICENSES)} (default {DEFAULT_LICENSE}: that of the FathomNet "
+                         "images the weights are trained on)")
     taxonomy = load_taxonomy()
     members = [cfg.layout.member_dir(r, s) for s in cfg.seeds]
     unfinished = [str(m) for m in members if not (m / "done.json").is_file() or not has_weights(m)]
@@ -114,7 +131,7 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
         if kaggle_id is not None:
             atomic_write_json(tmp / "dataset-metadata.json", {
                 "title": f"fathomnet ensemble {cfg.name}"[:50], "id": kaggle_id,
-                "licenses": [{"name": "CC0-1.0"}]})
+                "licenses": [{"name": license}]})
         manifest = {
             "format": MANIFEST_FORMAT, "name": cfg.name, "round": r,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -140,10 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decoder", default=None, help="decoder the notebook uses (default: frame_bayes if configured and the members have "
                         "validation predictions, else bayes if configured)")
     parser.add_argument("--kaggle-id", default=None, help="USER/slug: also write dataset-metadata.json")
+    parser.add_argument("--license", default=DEFAULT_LICENSE, metavar="NAME",
+                        help="licence named in dataset-metadata.json (default %(default)s: FathomNet's images are "
+                             "CC BY-NC-ND 4.0, its annotations CC BY-ND 4.0, and the weights derive from both); "
+                             "one of the names Kaggle accepts: " + ", ".join(KAGGLE_DATASET_LICENSES))
 
     def body(cfg, args):
         with open_run(cfg, wait=args.wait):
-            package(cfg, args.out, args.round, args.decoder, args.kaggle_id)
+            package(cfg, args.out, args.round, args.decoder, args.kaggle_id, args.license)
 
     return run_cli(parser, body, argv)
 
