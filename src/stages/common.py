@@ -37,7 +37,10 @@ class StageError(RuntimeError):
 # ----------------------------------------------------------------------------------------------- CLI
 def preferred_decoder(available: list[str]) -> str:
     """The decoder a submission uses by default: frame_bayes (the lowest distance on the generated benchmark,
-    bench/RESULTS.md), else bayes, else the first of `available`."""
+    bench/RESULTS.md), else bayes, else the first of `available`; StageError when there is none."""
+    if not available:
+        raise StageError("no decoder left to choose from: every decoder was skipped (see the submit table: "
+                         "missing validation predictions or frames) or none is configured (decoding.decoders)")
     return next((d for d in ("frame_bayes", "bayes") if d in available), available[0])
 
 
