@@ -552,6 +552,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not 0.5 < args.confidence <= 1:
             raise ValueError(f"--confidence must be in (0.5, 1], got {args.confidence}")
+        from src.artifacts import check_output_path  # before any prediction: never replace an input or artefact
+        inputs = (args.model, args.input, args.images, args.work)
+        check_output_path(args.out, (*inputs, args.probs))
+        if args.probs:
+            check_output_path(args.probs, (*inputs, args.out), "--probs", allow_suffixes=(".npz",))
         tta = None
         if args.tta:
             from src.data.transforms import parse_tta_view
