@@ -416,13 +416,16 @@ def find_members(model: str | Path) -> list[Path]:
         members = _round_members(model)
         unfinished = [d.name for d in members if not (d / "done.json").is_file()]
         if not members or unfinished:
-            raise FileNotFoundError(f"{model}: the round is not finished ({', '.join(unfinished) or 'no members'})")
+            raise FileNotFoundError(f"{model}: the round is not finished ({', '.join(unfinished) or 'no members'}"
+                                    f"{_configured_note(model.parent)})")
         return members
     rounds = sorted((d for d in model.glob("round_*") if d.name[6:].isdigit()), key=lambda d: int(d.name[6:]))
     for round_dir in reversed(rounds):
         members = _round_members(round_dir)
         if members and all((d / "done.json").is_file() for d in members):
             return members
+        import sys
+        print(f"note: {round_dir} is not finished: using an earlier round", file=sys.stderr)
     if rounds:
         raise FileNotFoundError(f"{model}: no round has all its members finished")
     root, manifest = read_package(model)  # a package nested one level down; else FileNotFoundError
@@ -446,8 +449,29 @@ def _cli_decoding(model: Path, decoder: str | None) -> dict:
 
 
 def _round_members(round_dir: Path) -> list[Path]:
+    """A round's member folders: one per seed of the run's pipeline.yaml (whether its folder exists or not:
+    a missing one is an unfinished member), else (a round copied without its run) the seed_* folders present."""
+    seeds = _configured_seeds(round_dir.parent)
+    if seeds is not None:
+        return [round_dir / "members" / f"seed_{s}" for s in seeds]
     members = [d for d in (round_dir / "members").glob("seed_*") if d.name[5:].isdigit()]
     return sorted(members, key=lambda d: int(d.name[5:]))
+
+
+def _configured_seeds(run_root: Path) -> list[int] | None:
+    """The seeds of a pipeline run (its pipeline.yaml, written by src.stages.pipeline); None without one."""
+    import yaml
+
+    try:
+        seeds = yaml.safe_load((run_root / "pipeline.yaml").read_text()).get("seeds")
+    except (OSError, AttributeError, yaml.YAMLError):
+        return None
+    return [int(s) for s in seeds] if isinstance(seeds, list) and seeds else None
+
+
+def _configured_note(run_root: Path) -> str:
+    seeds = _configured_seeds(run_root)
+    return f"; the run's pipeline.yaml configures seeds {seeds}" if seeds is not None else ""
 
 
 def prediction_table(probs: np.ndarray, taxonomy: Taxonomy, D: np.ndarray, confidence: float = 0.9) -> pd.DataFrame:

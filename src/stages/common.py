@@ -34,6 +34,13 @@ class StageError(RuntimeError):
     """A stage cannot run (missing inputs, inconsistent artefacts); the message says why."""
 
 
+def check_round(cfg: PipelineConfig, r: int) -> int:
+    """StageError for a round outside 0..cfg.rounds (a --round beyond the configured rounds); returns r."""
+    if not 0 <= r <= cfg.rounds:
+        raise StageError(f"round {r} is not a round of this run: the configured rounds are 0..{cfg.rounds}")
+    return r
+
+
 # ----------------------------------------------------------------------------------------------- CLI
 def preferred_decoder(available: list[str]) -> str:
     """The decoder a submission uses by default: frame_bayes (the lowest distance on the generated benchmark,

@@ -28,7 +28,7 @@ from src.artifacts import atomic_write_json, atomic_write_text
 from src.config import config_to_yaml
 from src.ensemble import FRAME_DECODERS
 from src.manifest import MANIFEST, MANIFEST_FORMAT, sha256, write_frame_prior
-from src.stages.common import StageError, has_weights, load_round, open_run, preferred_decoder, run_cli, stage_parser
+from src.stages.common import StageError, check_round, has_weights, load_round, open_run, preferred_decoder, run_cli, stage_parser
 from src.stages.pipeline_config import PipelineConfig
 from src.taxonomy import DEFAULT_TAXONOMY_PATH, load_taxonomy
 
@@ -81,7 +81,7 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
 
     license: the licence dataset-metadata.json names (one of KAGGLE_DATASET_LICENSES)."""
     out = Path(out)
-    r = cfg.rounds if r is None else r
+    r = check_round(cfg, cfg.rounds if r is None else r)
     if out.exists():
         raise StageError(f"{out} already exists: choose a new folder (a package is never overwritten)")
     if decoder is not None and decoder not in cfg.decoding.decoders:

@@ -34,7 +34,7 @@ from src.gates import (
 from src.plots import plot_threshold_curves
 from src.score import mean_distance, read_solution
 from src.stages.common import (
-    StageError, has_weights, load_round, load_taxonomy_and_distance, new_run_name, open_run, run_cli, stage_parser,
+    StageError, check_round, has_weights, load_round, load_taxonomy_and_distance, new_run_name, open_run, run_cli, stage_parser,
 )
 from src.stages.pipeline_config import COARSE_RANKS, PipelineConfig, PseudoLabelConfig
 
@@ -62,6 +62,7 @@ def make_pseudo_labels(cfg: PipelineConfig, r: int) -> dict:
     """Write round r's pseudo-labels from round r-1's ensemble; returns the stats (also in stats.json)."""
     if r < 1:
         raise StageError("pseudo-labels are made for rounds >= 1 (from the previous round's ensemble)")
+    check_round(cfg, r)
     layout, p = cfg.layout, cfg.pseudo
     taxonomy, D = load_taxonomy_and_distance()
     members = [layout.member_dir(r - 1, s) for s in cfg.seeds]

@@ -31,7 +31,7 @@ from src.artifacts import atomic_write_json, atomic_write_text
 from src.ensemble import decode_ensemble
 from src.score import mean_distance, read_solution, score_frames
 from src.stages.common import (
-    StageError, format_table, load_round, load_taxonomy_and_distance, new_run_name, open_run, preferred_decoder,
+    StageError, check_round, format_table, load_round, load_taxonomy_and_distance, new_run_name, open_run, preferred_decoder,
     run_cli, stage_parser,
 )
 from src.stages.pipeline_config import PipelineConfig
@@ -136,7 +136,7 @@ def check_submission_owner(cfg: PipelineConfig, path: Path) -> None:
 
 def submit(cfg: PipelineConfig, r: int | None = None) -> list[dict]:
     """Write and validate one submission per decoder from round r (default: the last round); score them."""
-    r = cfg.rounds if r is None else r
+    r = check_round(cfg, cfg.rounds if r is None else r)
     check_test_pixels(cfg, r)
     taxonomy, _ = load_taxonomy_and_distance()
     evaluation = evaluate_round(cfg, r)
