@@ -26,7 +26,7 @@ WEIGHTS_FILE = "model.pt"
 # Keys used after the last epoch only: a resume may change them, but they change a finished run's predictions.
 FINAL_PREDICTION_KEYS = ("train.tta_views",)
 # Keys that may change between a run and its resumption without changing the result.
-RESUMABLE_KEYS = ("train.resume", "train.max_epochs_this_run", "train.progress", "data.num_workers",
+RESUMABLE_KEYS = ("train.resume", "train.max_epochs_this_run", "train.max_steps", "train.progress", "data.num_workers",
                   "train.full_checkpoint_every", "output.wait_for_lock", "data.cache_dir",
                   "data.max_missing_train_share", "data.allow_missing_test", *FINAL_PREDICTION_KEYS)
 

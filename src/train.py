@@ -73,11 +73,12 @@ def build_optimizer(model: nn.Module, o) -> torch.optim.Optimizer:
 
 def train_one_epoch(net: nn.Module, loader: DataLoader, loss_fn: TrainingLoss,
                     optimizer, scheduler, scaler, grad_clip: float | None, rt: Runtime, dtype, desc: str,
-                    show: bool, augment=None, check_every: int = 50) -> tuple[float, int, float]:
+                    show: bool, augment=None, check_every: int = 50,
+                    max_steps: int | None = None) -> tuple[float, int, float]:
     """One pass over the loader, lr stepped per batch. Returns (mean loss, images seen by all ranks, seconds).
 
     augment: the batched augmentation (uint8 batch on the device -> network input), None when the loader's
-    items are already augmented.
+    items are already augmented. max_steps: stop the epoch after that many steps (train.max_steps).
 
     A NaN/inf loss (on any rank, so that every rank stops) raises TrainingDiverged naming the first step
     (1-based) where it went bad. The check makes no host-device sync per step: the first bad step and its
@@ -106,6 +107,9 @@ def train_one_epoch(net: nn.Module, loader: DataLoader, loss_fn: TrainingLoss,
 
     step = -1
     for step, (x, y) in enumerate(bar):
+        if max_steps is not None and step >= max_steps:
+            step -= 1  # the last step taken
+            break
         x = x.to(rt.device, non_blocking=True)
         y = y.to(rt.device, non_blocking=True)
         if augment is not None:
@@ -220,10 +224,11 @@ def _train(cfg: Config, rt: Runtime) -> Path:
                             cfg.model_dump(mode="json"), classes, cfg.train.full_checkpoint_every,
                             defaults=Config().model_dump(mode="json"))
 
-    start_epoch, history = 0, []
+    start_epoch, history, steps_done = 0, [], 0
     weights_epoch = saver.weights_epoch() if cfg.train.resume else None
     if cfg.train.resume and saver.exists():
         start_epoch, history = saver.resume()
+        steps_done = history[-1].get("steps", start_epoch * steps_per_epoch) if history else 0
         if rt.main:
             print(f"resuming {run_dir} after epoch {start_epoch}")
             if weights_epoch and weights_epoch > start_epoch:
@@ -243,6 +248,12 @@ def _train(cfg: Config, rt: Runtime) -> Path:
     if rt.world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
 
+    max_steps = cfg.train.max_steps
+    if max_steps is not None and steps_done >= max_steps and start_epoch < cfg.train.epochs:
+        if rt.main:
+            print(f"{run_dir} has taken {steps_done} steps already (train.max_steps={max_steps}); "
+                  "resume with a larger train.max_steps or null")
+        return run_dir
     for epoch in range(start_epoch, cfg.train.epochs):
         # Every random stream of the epoch derives from (seed, epoch, rank): resumption is exact.
         seed = epoch_seed(cfg.seed, epoch, rt.rank)
@@ -257,7 +268,8 @@ def _train(cfg: Config, rt: Runtime) -> Path:
         try:
             train_loss, seen, elapsed = train_one_epoch(net, loaders.train, loss_fn,
                                                         optimizer, scheduler, scaler, o.grad_clip, rt, dtype, desc,
-                                                        show, loaders.augment)
+                                                        show, loaders.augment,
+                                                        max_steps=None if max_steps is None else max_steps - steps_done)
         except TrainingDiverged as err:
             last_full = max(start_epoch, epoch - epoch % cfg.train.full_checkpoint_every)
             kept = f"the last good checkpoint is {saver.path} (after epoch {last_full})" if last_full else \
@@ -265,9 +277,12 @@ def _train(cfg: Config, rt: Runtime) -> Path:
             raise TrainingDiverged(f"loss is {err.value} at {desc}, step {err.step} (global step "
                                    f"{epoch * steps_per_epoch + err.step}); {kept}; lower optim.lr or set "
                                    "optim.grad_clip", err.value, err.step) from None
+        steps_done += min(steps_per_epoch, max_steps - steps_done) if max_steps is not None else steps_per_epoch
         stop = bool(cfg.train.max_epochs_this_run) and epoch + 1 - start_epoch >= cfg.train.max_epochs_this_run \
             and epoch + 1 < cfg.train.epochs
-        row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "train_loss": train_loss,
+        step_stop = max_steps is not None and steps_done >= max_steps and epoch + 1 < cfg.train.epochs
+        stop = stop or step_stop
+        row = {"epoch": epoch + 1, "steps": steps_done, "lr": scheduler.get_last_lr()[0], "train_loss": train_loss,
                "epoch_seconds": elapsed, "train_img_per_s": seen / elapsed}
         if rt.main:
             for name, ds in data.val.items():
@@ -284,8 +299,8 @@ def _train(cfg: Config, rt: Runtime) -> Path:
         rt.barrier()
         if stop:
             if rt.main:
-                print(f"stopping after {epoch + 1} epochs (train.max_epochs_this_run); "
-                      "continue with train.resume=true")
+                why = f"{steps_done} steps (train.max_steps)" if step_stop else "train.max_epochs_this_run"
+                print(f"stopping after {epoch + 1} epochs, {why}; continue with train.resume=true")
             return run_dir
 
     if rt.main:
