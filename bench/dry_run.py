@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     env = {"PYTHONPATH": str(REPO)}
-    started = time.time()
+    started, load_before = time.time(), list(os.getloadavg())
 
     if not (data / "dataset_test.json").is_file() or not (data / "test" / "rois").is_dir():
         gen = python("-m", "src.synthetic", "--out", str(data), "--preset", preset, "--seed", "0", "--no-progress",
@@ -319,14 +319,15 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python -m bench.dry_run", *(argv if argv is not None else sys.argv[1:])]),
         "preset": preset, "recipe": str(RECIPE.relative_to(REPO)), "overrides": overrides,
         "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "load_before": list(os.getloadavg()), "python": platform.python_version()},
+                    "load_before": load_before, "python": platform.python_version()},
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)), "total_s": round(time.time() - started, 1),
         "steps": results, "checkpoint_files": saved, "bf16": agreement,
         "notes": ["the package holds the ONE trained member linked as N seeds: identical members",
                   "members' test_probs.npz in the pipeline layout are placeholders; the decoder is argmax",
                   "model.pretrained=false (no network); data.val_fraction=0 (no validation split)",
-                  "a model trained 2-4 steps predicts few distinct labels: the bf16 agreement is a lower bound of "
-                  "what it tests"],
+                  "the bf16 package holds only the members predicted with (--predict-members); a model trained a "
+                  "few steps has nearly uniform probabilities, so its bf16 label agreement understates a trained "
+                  "model's"],
     }
     try:
         from src.runtime import cpu_model
@@ -342,9 +343,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(report: dict) -> str:
     lines = [f"# Dry run ({report['preset']} preset, {report['recipe']})", "",
-             f"`{report['command']}` on {report['machine']['cpu']} ({report['machine']['cpus']} CPUs, load "
-             f"{report['machine']['load_before'][0]:.1f} before, {report['machine']['load_after'][0]:.1f} after; "
-             f"shared machine), started {report['started']} UTC, total {report['total_s']} s.", "",
+             f"`{report['command']}` on {report['machine']['cpu']} ({report['machine']['cpus']} CPUs, shared with "
+             f"other jobs: load average {', '.join(f'{x:.2f}' for x in report['machine']['load_before'])} at the start, "
+             f"{', '.join(f'{x:.2f}' for x in report['machine']['load_after'])} at the end), started {report['started']} UTC, total "
+             f"{report['total_s']} s.", "",
              "| step | wall s | CPU s | peak RSS MB | disk under work MB | other |", "|---|---:|---:|---:|---:|---|"]
     for row in report["steps"]:
         other = ", ".join(f"{k} {v * 1000:.1f} MB" if k.endswith("_gb") else f"{k} {v}" for k, v in row.items()
