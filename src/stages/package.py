@@ -69,6 +69,22 @@ def slim_weights(member: Path, out: Path) -> None:
     torch.save(slim, out)
 
 
+WEIGHTS_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def cast_weights(path: Path, dtype: str) -> None:
+    """Store a slim model.pt's floating-point tensors in `dtype` (bfloat16 halves a package; src.predict loads
+    them into the float32 model unchanged: load_state_dict copies with a cast)."""
+    import torch
+
+    from src.serialization import load_state_file
+
+    state = load_state_file(path)
+    cast = getattr(torch, dtype)
+    state["model"] = {k: v.to(cast) if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, path)
+
+
 def default_decoder(cfg: PipelineConfig, frame_prior_fitted: bool = True) -> str:
     """preferred_decoder of the configured decoders (the frame decoders only when their frame weight could be
     fitted)."""
@@ -76,10 +92,11 @@ def default_decoder(cfg: PipelineConfig, frame_prior_fitted: bool = True) -> str
 
 
 def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder: str | None = None,
-            kaggle_id: str | None = None, license: str = DEFAULT_LICENSE) -> Path:
+            kaggle_id: str | None = None, license: str = DEFAULT_LICENSE, weights_dtype: str = "float32") -> Path:
     """Assemble the upload folder `out` from round r's members (default: the last round); returns it.
 
-    license: the licence dataset-metadata.json names (one of KAGGLE_DATASET_LICENSES)."""
+    license: the licence dataset-metadata.json names (one of KAGGLE_DATASET_LICENSES). weights_dtype: how the
+    members' weights are stored (WEIGHTS_DTYPES; bfloat16 halves the package, bench/results_dry_run.md)."""
     out = Path(out)
     r = check_round(cfg, cfg.rounds if r is None else r)
     if out.exists():
@@ -88,6 +105,8 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
         raise StageError(f"decoder {decoder!r} is not among the configured decoders {cfg.decoding.decoders}")
     if kaggle_id is not None and kaggle_id.count("/") != 1:
         raise StageError(f"--kaggle-id must look like USER/dataset-slug, got {kaggle_id!r}")
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise StageError(f"--weights-dtype {weights_dtype!r}: choose one of {', '.join(WEIGHTS_DTYPES)}")
     if license not in KAGGLE_DATASET_LICENSES:
         raise StageError(f"--license {license!r} is not a licence Kaggle accepts for datasets: "
                          f"{', '.join(KAGGLE_DATASET_LICENSES)} (default {DEFAULT_LICENSE}: that of the FathomNet "
@@ -116,6 +135,8 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
             dest.mkdir(parents=True)
             print(f"  member seed {seed}: {member} -> {dest.relative_to(tmp)}", flush=True)
             slim_weights(member, dest / "model.pt")
+            if weights_dtype != "float32":
+                cast_weights(dest / "model.pt", weights_dtype)
             for name in MEMBER_FILES:
                 if (member / name).is_file():
                     shutil.copy2(member / name, dest / name)
@@ -137,7 +158,7 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "members": entries, "classes_file": "classes.json",
             "taxonomy_file": f"src/{DEFAULT_TAXONOMY_PATH.name}", "pipeline_config": "pipeline.yaml",
-            "decoder": decoder, "decoders": list(cfg.decoding.decoders),
+            "decoder": decoder, "decoders": list(cfg.decoding.decoders), "weights_dtype": weights_dtype,
             "decoding": decoding,
         }
         atomic_write_json(tmp / MANIFEST, manifest)
@@ -157,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decoder", default=None, help="decoder the notebook uses (default: frame_bayes if configured and the members have "
                         "validation predictions, else bayes if configured)")
     parser.add_argument("--kaggle-id", default=None, help="USER/slug: also write dataset-metadata.json")
+    parser.add_argument("--weights-dtype", default="float32", choices=WEIGHTS_DTYPES,
+                        help="how the members' weights are stored (default float32; bfloat16 halves the package: "
+                             "see bench/results_dry_run.md)")
     parser.add_argument("--license", default=DEFAULT_LICENSE, metavar="NAME",
                         help="licence named in dataset-metadata.json (default %(default)s: FathomNet's images are "
                              "CC BY-NC-ND 4.0, its annotations CC BY-ND 4.0, and the weights derive from both); "
@@ -164,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body(cfg, args):
         with open_run(cfg, wait=args.wait):
-            package(cfg, args.out, args.round, args.decoder, args.kaggle_id, args.license)
+            package(cfg, args.out, args.round, args.decoder, args.kaggle_id, args.license, args.weights_dtype)
 
     return run_cli(parser, body, argv)
 
