@@ -61,3 +61,17 @@ def test_predict_refuses_a_missing_device(tmp_path, capsys):
                              "--work", str(tmp_path / "work"), "--no-progress"]) == 2
         assert "CUDA is not available" in one_line(capsys)
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "work").exists()
+
+
+def test_stages_report_a_missing_device_as_a_stage_error(monkeypatch):
+    import src.train
+    from src.runtime import DeviceError
+    from src.serialization import UnsafeFileError
+    from src.stages.common import StageError, train_member
+
+    for error in (DeviceError("device 'cuda' was asked for"), UnsafeFileError("x.pt: refusing to load")):
+        def failing(config, error=error):
+            raise error
+        monkeypatch.setattr(src.train, "train", failing)
+        with pytest.raises(StageError, match=str(error)):
+            train_member(None)
