@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     from src.artifacts import RunLockedError, exit_code
     from src.checkpoint import ConfigMismatchError
     from src.data.training import DataMissingError, PseudoLabelError  # torch import after argument checks
+    from src.runtime import DeviceError
+    from src.serialization import UnsafeFileError
     from src.train import train
 
     def train_and_name_the_run() -> None:
@@ -52,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":  # torchrun: one line, from rank 0
             print(run_dir)
     return exit_code(train_and_name_the_run,
-                     (DataMissingError, FileExistsError, PseudoLabelError, RunLockedError, ConfigMismatchError))
+                     (DataMissingError, FileExistsError, PseudoLabelError, RunLockedError, ConfigMismatchError,
+                      UnsafeFileError, DeviceError))
 
 
 if __name__ == "__main__":

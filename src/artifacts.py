@@ -178,3 +178,52 @@ def run_lock(folder: str | Path, wait: bool = False, advice: str = "") -> Iterat
         yield folder
     finally:
         os.close(fd)  # releases the lock
+
+
+# ------------------------------------------------------------------------------ output paths a user gives
+# What the project writes into run folders, pipeline folders, packages and data folders: a command's output
+# file (--out) is never one of them.
+ARTEFACT_NAMES = frozenset({"model.pt", "checkpoint.pt", "config.yaml", "manifest.json", "done.json", "state.json",
+                            "classes.json", "pipeline.yaml", "dataset-metadata.json", LOCK_FILE, "metrics.csv",
+                            "predictions.csv", "val_predictions.csv", "annotations.csv", "solution.csv"})
+ARTEFACT_SUFFIXES = frozenset({".pt", ".pth", ".safetensors", ".npz", ".npy", ".yaml", ".yml", ".json", ".py",
+                               ".ipynb", ".png", ".jpg", ".jpeg"})
+# A folder holding one of these is a project folder (run, pipeline round, package, data split): an existing
+# file in it is never replaced by a command's output.
+PROJECT_MARKERS = ("config.yaml", "manifest.json", "done.json", "state.json", "pipeline.yaml", LOCK_FILE,
+                   "checkpoint.pt", "model.pt")
+
+
+class OutputPathError(ValueError):
+    """An output path would overwrite an input, a project artefact, a folder or a device file."""
+
+
+def check_output_path(out: str | Path, inputs=(), option: str = "--out", allow_suffixes=()) -> Path:
+    """Refuse (OutputPathError, one line) an output file path that would replace something it must not:
+    a folder, an existing non-regular file (a device such as /dev/full, a pipe, a socket), one of the
+    command's `inputs` (a file, or an existing file inside an input folder), a project artefact (ARTEFACT_NAMES,
+    or a suffix in ARTEFACT_SUFFIXES other than `allow_suffixes`), or an existing file inside a run folder,
+    pipeline folder or package (a folder holding one of PROJECT_MARKERS). Returns the path. Call it before the
+    work that produces the output."""
+    out = Path(out)
+    where = f"{option} {out}"
+    if out.is_dir():
+        raise OutputPathError(f"{where} is a folder: give a file path")
+    if out.exists() and not out.is_file():
+        raise OutputPathError(f"{where} exists and is not a regular file (a device, pipe or socket): give a file path")
+    resolved = out.resolve()
+    for source in (Path(s) for s in inputs if s):
+        if not source.exists():
+            continue
+        if source.resolve() == resolved or (out.exists() and os.path.samefile(out, source)):
+            raise OutputPathError(f"{where} is one of the command's inputs: write the output elsewhere")
+        if source.is_dir() and out.exists() and source.resolve() in resolved.parents:
+            raise OutputPathError(f"{where} would replace a file inside the input {source}: write the output elsewhere")
+    if out.name in ARTEFACT_NAMES or (out.suffix.lower() in ARTEFACT_SUFFIXES
+                                      and out.suffix.lower() not in {s.lower() for s in allow_suffixes}):
+        raise OutputPathError(f"{where}: {out.name!r} is the name of a project artefact (weights, configs, manifests, "
+                              "probabilities): write the output under another name")
+    if out.exists() and any((resolved.parent / marker).exists() for marker in PROJECT_MARKERS):
+        raise OutputPathError(f"{where} would replace a file of the run, pipeline or package folder {out.parent}: "
+                              "write the output elsewhere")
+    return out

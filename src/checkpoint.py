@@ -20,11 +20,12 @@ import torch
 from src.artifacts import atomic_write_with
 from src.run_files import CHECKPOINT_FILE, WEIGHTS_FILE
 from src.runtime import rng_states, set_rng_states
+from src.serialization import load_state_file
 
 # Keys used after the last epoch only: a resume may change them, but they change a finished run's predictions.
 FINAL_PREDICTION_KEYS = ("train.tta_views",)
 # Keys that may change between a run and its resumption without changing the result.
-RESUMABLE_KEYS = ("train.resume", "train.max_epochs_this_run", "train.progress", "data.num_workers",
+RESUMABLE_KEYS = ("train.resume", "train.max_epochs_this_run", "train.max_steps", "train.progress", "data.num_workers",
                   "train.full_checkpoint_every", "output.wait_for_lock", "data.cache_dir",
                   "data.max_missing_train_share", "data.allow_missing_test", *FINAL_PREDICTION_KEYS)
 
@@ -99,13 +100,13 @@ class CheckpointSaver:
         """The epoch count of model.pt (None when absent); memory-mapped, so the weights are not read."""
         if not self.weights_path.is_file():
             return None
-        return torch.load(self.weights_path, map_location="cpu", weights_only=False, mmap=True)["epoch"]
+        return load_state_file(self.weights_path, mmap=True)["epoch"]
 
     def resume(self) -> tuple[int, list[dict]]:
         """Load every state from checkpoint.pt; returns (finished epochs, history).
 
         ConfigMismatchError when the config differs from the saved one outside RESUMABLE_KEYS."""
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        state = load_state_file(self.path)
         changed = config_differences(state["config"], self.config, defaults=self.defaults)
         if changed:
             raise ConfigMismatchError(f"{self.path}: the config differs from the checkpoint's in {changed}; "

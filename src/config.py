@@ -256,11 +256,17 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(64, ge=1, description="per process (per GPU under torchrun)")
     eval_batch_size: Optional[int] = Field(None, ge=1, description="default 2 x batch_size")
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="auto: bf16 on CUDA, off on CPU")
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
+        "auto", description="auto: bf16 on CUDA, off on CPU (float32); bf16 and fp16 need CUDA (an error on the CPU)")
     compile: bool = Field(False, description="torch.compile the model (CUDA)")
     resume: bool = Field(False, description="continue the run in output.dir/output.run_name")
     max_epochs_this_run: Optional[int] = Field(
         None, ge=1, description="stop after this many epochs in this process (time-limited jobs); resume later")
+    max_steps: Optional[int] = Field(
+        None, ge=1, description="stop the run after this many optimizer steps in total (counted across resumes; "
+        "the epoch where it is reached ends there), writing model.pt and checkpoint.pt as at an epoch end, "
+        "without the final predictions; resume later (train.resume=true) with a larger value or null. For dry "
+        "runs and time-limited jobs; null: no limit")
     full_checkpoint_every: int = Field(
         1, ge=1, description="write the resumable checkpoint.pt (optimizer, scheduler, RNG) every N epochs and at "
         "the end; the weights-only model.pt is written every epoch")

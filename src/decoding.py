@@ -25,9 +25,16 @@ FRAME_DECODERS = ("frame_bayes", "frame_argmax")  # frame-aware: need a FramePri
 DECODERS = ("argmax", "vote", "bayes", "bayes_cal", "diffusion", *FRAME_DECODERS)  # every name decode_ensemble knows
 
 
+class DecoderError(ValueError):
+    """No decoder can be chosen (none configured, or every one skipped); the message says why."""
+
+
 def preferred_decoder(available: list[str]) -> str:
     """The decoder a submission uses by default: frame_bayes (the lowest distance on the generated benchmark,
-    bench/RESULTS.md), else bayes, else the first of `available`."""
+    bench/RESULTS.md), else bayes, else the first of `available`; DecoderError when there is none."""
+    if not available:
+        raise DecoderError("no decoder left to choose from: every decoder was skipped (see the submit table: "
+                           "missing validation predictions or frames) or none is configured (decoding.decoders)")
     return next((d for d in ("frame_bayes", "bayes") if d in available), available[0])
 
 

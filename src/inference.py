@@ -15,6 +15,8 @@ and the decoded labels match `submit`'s.
 """
 from __future__ import annotations
 
+import sys
+
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,9 +66,10 @@ def load_member_config(run_dir: str | Path) -> Config:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """src.runtime.pick_device: DeviceError (a ValueError) when the device asked for is missing."""
+    from src.runtime import pick_device
+
+    return pick_device(device)
 
 
 def load_member(run_dir: str | Path, taxonomy: Taxonomy | None = None,
@@ -75,12 +78,13 @@ def load_member(run_dir: str | Path, taxonomy: Taxonomy | None = None,
 
     ValueError when the weights' class order differs from the taxonomy's canonical order."""
     from src.models import build_model
+    from src.serialization import load_state_file
 
     run_dir = Path(run_dir)
     taxonomy = taxonomy or load_taxonomy()
     cfg = load_member_config(run_dir)
     path = weights_file(run_dir)
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_state_file(path)  # tensors and plain data only: loading never runs code from the file
     classes = tuple(state["classes"])
     if classes != taxonomy.names:
         raise ValueError(f"{path}: class order differs from the taxonomy's canonical order")
@@ -293,13 +297,15 @@ def find_members(model: str | Path) -> list[Path]:
         members = _round_members(model)
         unfinished = [d.name for d in members if not is_done(d)]
         if not members or unfinished:
-            raise FileNotFoundError(f"{model}: the round is not finished ({', '.join(unfinished) or 'no members'})")
+            raise FileNotFoundError(f"{model}: the round is not finished ({', '.join(unfinished) or 'no members'}"
+                                    f"{_configured_note(model.parent)})")
         return members
     rounds = sorted((d for d in model.glob("round_*") if d.name[6:].isdigit()), key=lambda d: int(d.name[6:]))
     for round_dir in reversed(rounds):
         members = _round_members(round_dir)
         if members and all(is_done(d) for d in members):
             return members
+        print(f"note: {round_dir} is not finished: using an earlier round", file=sys.stderr)
     if rounds:
         raise FileNotFoundError(f"{model}: no round has all its members finished")
     root, manifest = read_package(model)  # a package nested one level down; else FileNotFoundError
@@ -307,5 +313,26 @@ def find_members(model: str | Path) -> list[Path]:
 
 
 def _round_members(round_dir: Path) -> list[Path]:
+    """A round's member folders: one per seed of the run's pipeline.yaml (whether its folder exists or not:
+    a missing one is an unfinished member), else (a round copied without its run) the seed_* folders present."""
+    seeds = _configured_seeds(round_dir.parent)
+    if seeds is not None:
+        return [round_dir / "members" / f"seed_{s}" for s in seeds]
     members = [d for d in (round_dir / "members").glob("seed_*") if d.name[5:].isdigit()]
     return sorted(members, key=lambda d: int(d.name[5:]))
+
+
+def _configured_seeds(run_root: Path) -> list[int] | None:
+    """The seeds of a pipeline run (its pipeline.yaml, written by src.stages.pipeline); None without one."""
+    import yaml
+
+    try:
+        seeds = yaml.safe_load((run_root / "pipeline.yaml").read_text()).get("seeds")
+    except (OSError, AttributeError, yaml.YAMLError):
+        return None
+    return [int(s) for s in seeds] if isinstance(seeds, list) and seeds else None
+
+
+def _configured_note(run_root: Path) -> str:
+    seeds = _configured_seeds(run_root)
+    return f"; the run's pipeline.yaml configures seeds {seeds}" if seeds is not None else ""

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from src.artifacts import atomic_save_npz
-from src.decoding import FramePrior
+from src.decoding import FRAME_DECODERS, FramePrior
 from src.run_files import WEIGHTS_FILE
 from src.taxonomy import load_taxonomy
 
@@ -27,15 +27,47 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def is_package_manifest(path: str | Path) -> bool:
+    """Whether `path` is a package's manifest.json (it has "format" and "members"), not the manifest.json a
+    data download writes in each split folder (src.data.download: "version", "frames", ...)."""
+    try:
+        manifest = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "format" in manifest and "members" in manifest
+
+
 def find_manifest(folder: str | Path) -> Path:
-    """The package's manifest.json in `folder` or below it (Kaggle may nest an uploaded folder one level)."""
+    """The package's manifest.json in `folder` or below it (Kaggle may nest an uploaded folder one level);
+    a data download's manifest.json (same name) is skipped, and FileNotFoundError says so when it is all
+    there is."""
     folder = Path(folder)
-    if (folder / MANIFEST).is_file():
-        return folder / MANIFEST
     found = sorted(folder.rglob(MANIFEST), key=lambda p: len(p.parts))
-    if not found:
-        raise FileNotFoundError(f"no {MANIFEST} in {folder} or below: attach the folder made by src.stages.package")
-    return found[0]
+    if (folder / MANIFEST).is_file():
+        found.insert(0, folder / MANIFEST)
+    packages = [p for p in found if is_package_manifest(p)]
+    if packages:
+        return packages[0]
+    if found:
+        raise FileNotFoundError(f"{found[0]} is a data download's manifest (src.data.download), not a package's: "
+                                "give the folder made by src.stages.package, a training run, or a pipeline round "
+                                "or run")
+    raise FileNotFoundError(f"no {MANIFEST} in {folder} or below: attach the folder made by src.stages.package")
+
+
+def check_package_decoder(manifest: dict, decoder: str | None = None) -> str:
+    """The decoder to use with a package (`decoder`, default the manifest's); ValueError before any prediction
+    when it is not among the package's decoders or lacks its fitted parameters."""
+    decoder = decoder or manifest["decoder"]
+    decoders = manifest.get("decoders") or [manifest["decoder"]]
+    if decoder not in decoders:
+        raise ValueError(f"decoder {decoder!r} is not one of the package's decoders {decoders}")
+    decoding = manifest.get("decoding", {})
+    if decoder == "bayes_cal" and decoding.get("temperature") is None:
+        raise ValueError("decoder bayes_cal needs a temperature fitted on validation; the package has none")
+    if decoder in FRAME_DECODERS and not decoding.get("frame_prior"):
+        raise ValueError(f"decoder {decoder} needs the frame prior fitted on validation; the package has none")
+    return decoder
 
 
 def read_package(folder: str | Path, verify: bool = False) -> tuple[Path, dict]:

@@ -16,7 +16,7 @@ from src.data.coco import annotation_table, frame_ids_of
 from src.decoding import DECODERS, FRAME_DECODERS
 from src.ensemble import DIFFUSION_ALPHA, SIGMA_CONVENTIONS, expected_distance, taxon_probabilities
 from src.inference import (
-    decode_predictions, find_members, load_crops, predict_members, read_roi_files, save_ensemble_probs,
+    decode_predictions, find_members, load_crops, predict_members, read_roi_files, resolve_device, save_ensemble_probs,
 )
 from src.run_files import CONFIG_FILE
 from src.taxonomy import RANKS, Taxonomy, load_taxonomy
@@ -143,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not 0.5 < args.confidence <= 1:
             raise ValueError(f"--confidence must be in (0.5, 1], got {args.confidence}")
+        from src.artifacts import check_output_path  # before any prediction: never replace an input or artefact
+        inputs = (args.model, args.input, args.images, args.work)
+        check_output_path(args.out, (*inputs, args.probs))
+        if args.probs:
+            check_output_path(args.probs, (*inputs, args.out), "--probs", allow_suffixes=(".npz",))
         tta = None
         if args.tta:
             from src.data.transforms import parse_tta_view
@@ -150,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             tta = tuple(view.strip() for view in args.tta.split(","))
             for view in tta:
                 parse_tta_view(view)
+        resolve_device(args.device)  # a missing device stops before any work
         taxonomy = load_taxonomy()
         members = find_members(args.model)
         decoding = _cli_decoding(Path(args.model), args.decoder)

@@ -72,16 +72,48 @@ class Runtime:
             dist.barrier()
 
 
+class DeviceError(ValueError):
+    """A device or precision was asked for that this machine does not have (a one-line error, exit code 2)."""
+
+
+def pick_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
+    """The torch device for a train.device / --device value: 'auto' picks cuda:<local_rank> when CUDA is
+    available, else the CPU; 'cuda' is cuda:<local_rank>. A device asked for by name that is missing (CUDA
+    unavailable, an index beyond the GPUs present, an unknown name) is a DeviceError, never a silent CPU run."""
+    name = str(device)
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
+    except RuntimeError:
+        raise DeviceError(f"device {name!r} is not a device name (auto, cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {name!r} was asked for but CUDA is not available on this machine; "
+                              "use device auto or cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {name!r} was asked for but this machine has {torch.cuda.device_count()} "
+                              "GPU(s)")
+    elif dev.type != "cpu":
+        raise DeviceError(f"device {name!r}: only auto, cpu and cuda[:N] are supported")
+    return dev
+
+
+def check_amp(amp: str, device: torch.device) -> None:
+    """train.amp bf16/fp16 need a CUDA device: on the CPU training runs in float32 (amp auto or off), and an
+    explicit mixed precision there would be ignored silently, so it is a DeviceError."""
+    if amp in ("bf16", "fp16") and device.type != "cuda":
+        raise DeviceError(f"train.amp={amp} needs a CUDA device, the run is on {device}: on the CPU training runs "
+                          "in float32; set train.amp=auto or off")
+
+
 def setup_runtime(device: str) -> Runtime:
-    """Join torchrun's process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU); pick the device."""
+    """Join torchrun's process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU); pick the device
+    (`pick_device`: DeviceError when the one asked for is missing)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device != "cpu"
-    if device == "auto" or device == "cuda":
-        dev = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
-    else:
-        dev = torch.device(device)
+    dev = pick_device(device, local_rank)
     owns = False
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
@@ -126,7 +158,9 @@ def seed_worker(worker_id: int) -> None:
 
 def rng_states(generator: torch.Generator) -> dict:
     """Every random stream's state (python, numpy, torch, CUDA, the DataLoader's generator)."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    name, keys, pos, has_gauss, cached = np.random.get_state()  # as plain data: checkpoints hold no numpy objects
+    return {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "loader": generator.get_state()}
 
@@ -134,7 +168,8 @@ def rng_states(generator: torch.Generator) -> dict:
 def set_rng_states(states: dict, generator: torch.Generator) -> None:
     """Restore what `rng_states` saved."""
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])

@@ -49,7 +49,7 @@ from src.models import build_model
 from src.plots import plot_training_curves
 from src.forward import ViewPredictions, amp_dtype, predict_logits, predict_views, softmax_np, write_predictions
 from src.run_files import CONFIG_FILE, CURVES_FILE, DONE_FILE, METRICS_FILE, WEIGHTS_FILE
-from src.runtime import Runtime, epoch_seed, reseed_transforms, run_environment, seed_everything, setup_runtime
+from src.runtime import Runtime, check_amp, epoch_seed, reseed_transforms, run_environment, seed_everything, setup_runtime
 from src.schedule import build_scheduler
 from src.score import chance_metrics, classification_metrics, mean_distance, read_solution
 from src.taxonomy import RANKS, Taxonomy, distance_matrix, load_taxonomy
@@ -74,17 +74,43 @@ def build_optimizer(model: nn.Module, o) -> torch.optim.Optimizer:
 
 def train_one_epoch(net: nn.Module, loader: DataLoader, loss_fn: TrainingLoss,
                     optimizer, scheduler, scaler, grad_clip: float | None, rt: Runtime, dtype, desc: str,
-                    show: bool, augment=None) -> tuple[float, int, float]:
+                    show: bool, augment=None, check_every: int = 50,
+                    max_steps: int | None = None) -> tuple[float, int, float]:
     """One pass over the loader, lr stepped per batch. Returns (mean loss, images seen by all ranks, seconds).
 
     augment: the batched augmentation (uint8 batch on the device -> network input), None when the loader's
-    items are already augmented.
+    items are already augmented. max_steps: stop the epoch after that many steps (train.max_steps).
 
-    A NaN/inf loss (averaged over ranks, so that every rank stops) raises TrainingDiverged with the step."""
+    A NaN/inf loss (on any rank, so that every rank stops) raises TrainingDiverged naming the first step
+    (1-based) where it went bad. The check makes no host-device sync per step: the first bad step and its
+    loss stay on the device and are read every `check_every` steps and at the end of the epoch (the steps
+    between run on, but nothing is saved before the check)."""
     net.train()
-    started, seen, total, count = time.perf_counter(), 0, 0.0, 0
+    started, seen, count = time.perf_counter(), 0, 0
+    total = torch.zeros((), dtype=torch.float64, device=rt.device)      # sum of loss x batch size
+    bad_step = torch.zeros((), dtype=torch.int64, device=rt.device)     # first step with a NaN/inf loss, 0: none
+    bad_value = torch.zeros((), dtype=torch.float32, device=rt.device)  # its loss
     bar = tqdm(loader, desc=desc, disable=not show, leave=False)
+    steps = len(loader) if hasattr(loader, "__len__") else None
+
+    def check(step: int) -> None:  # one host read for `check_every` steps
+        first = bad_step.clone()
+        if rt.world > 1:  # the earliest bad step of any rank (0 = none, so it counts as the largest)
+            first = torch.where(first == 0, torch.iinfo(torch.int64).max, first)
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+            first = torch.where(first == torch.iinfo(torch.int64).max, 0, first)
+        if (k := int(first.item())):
+            value = float(bad_value.item()) if int(bad_step.item()) == k else math.nan
+            raise TrainingDiverged(f"loss is {value} at step {k}", value, k)
+        if show:
+            bar.set_postfix(loss=f"{float(total.item()) / max(1, count):.4f}",
+                            lr=f"{scheduler.get_last_lr()[0]:.2e}")
+
+    step = -1
     for step, (x, y) in enumerate(bar):
+        if max_steps is not None and step >= max_steps:
+            step -= 1  # the last step taken
+            break
         x = x.to(rt.device, non_blocking=True)
         y = y.to(rt.device, non_blocking=True)
         if augment is not None:
@@ -92,13 +118,10 @@ def train_one_epoch(net: nn.Module, loader: DataLoader, loss_fn: TrainingLoss,
         with torch.autocast(rt.device.type, dtype=dtype) if dtype else nullcontext():
             out = net(x)
         loss = loss_fn.terms(out, y)
-        value = loss.detach().clone()
-        if rt.world > 1:
-            dist.all_reduce(value)
-            value /= rt.world
-        value = value.item()
-        if not math.isfinite(value):
-            raise TrainingDiverged(f"loss is {value} at step {step + 1}", value, step + 1)
+        value = loss.detach().float()
+        first = (bad_step == 0) & ~torch.isfinite(value)  # on the device: no sync
+        bad_step = torch.where(first, step + 1, bad_step)
+        bad_value = torch.where(first, value, bad_value)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if grad_clip:
@@ -108,9 +131,15 @@ def train_one_epoch(net: nn.Module, loader: DataLoader, loss_fn: TrainingLoss,
         scaler.update()
         scheduler.step()
         seen += len(y) * rt.world
-        total, count = total + value * len(y), count + len(y)
-        bar.set_postfix(loss=f"{value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-    return total / max(1, count), seen, time.perf_counter() - started
+        total, count = total + value.double() * len(y), count + len(y)
+        if (step + 1) % check_every == 0 and step + 1 != steps:
+            check(step)
+    check(step)
+    if rt.world > 1:  # the mean over every rank's batches
+        sums = torch.stack([total, torch.tensor(float(count), dtype=torch.float64, device=rt.device)])
+        dist.all_reduce(sums)
+        return float(sums[0] / sums[1].clamp(min=1)), seen, time.perf_counter() - started
+    return float(total.item()) / max(1, count), seen, time.perf_counter() - started
 
 
 def validate(model: nn.Module, loader: DataLoader, labels: np.ndarray, loss_fn: nn.Module, D: np.ndarray,
@@ -129,7 +158,8 @@ def train(cfg: Config) -> Path:
     folder stops with RunLockedError (or waits, output.wait_for_lock); temporary files a killed run
     left in the folder are removed."""
     check_data(Path(cfg.data.root))
-    rt = setup_runtime(cfg.train.device)
+    rt = setup_runtime(cfg.train.device)  # DeviceError (before the run folder exists) when it is missing
+    check_amp(cfg.train.amp, rt.device)
     run_dir = Path(cfg.output.dir) / cfg.output.run_name
     try:
         with run_lock(run_dir, cfg.output.wait_for_lock, advice="wait for it to finish (output.wait_for_lock=true "
@@ -195,10 +225,11 @@ def _train(cfg: Config, rt: Runtime) -> Path:
                             cfg.model_dump(mode="json"), classes, cfg.train.full_checkpoint_every,
                             defaults=Config().model_dump(mode="json"))
 
-    start_epoch, history = 0, []
+    start_epoch, history, steps_done = 0, [], 0
     weights_epoch = saver.weights_epoch() if cfg.train.resume else None
     if cfg.train.resume and saver.exists():
         start_epoch, history = saver.resume()
+        steps_done = history[-1].get("steps", start_epoch * steps_per_epoch) if history else 0
         if rt.main:
             print(f"resuming {run_dir} after epoch {start_epoch}")
             if weights_epoch and weights_epoch > start_epoch:
@@ -218,6 +249,12 @@ def _train(cfg: Config, rt: Runtime) -> Path:
     if rt.world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
 
+    max_steps = cfg.train.max_steps
+    if max_steps is not None and steps_done >= max_steps and start_epoch < cfg.train.epochs:
+        if rt.main:
+            print(f"{run_dir} has taken {steps_done} steps already (train.max_steps={max_steps}); "
+                  "resume with a larger train.max_steps or null")
+        return run_dir
     for epoch in range(start_epoch, cfg.train.epochs):
         # Every random stream of the epoch derives from (seed, epoch, rank): resumption is exact.
         seed = epoch_seed(cfg.seed, epoch, rt.rank)
@@ -232,7 +269,8 @@ def _train(cfg: Config, rt: Runtime) -> Path:
         try:
             train_loss, seen, elapsed = train_one_epoch(net, loaders.train, loss_fn,
                                                         optimizer, scheduler, scaler, o.grad_clip, rt, dtype, desc,
-                                                        show, loaders.augment)
+                                                        show, loaders.augment,
+                                                        max_steps=None if max_steps is None else max_steps - steps_done)
         except TrainingDiverged as err:
             last_full = max(start_epoch, epoch - epoch % cfg.train.full_checkpoint_every)
             kept = f"the last good checkpoint is {saver.path} (after epoch {last_full})" if last_full else \
@@ -240,9 +278,12 @@ def _train(cfg: Config, rt: Runtime) -> Path:
             raise TrainingDiverged(f"loss is {err.value} at {desc}, step {err.step} (global step "
                                    f"{epoch * steps_per_epoch + err.step}); {kept}; lower optim.lr or set "
                                    "optim.grad_clip", err.value, err.step) from None
+        steps_done += min(steps_per_epoch, max_steps - steps_done) if max_steps is not None else steps_per_epoch
         stop = bool(cfg.train.max_epochs_this_run) and epoch + 1 - start_epoch >= cfg.train.max_epochs_this_run \
             and epoch + 1 < cfg.train.epochs
-        row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "train_loss": train_loss,
+        step_stop = max_steps is not None and steps_done >= max_steps and epoch + 1 < cfg.train.epochs
+        stop = stop or step_stop
+        row = {"epoch": epoch + 1, "steps": steps_done, "lr": scheduler.get_last_lr()[0], "train_loss": train_loss,
                "epoch_seconds": elapsed, "train_img_per_s": seen / elapsed}
         if rt.main:
             for name, ds in data.val.items():
@@ -259,8 +300,8 @@ def _train(cfg: Config, rt: Runtime) -> Path:
         rt.barrier()
         if stop:
             if rt.main:
-                print(f"stopping after {epoch + 1} epochs (train.max_epochs_this_run); "
-                      "continue with train.resume=true")
+                why = f"{steps_done} steps (train.max_steps)" if step_stop else "train.max_epochs_this_run"
+                print(f"stopping after {epoch + 1} epochs, {why}; continue with train.resume=true")
             return run_dir
 
     if rt.main:

@@ -130,6 +130,10 @@ def read_pseudo_labels(path: str | Path, test_index: pd.DataFrame, taxonomy: Tax
     table = pd.read_csv(path, keep_default_na=False, dtype={"concept_name": str, "target_taxon": str})
     if not {"annotation_id", "concept_name"} <= set(table.columns):
         raise ValueError(f"{path}: needs columns annotation_id,concept_name, has {list(table.columns)}")
+    repeated = table["annotation_id"][table["annotation_id"].duplicated()].unique()
+    if len(repeated):  # one ROI, several labels (or one label twice): training on both would be silent noise
+        raise ValueError(f"{path}: {len(repeated)} annotation ids appear more than once (one pseudo-label per ROI), "
+                         f"e.g. {sorted(repeated.tolist())[:10]}")
     try:
         labels, _ = pseudo_label_targets(table, taxonomy)
     except ValueError as err:

@@ -67,7 +67,8 @@ def load_pretrained_path(model: Classifier, path: str | Path) -> Classifier:
         from safetensors.torch import load_file
         obj = load_file(str(path))
     else:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        from src.serialization import load_state_file
+        obj = load_state_file(path)  # tensors and plain data only: loading never runs code from the file
     if isinstance(obj, dict) and "model" in obj and "classes" in obj:
         model.load_state_dict(obj["model"])
         return model

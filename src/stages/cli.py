@@ -8,7 +8,7 @@ import numpy as np
 
 from src.artifacts import RunLockedError, exit_code
 from src.config import ConfigError, describe_config
-from src.decoding import PredictionFileError
+from src.decoding import DecoderError, PredictionFileError
 from src.stages.pipeline_config import PipelineConfig, load_pipeline_config
 from src.submission import LabelFileError
 
@@ -30,6 +30,13 @@ def stage_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+def check_round(cfg: PipelineConfig, r: int) -> int:
+    """StageError for a round outside 0..cfg.rounds (a --round beyond the configured rounds); returns r."""
+    if not 0 <= r <= cfg.rounds:
+        raise StageError(f"round {r} is not a round of this run: the configured rounds are 0..{cfg.rounds}")
+    return r
+
+
 def run_cli(parser: argparse.ArgumentParser, body: Callable[[PipelineConfig, argparse.Namespace], object],
             argv: list[str] | None = None) -> int:
     """Parse, load the pipeline config, run `body`; one-line errors and exit code 2 on known failures
@@ -38,7 +45,7 @@ def run_cli(parser: argparse.ArgumentParser, body: Callable[[PipelineConfig, arg
     args = parser.parse_intermixed_args(argv)  # overrides may come after options
     return exit_code(lambda: body(load_pipeline_config(args.config, args.overrides), args),
                      (ConfigError, StageError, LabelFileError, FileNotFoundError, RunLockedError,
-                      PredictionFileError))
+                      PredictionFileError, DecoderError))
 
 
 

@@ -27,11 +27,13 @@ def train_member(config) -> Path:
     (a resume with a changed config, bad pseudo-labels) become StageError."""
     from src.checkpoint import ConfigMismatchError
     from src.data.training import PseudoLabelError
+    from src.runtime import DeviceError
+    from src.serialization import UnsafeFileError
     from src.train import train
 
     try:
         return Path(train(config))
-    except (ConfigMismatchError, PseudoLabelError) as err:
+    except (ConfigMismatchError, PseudoLabelError, DeviceError, UnsafeFileError) as err:
         raise StageError(str(err)) from None
 
 

@@ -29,7 +29,7 @@ from src.config import config_to_yaml
 from src.decoding import FRAME_DECODERS, preferred_decoder
 from src.manifest import MANIFEST, MANIFEST_FORMAT, sha256, write_frame_prior
 from src.run_files import CONFIG_FILE, DONE_FILE, METRICS_FILE, WEIGHTS_FILE, has_weights, is_done, weights_file
-from src.stages.cli import StageError, run_cli, stage_parser
+from src.stages.cli import StageError, check_round, run_cli, stage_parser
 from src.stages.pipeline_config import PipelineConfig
 from src.stages.predictions import load_round
 from src.stages.state import open_run
@@ -37,6 +37,17 @@ from src.taxonomy import DEFAULT_TAXONOMY_PATH, load_taxonomy
 
 SRC_DIR = Path(__file__).resolve().parents[1]  # the project's src/ package
 MEMBER_FILES = (CONFIG_FILE, METRICS_FILE, DONE_FILE)
+# The licence names Kaggle accepts in a dataset's dataset-metadata.json (github.com/Kaggle/kaggle-cli,
+# docs/datasets_metadata.md, "Licenses").
+KAGGLE_DATASET_LICENSES = (
+    "CC0-1.0", "CC-BY-SA-3.0", "CC-BY-SA-4.0", "CC-BY-NC-SA-4.0", "GPL-2.0", "ODbL-1.0", "DbCL-1.0",
+    "copyright-authors", "other", "unknown", "CC-BY-4.0", "CC-BY-NC-4.0", "PDDL", "CC-BY-3.0", "CC-BY-3.0-IGO",
+    "US-Government-Works", "CC-BY-NC-SA-3.0-IGO", "CDLA-Permissive-1.0", "CDLA-Sharing-1.0", "CC-BY-ND-4.0",
+    "CC-BY-NC-ND-4.0", "ODC-BY-1.0", "LGPL-3.0", "AGPL-3.0", "FDL-1.3", "EU-ODP-Legal-Notice", "apache-2.0",
+    "GPL-3.0")
+# FathomNet's images are CC BY-NC-ND 4.0 (its annotations CC BY-ND 4.0): weights trained on them carry the
+# stricter of the two.
+DEFAULT_LICENSE = "CC-BY-NC-ND-4.0"
 
 
 def inference_only(folder: str, names: list[str]) -> list[str]:
@@ -50,9 +61,30 @@ def slim_weights(member: Path, out: Path) -> None:
     weights-only model.pt or, for runs trained before there was one, its checkpoint.pt."""
     import torch
 
-    state = torch.load(weights_file(member), map_location="cpu", weights_only=False)
+    from src.serialization import UnsafeFileError, load_state_file
+
+    try:
+        state = load_state_file(weights_file(member))
+    except UnsafeFileError as err:
+        raise StageError(str(err)) from None
     slim = {key: state[key] for key in ("model", "classes", "config", "epoch") if key in state}
     torch.save(slim, out)
+
+
+WEIGHTS_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def cast_weights(path: Path, dtype: str) -> None:
+    """Store a slim model.pt's floating-point tensors in `dtype` (bfloat16 halves a package; src.predict loads
+    them into the float32 model unchanged: load_state_dict copies with a cast)."""
+    import torch
+
+    from src.serialization import load_state_file
+
+    state = load_state_file(path)
+    cast = getattr(torch, dtype)
+    state["model"] = {k: v.to(cast) if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, path)
 
 
 def default_decoder(cfg: PipelineConfig, frame_prior_fitted: bool = True) -> str:
@@ -62,16 +94,25 @@ def default_decoder(cfg: PipelineConfig, frame_prior_fitted: bool = True) -> str
 
 
 def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder: str | None = None,
-            kaggle_id: str | None = None) -> Path:
-    """Assemble the upload folder `out` from round r's members (default: the last round); returns it."""
+            kaggle_id: str | None = None, license: str = DEFAULT_LICENSE, weights_dtype: str = "float32") -> Path:
+    """Assemble the upload folder `out` from round r's members (default: the last round); returns it.
+
+    license: the licence dataset-metadata.json names (one of KAGGLE_DATASET_LICENSES). weights_dtype: how the
+    members' weights are stored (WEIGHTS_DTYPES; bfloat16 halves the package, bench/results_dry_run.md)."""
     out = Path(out)
-    r = cfg.rounds if r is None else r
+    r = check_round(cfg, cfg.rounds if r is None else r)
     if out.exists():
         raise StageError(f"{out} already exists: choose a new folder (a package is never overwritten)")
     if decoder is not None and decoder not in cfg.decoding.decoders:
         raise StageError(f"decoder {decoder!r} is not among the configured decoders {cfg.decoding.decoders}")
     if kaggle_id is not None and kaggle_id.count("/") != 1:
         raise StageError(f"--kaggle-id must look like USER/dataset-slug, got {kaggle_id!r}")
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise StageError(f"--weights-dtype {weights_dtype!r}: choose one of {', '.join(WEIGHTS_DTYPES)}")
+    if license not in KAGGLE_DATASET_LICENSES:
+        raise StageError(f"--license {license!r} is not a licence Kaggle accepts for datasets: "
+                         f"{', '.join(KAGGLE_DATASET_LICENSES)} (default {DEFAULT_LICENSE}: that of the FathomNet "
+                         "images the weights are trained on)")
     taxonomy = load_taxonomy()
     members = [cfg.layout.member_dir(r, s) for s in cfg.seeds]
     unfinished = [str(m) for m in members if not is_done(m) or not has_weights(m)]
@@ -96,6 +137,8 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
             dest.mkdir(parents=True)
             print(f"  member seed {seed}: {member} -> {dest.relative_to(tmp)}", flush=True)
             slim_weights(member, dest / WEIGHTS_FILE)
+            if weights_dtype != "float32":
+                cast_weights(dest / WEIGHTS_FILE, weights_dtype)
             for name in MEMBER_FILES:
                 if (member / name).is_file():
                     shutil.copy2(member / name, dest / name)
@@ -111,13 +154,13 @@ def package(cfg: PipelineConfig, out: str | Path, r: int | None = None, decoder:
         if kaggle_id is not None:
             atomic_write_json(tmp / "dataset-metadata.json", {
                 "title": f"fathomnet ensemble {cfg.name}"[:50], "id": kaggle_id,
-                "licenses": [{"name": "CC0-1.0"}]})
+                "licenses": [{"name": license}]})
         manifest = {
             "format": MANIFEST_FORMAT, "name": cfg.name, "round": r,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "members": entries, "classes_file": "classes.json",
             "taxonomy_file": f"src/{DEFAULT_TAXONOMY_PATH.name}", "pipeline_config": "pipeline.yaml",
-            "decoder": decoder, "decoders": list(cfg.decoding.decoders),
+            "decoder": decoder, "decoders": list(cfg.decoding.decoders), "weights_dtype": weights_dtype,
             "decoding": decoding,
         }
         atomic_write_json(tmp / MANIFEST, manifest)
@@ -137,10 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decoder", default=None, help="decoder the notebook uses (default: frame_bayes if configured and the members have "
                         "validation predictions, else bayes if configured)")
     parser.add_argument("--kaggle-id", default=None, help="USER/slug: also write dataset-metadata.json")
+    parser.add_argument("--weights-dtype", default="float32", choices=WEIGHTS_DTYPES,
+                        help="how the members' weights are stored (default float32; bfloat16 halves the package: "
+                             "see bench/results_dry_run.md)")
+    parser.add_argument("--license", default=DEFAULT_LICENSE, metavar="NAME",
+                        help="licence named in dataset-metadata.json (default %(default)s: FathomNet's images are "
+                             "CC BY-NC-ND 4.0, its annotations CC BY-ND 4.0, and the weights derive from both); "
+                             "one of the names Kaggle accepts: " + ", ".join(KAGGLE_DATASET_LICENSES))
 
     def body(cfg, args):
         with open_run(cfg, wait=args.wait):
-            package(cfg, args.out, args.round, args.decoder, args.kaggle_id)
+            package(cfg, args.out, args.round, args.decoder, args.kaggle_id, args.license, args.weights_dtype)
 
     return run_cli(parser, body, argv)
 

@@ -35,7 +35,7 @@ from src.gates import (
 from src.plots import plot_threshold_curves
 from src.score import mean_distance, read_solution
 from src.run_files import has_weights, is_done
-from src.stages.cli import StageError, run_cli, stage_parser
+from src.stages.cli import StageError, check_round, run_cli, stage_parser
 from src.stages.pipeline_config import COARSE_RANKS, PipelineConfig, PseudoLabelConfig, new_run_name
 from src.stages.predictions import load_round, load_taxonomy_and_distance
 from src.stages.state import open_run
@@ -64,6 +64,7 @@ def make_pseudo_labels(cfg: PipelineConfig, r: int) -> dict:
     """Write round r's pseudo-labels from round r-1's ensemble; returns the stats (also in stats.json)."""
     if r < 1:
         raise StageError("pseudo-labels are made for rounds >= 1 (from the previous round's ensemble)")
+    check_round(cfg, r)
     layout, p = cfg.layout, cfg.pseudo
     taxonomy, D = load_taxonomy_and_distance()
     members = [layout.member_dir(r - 1, s) for s in cfg.seeds]

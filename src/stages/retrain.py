@@ -10,7 +10,7 @@ Finished members (done.json) are skipped. --print-sbatch prints the SLURM job-ar
 """
 from __future__ import annotations
 
-from src.stages.cli import StageError, run_cli, stage_parser
+from src.stages.cli import StageError, check_round, run_cli, stage_parser
 from src.stages.members import train_round
 from src.stages.pipeline_config import PipelineConfig
 from src.stages.train_stage import add_member_arguments, run_member_training
@@ -20,6 +20,7 @@ def retrain(cfg: PipelineConfig, r: int, trainer=None, member_index: int | None 
     """Train round r (>= 1) on train + round r's pseudo-labels; returns the member run folders."""
     if r < 1:
         raise StageError("retrain is for rounds >= 1; round 0 is train_ensemble")
+    check_round(cfg, r)
     pseudo = cfg.layout.pseudo_labels(r)
     if not pseudo.is_file():
         raise StageError(f"{pseudo} not found: run the pseudo_label stage for round {r} first")

@@ -2,7 +2,9 @@
 
     python -m src.stages.submit CONFIG.yaml [overrides] [--round R] [--kaggle-submit [--decoder D] [--message M]]
 
-Writes submissions/<name>_<decoder>.csv (every test annotation once, names checked), and under the run
+Writes submissions/<name>_<decoder>.csv (every test annotation once, names checked; beside it
+.<name>_<decoder>.csv.run.json records the run folder that wrote it, and a run never replaces a file written
+by another run of the same name under another output_root), and under the run
 folder submit/scores.{json,md}: per decoder the validation mean distance (when members have a
 validation split) and, when `solution` is configured, the local-leaderboard score of the test CSV.
 Decoders: argmax, vote, bayes (least expected distance), bayes_cal (after temperature scaling fitted
@@ -29,7 +31,7 @@ from src.artifacts import atomic_write_json, atomic_write_text
 from src.decoding import decode_ensemble, preferred_decoder
 from src.run_files import DONE_FILE, is_done
 from src.score import mean_distance, read_solution, score_frames
-from src.stages.cli import StageError, format_table, run_cli, stage_parser
+from src.stages.cli import StageError, check_round, format_table, run_cli, stage_parser
 from src.stages.pipeline_config import PipelineConfig, new_run_name
 from src.stages.predictions import load_round, load_taxonomy_and_distance
 from src.stages.state import open_run
@@ -106,19 +108,48 @@ def check_test_pixels(cfg: PipelineConfig, r: int) -> None:
         return
 
 
+def owner_file(path: Path) -> Path:
+    """The file beside a submission CSV that records the run which wrote it (the CSV itself holds only the
+    competition's two columns)."""
+    return path.with_name(f".{path.name}.run.json")
+
+
+def check_submission_owner(cfg: PipelineConfig, path: Path) -> None:
+    """StageError when `path` exists and was written by another run (a run of the same name under another
+    output_root), or is not a regular file; a CSV written before submissions recorded their run is replaced
+    with a warning."""
+    if path.exists() and not path.is_file():
+        raise StageError(f"{path} exists and is not a regular file: set another submissions_dir")
+    if not path.exists():
+        return
+    run = str(cfg.layout.root.resolve())
+    try:
+        owner = json.loads(owner_file(path).read_text())["run"]
+    except (OSError, ValueError, KeyError, TypeError):
+        print(f"warning: replacing {path}, which does not record the run that wrote it", flush=True)
+        return
+    if owner != run:
+        raise StageError(f"{path} was written by the run {owner}, not by this one ({run}): submissions of runs "
+                         f"with the same name would overwrite each other; set another name (e.g. "
+                         f"name={new_run_name(cfg)}) or submissions_dir")
+
+
 def submit(cfg: PipelineConfig, r: int | None = None) -> list[dict]:
     """Write and validate one submission per decoder from round r (default: the last round); score them."""
-    r = cfg.rounds if r is None else r
+    r = check_round(cfg, cfg.rounds if r is None else r)
     check_test_pixels(cfg, r)
     taxonomy, _ = load_taxonomy_and_distance()
     evaluation = evaluate_round(cfg, r)
     expected = coco_annotation_ids(Path(cfg.data_root) / "dataset_test.json")
     solution = read_label_csv(cfg.solution, name_columns=("concept_name", "name")) if cfg.solution else None
+    for decoder in evaluation.test_labels:  # every file checked before any is written
+        check_submission_owner(cfg, cfg.layout.submission(decoder))
     rows = []
     for decoder, labels in evaluation.test_labels.items():
         path = cfg.layout.submission(decoder)
         frame = labels_frame(evaluation.test_ids, labels, taxonomy)
         write_submission(path, frame["annotation_id"], frame["concept_name"])
+        atomic_write_json(owner_file(path), {"run": str(cfg.layout.root.resolve()), "round": r, "decoder": decoder})
         problems = validate_submission(path, expected, taxonomy)
         if problems:
             raise StageError(f"{path} is not a valid submission: {'; '.join(problems)}")
