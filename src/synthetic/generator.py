@@ -65,8 +65,8 @@ from tqdm import tqdm
 
 from src.artifacts import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 from src.synthetic.skeleton import Skeleton, load_skeleton
-from src.synthetic.habitat import (SNOW_BY_ZONE, ZONES, Profiles, choose_habitat, concept_profiles, render_background,
-                                   rests_on_floor, water_colour)
+from src.synthetic.habitat import (MODES, SNOW_BY_ZONE, ZONES, Habitat, Profiles, choose_habitat, community,
+                                   concept_profiles, render_background, rests_on_floor, water_colour)
 from src.synthetic.shapes import (UPRIGHT_PLANS, Appearance, Genes, concept_genes, draw_sprite, individual_look,
                                   instance_genes, rotate_sprite, sample_instance)
 from src.taxonomy import Taxonomy, load_taxonomy
@@ -98,6 +98,8 @@ ATYPICAL_VARIATION = 2.5  # per-individual variation in an atypical frame, relat
 SIBLING_VARIATION = 0.4  # variation of a taxon's siblings in one frame around the first one drawn
 FRAME_BLUR_SHARE = 0.6  # share of a frame's blur level applied to the whole frame; the rest per individual
 INDIVIDUAL_BLUR_SPREAD = 0.45  # log-normal spread of an individual's blur around its frame's level
+BACKGROUND_FAUNA = (4.0, 2.0)  # mean number of unboxed far animals in a seafloor / an open-water frame
+AGGREGATION = 0.6  # share of them of the frame's own taxa (the rest: the habitat's community)
 INDIVIDUAL_HAZE = 0.3  # largest haze (blend towards the water colour) of an individual, times 0.3 + badness
 # Video frame grabs: JPEG at quality 95 is 6x smaller than PNG for these noisy frames, artefacts barely visible.
 JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 95]
@@ -531,6 +533,8 @@ def render_frame(plan: FramePlan, genes: list[Genes], style: FrameStyle, rng: np
                 round(float(box[3] - box[1]), 2)]
         placed.append((cy, rgb, alpha, x0, y0, xywh))
 
+    _background_fauna(frame, labels, genes, profiles, habitat, horizon, [p[5] for p in placed], frame_blur, water,
+                      rng)
     boxes: list[list[float]] = [[] for _ in labels]
     for i in sorted(range(len(placed)), key=lambda i: placed[i][0]):  # far (high) first, near last
         _, rgb, alpha, x0, y0, xywh = placed[i]
@@ -545,6 +549,39 @@ def render_frame(plan: FramePlan, genes: list[Genes], style: FrameStyle, rng: np
             cv2.ellipse(frame, centre, axes, float(rng.uniform(0, 180)), 0, 360, colour, -1, cv2.LINE_AA)
     snow = SNOW_BY_ZONE[habitat.zone] * (1.5 if not habitat.seafloor else 1.0)
     return _imaging(frame, habitat.depth01, style, quality, FRAME_BLUR_SHARE * frame_blur, rng, snow), boxes
+
+
+def _background_fauna(frame: np.ndarray, labels: np.ndarray, genes: list[Genes], profiles: Profiles, habitat: Habitat,
+                      horizon: float, boxes: list, frame_blur: float, water: np.ndarray, rng) -> None:
+    """Animals nobody boxed, drawn into the frame behind the boxed ones: a Poisson number (BACKGROUND_FAUNA),
+    of the frame's own taxa (AGGREGATION) or of the habitat's community, smaller than the frame's smallest box,
+    far away (near the horizon, hazed, blurred) and clear of every box: the context shows who lives here."""
+    height, width = frame.shape[:2]
+    n = int(rng.poisson(BACKGROUND_FAUNA[0 if habitat.seafloor else 1]))
+    if n == 0:
+        return
+    smallest = min((max(b[2], b[3]) for b in boxes), default=0.03 * max(width, height))
+    members = community(habitat, profiles)
+    top = max(horizon, 0.0)
+    for _ in range(n):
+        c = int(rng.choice(labels)) if rng.random() < AGGREGATION else int(rng.choice(len(members), p=members))
+        floor = habitat.seafloor and MODES[int(profiles.mode[c])] != "pelagic"
+        size = float(np.clip(smallest * rng.uniform(0.35, 0.8), 3.0, 0.03 * max(width, height)))
+        g = sample_instance(individual_look(genes, c, rng), rng)
+        rgb, alpha, (bx0, by0, bx1, by1) = _sprite(g, size, floor and g.plan in UPRIGHT_PLANS, rng)
+        bw, bh = bx1 - bx0, by1 - by0
+        for _ in range(6):  # a spot clear of every box
+            cx = rng.uniform(0, width)
+            cy = rng.uniform(top, top + 0.5 * (height - top)) if floor else rng.uniform(0, height)
+            if all(cx + bw / 2 + 2 < x or cx - bw / 2 - 2 > x + w or cy + bh / 2 + 2 < y or cy - bh / 2 - 2 > y + h
+                   for x, y, w, h in boxes):
+                break
+        else:
+            continue
+        far = float(np.clip((cy - top) / max(height - top, 1.0), 0, 1)) if floor else rng.uniform(0, 1)
+        rgb, alpha, pad = degrade_individual(rgb, alpha, frame_blur * rng.uniform(0.3, 1.0),
+                                             (0.45 - 0.3 * far) * rng.uniform(0.7, 1.0), water)
+        _paste(frame, rgb, alpha, int(round(cx - bw / 2)) - bx0 - pad, int(round(cy - bh / 2)) - by0 - pad)
 
 
 def _lerp(bounds, q: float) -> float:

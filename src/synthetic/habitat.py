@@ -15,6 +15,10 @@ Each substrate has its own look (`render_background`): soft mud is light and smo
 and mounds; hard rock is dark, blocky and cracked; biogenic ground is pale rubble with dead coral and sponge
 structures; the water column has no floor and more marine snow. Water colour goes from blue-green on the
 shelf to dark navy in the deep, particles from many (shelf plankton) to few.
+
+Frames also hold animals nobody boxed (`community`): aggregations of the frame's own taxa (sea-pen fields,
+sponge grounds, brittle-star beds, herds of sea pigs) and other members of the habitat's community, small
+and far away, as in real video frames whose annotations are incomplete.
 """
 from __future__ import annotations
 
@@ -47,6 +51,7 @@ class Profiles:
     zone: np.ndarray
     depth: np.ndarray
     mode: np.ndarray
+    community: np.ndarray  # (C, substrates, zones): P(habitat | concept alone), the habitat's community
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,9 @@ def concept_profiles(names: tuple[str, ...], path: str = str(HABITAT_CSV)) -> Pr
             a, b = _log_depth([zlo, zhi])
             zone[i, z] = max(0.0, min(hi, b) - max(lo, a)) / (b - a)
         mode[i] = MODES.index(row["mode"])
-    return Profiles(substrate, np.maximum(zone, ZONE_FLOOR), depth, mode)
+    zone = np.maximum(zone, ZONE_FLOOR)
+    community = substrate[:, :, None] * zone[:, None, :]
+    return Profiles(substrate, zone, depth, mode, community / community.sum((1, 2), keepdims=True))
 
 
 def habitat_probabilities(taxa, profiles: Profiles) -> np.ndarray:
@@ -134,6 +141,12 @@ def choose_habitat(taxa, profiles: Profiles, rng: np.random.Generator) -> Habita
     a, b = _log_depth([lo, hi])
     depth = float(20.0 * np.expm1(rng.uniform(a, b)))
     return Habitat(SUBSTRATES[s], z, depth)
+
+
+def community(habitat: Habitat, profiles: Profiles) -> np.ndarray:
+    """(C,) P(concept | habitat) with every concept equally common a priori: who else lives there."""
+    p = profiles.community[:, SUBSTRATES.index(habitat.substrate), habitat.zone]
+    return p / p.sum()
 
 
 def rests_on_floor(mode: int, habitat: Habitat, rng: np.random.Generator) -> bool:
