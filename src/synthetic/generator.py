@@ -98,8 +98,10 @@ ATYPICAL_VARIATION = 2.5  # per-individual variation in an atypical frame, relat
 SIBLING_VARIATION = 0.4  # variation of a taxon's siblings in one frame around the first one drawn
 FRAME_BLUR_SHARE = 0.6  # share of a frame's blur level applied to the whole frame; the rest per individual
 INDIVIDUAL_BLUR_SPREAD = 0.45  # log-normal spread of an individual's blur around its frame's level
-BACKGROUND_FAUNA = (4.0, 2.0)  # mean number of unboxed far animals in a seafloor / an open-water frame
-AGGREGATION = 0.6  # share of them of the frame's own taxa (the rest: the habitat's community)
+# Unboxed animals: mean number per taxon of the frame by its mode of life (sessile, crawling, swimming, pelagic:
+# sea-pen fields, sponge grounds, brittle-star beds and sea-pig herds aggregate), plus the habitat's community.
+AGGREGATION = (5.0, 4.0, 1.5, 1.5)
+COMMUNITY = 2.0  # mean number of unboxed animals of other taxa of the habitat
 INDIVIDUAL_HAZE = 0.3  # largest haze (blend towards the water colour) of an individual, times 0.3 + badness
 # Video frame grabs: JPEG at quality 95 is 6x smaller than PNG for these noisy frames, artefacts barely visible.
 JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 95]
@@ -553,26 +555,24 @@ def render_frame(plan: FramePlan, genes: list[Genes], style: FrameStyle, rng: np
 
 def _background_fauna(frame: np.ndarray, labels: np.ndarray, genes: list[Genes], profiles: Profiles, habitat: Habitat,
                       horizon: float, boxes: list, frame_blur: float, water: np.ndarray, rng) -> None:
-    """Animals nobody boxed, drawn into the frame behind the boxed ones: a Poisson number (BACKGROUND_FAUNA),
-    of the frame's own taxa (AGGREGATION) or of the habitat's community, smaller than the frame's smallest box,
-    far away (near the horizon, hazed, blurred) and clear of every box: the context shows who lives here."""
+    """Animals nobody boxed, drawn into the frame behind the boxed ones: Poisson numbers of the frame's own
+    taxa (AGGREGATION, by mode of life) and of the habitat's community (COMMUNITY), smaller than the frame's
+    smallest box, further away (hazed, blurred) and clear of every box: the context shows who lives here."""
     height, width = frame.shape[:2]
-    n = int(rng.poisson(BACKGROUND_FAUNA[0 if habitat.seafloor else 1]))
-    if n == 0:
-        return
-    smallest = min((max(b[2], b[3]) for b in boxes), default=0.03 * max(width, height))
     members = community(habitat, profiles)
+    taxa = [int(c) for c in np.unique(labels) for _ in range(rng.poisson(AGGREGATION[int(profiles.mode[c])]))]
+    taxa += [int(c) for c in rng.choice(len(members), int(rng.poisson(COMMUNITY)), p=members)]
+    smallest = min((max(b[2], b[3]) for b in boxes), default=0.03 * max(width, height))
     top = max(horizon, 0.0)
-    for _ in range(n):
-        c = int(rng.choice(labels)) if rng.random() < AGGREGATION else int(rng.choice(len(members), p=members))
+    for c in taxa:
         floor = habitat.seafloor and MODES[int(profiles.mode[c])] != "pelagic"
-        size = float(np.clip(smallest * rng.uniform(0.35, 0.8), 3.0, 0.03 * max(width, height)))
+        size = float(np.clip(smallest * rng.uniform(0.4, 0.9), 3.0, 0.04 * max(width, height)))
         g = sample_instance(individual_look(genes, c, rng), rng)
         rgb, alpha, (bx0, by0, bx1, by1) = _sprite(g, size, floor and g.plan in UPRIGHT_PLANS, rng)
         bw, bh = bx1 - bx0, by1 - by0
         for _ in range(6):  # a spot clear of every box
             cx = rng.uniform(0, width)
-            cy = rng.uniform(top, top + 0.5 * (height - top)) if floor else rng.uniform(0, height)
+            cy = rng.uniform(top, height) if floor else rng.uniform(0, height)
             if all(cx + bw / 2 + 2 < x or cx - bw / 2 - 2 > x + w or cy + bh / 2 + 2 < y or cy - bh / 2 - 2 > y + h
                    for x, y, w, h in boxes):
                 break
@@ -580,7 +580,7 @@ def _background_fauna(frame: np.ndarray, labels: np.ndarray, genes: list[Genes],
             continue
         far = float(np.clip((cy - top) / max(height - top, 1.0), 0, 1)) if floor else rng.uniform(0, 1)
         rgb, alpha, pad = degrade_individual(rgb, alpha, frame_blur * rng.uniform(0.3, 1.0),
-                                             (0.45 - 0.3 * far) * rng.uniform(0.7, 1.0), water)
+                                             (0.35 - 0.3 * far) * rng.uniform(0.5, 1.0), water)
         _paste(frame, rgb, alpha, int(round(cx - bw / 2)) - bx0 - pad, int(round(cy - bh / 2)) - by0 - pad)
 
 

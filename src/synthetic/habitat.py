@@ -35,9 +35,10 @@ SUBSTRATES = ("soft", "hard", "biogenic", "water")
 MODES = ("sessile", "crawling", "swimming", "pelagic")
 ZONES = (("shelf", 0.0, 200.0), ("upper slope", 200.0, 800.0), ("mid slope", 800.0, 2000.0),
          ("deep", 2000.0, 6000.0))
-SUBSTRATE_AFFINITY = (1.0, 0.5, 0.3)  # affinity of a taxon for its 1st, 2nd, 3rd listed substrate
+SUBSTRATE_AFFINITY = (1.0, 0.35, 0.2)  # affinity of a taxon for its 1st, 2nd, 3rd listed substrate
 UNLISTED_AFFINITY = 0.03  # ... for a substrate it is not listed on (a stray individual)
 ZONE_FLOOR = 0.03  # ... for a depth zone outside its range
+HABITAT_SHARPNESS = 2.0  # P(habitat) ~ (product of the taxa's affinities) ** sharpness: frames show typical habitats
 BENTHIC_SWIMMER_ON_FLOOR = 0.7  # share of near-bottom swimmers (fish, shrimps) resting on the seafloor
 SNOW_BY_ZONE = (1.6, 1.2, 1.0, 0.7)  # marine snow / plankton density relative to the style's
 
@@ -121,10 +122,11 @@ def concept_profiles(names: tuple[str, ...], path: str = str(HABITAT_CSV)) -> Pr
 
 
 def habitat_probabilities(taxa, profiles: Profiles) -> np.ndarray:
-    """(substrates, zones) P(habitat | the frame's distinct taxa): the product of every taxon's affinities."""
+    """(substrates, zones) P(habitat | the frame's distinct taxa): the product of every taxon's affinities
+    (sharpened by HABITAT_SHARPNESS)."""
     taxa = np.unique(np.asarray(taxa, np.int64))
     log_p = np.log(profiles.substrate[taxa]).sum(0)[:, None] + np.log(profiles.zone[taxa]).sum(0)[None, :]
-    p = np.exp(log_p - log_p.max())
+    p = np.exp(HABITAT_SHARPNESS * (log_p - log_p.max()))
     return p / p.sum()
 
 
