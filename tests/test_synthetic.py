@@ -28,7 +28,8 @@ def tiny_no_shift(tmp_path_factory) -> Path:
     """Generated through the CLI, with shift 0 and a preview."""
     root = tmp_path_factory.mktemp("noshift") / "bench"
     assert main(["--out", str(root), "--preset", "tiny", "--seed", "3", "--shift", "0",
-                 "--preview", str(root.parent / "preview.png"), "--no-progress"]) == 0
+                 "--preview", str(root.parent / "preview.png"), "--context-preview", str(root.parent / "ctx.png"),
+                 "--no-progress"]) == 0
     return root
 
 
@@ -351,8 +352,9 @@ def test_an_individual_is_degraded_around_its_frame():
     assert np.abs(hazed - water).sum() < np.abs(rgb[inside].mean(0) - water).sum()
 
 
-def test_context_preview(tiny, tmp_path):
+def test_context_preview(tiny, tiny_no_shift, tmp_path):
     from src.synthetic.generator import write_context_preview
+    assert (tiny_no_shift.parent / "ctx.png").stat().st_size > 10_000  # written by the CLI
     png = write_context_preview(tiny, tmp_path / "ctx.png", per_side=2, thumb=120)
     image = cv2.imread(str(png))
     assert image is not None and image.shape[1] > 400 and png.stat().st_size < 500_000

@@ -40,7 +40,8 @@ medusae in open water) but hardly at the concept. At the default render scale a 
 32x18 thumbnail: enough for the substrate's colour and the water's, not for its texture; the 'ctx3' view
 of a box keeps the render's resolution up to boxes of about 11 px.
 
-    python -m src.synthetic --out inputs/synthetic/demo --preset demo --seed 0 --preview preview.png
+    python -m src.synthetic --out inputs/synthetic/demo --preset demo --seed 0 --preview preview.png \
+        --context-preview docs/context_preview.png
 """
 from __future__ import annotations
 
@@ -907,6 +908,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"frame size relative to the real frames (default {DEFAULT_RENDER_SCALE}, the "
                              "calibrated setting for 32-px models; use 1.0 with 112-px models on a GPU)")
     parser.add_argument("--preview", type=Path, default=None, help="also write a contact sheet PNG here")
+    parser.add_argument("--context-preview", type=Path, default=None,
+                        help="also write whole frames by habitat (train and test, with their boxes) as a PNG here")
     parser.add_argument("--workers", type=int, default=None,
                         help="processes rendering frames (default: every CPU); the output does not depend on it")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -930,6 +933,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {root}: {n_train} train and {n_test} test annotations in {time.perf_counter() - start:.1f} s")
     if args.preview:
         print(f"preview: {write_preview(root, args.preview)}")
+    if args.context_preview:
+        print(f"context preview: {write_context_preview(root, args.context_preview)}")
     return 0
 
 
