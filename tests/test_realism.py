@@ -80,3 +80,16 @@ def test_context_masks_every_box():
     assert not ok[20:, 20:].any() and ok[10:20, 10:20].all()  # the box is masked, the rest is context
     feats = realism._view_features(window, ok)
     assert feats.shape == (3 * realism.PROBE_HIST_BINS + 3 * realism.PROBE_PIXELS ** 2,)
+
+
+def test_context_figures_compare_the_twin_with_the_reference_of_its_seed():
+    ref = {"mean_distance": 3.0, "q1": 0.4, "size_q3_minus_q1": 0.3, "accuracy": 0.5}
+    twin = {"mean_distance": 2.4, "q1": 0.55, "size_q3_minus_q1": 0.1, "accuracy": 0.6}
+    probe = {"context_phylum": 0.45, "majority_phylum": 0.3, "context_concept": 0.05, "roi_concept": 0.3}
+    out = realism.context_figures({"runs": {"0": ref, "1": {**ref, "mean_distance": 9.0}}, "twin": twin,
+                                   "twin_seed": 0, "probe": probe})
+    assert out["ctx_distance_gain"] == pytest.approx(0.6) and out["ctx_small_gain"] == pytest.approx(0.15)
+    assert out["ctx_size_gap_ratio"] == pytest.approx(1 / 3) and out["probe_concept_ratio"] == pytest.approx(1 / 6)
+    bands = dict((key, band) for key, _, _, band in realism.CONTEXT_CHECKS)
+    assert all(realism._in_band(out[key], bands[key]) for key in bands)
+    assert "ctx_distance_gain" not in realism.context_figures({"runs": {"0": ref}, "probe": probe})  # no twin
