@@ -34,7 +34,9 @@ habitat profile from its biology (substrates, depth range, mode of life, source 
 frame's substrate (soft mud, hard rock, biogenic reef / sponge ground, open water) and depth zone are drawn
 from the profiles of ALL its taxa, the same way in train and test, and drawn with their own textures,
 water colour and particles. Sessile and crawling animals (and most near-bottom swimmers) rest on the
-seafloor; in a test frame, whose boxes are real, the horizon is put above every such box. The context
+seafloor; in a test frame, whose boxes are real, the horizon is put above every such box. Frames also
+hold animals nobody boxed: aggregations of their own taxa (more for sessile and crawling ones) and other
+members of the habitat's community, smaller than the boxed ones and further away. The context
 thus hints at the phylum (sponges and corals on rock, sea cucumbers and sea pens on deep mud, fish and
 medusae in open water) but hardly at the concept. At the default render scale a 32-px 'frame' view is a
 32x18 thumbnail: enough for the substrate's colour and the water's, not for its texture; the 'ctx3' view
