@@ -15,6 +15,15 @@ no method) with 3 model seeds on the first generator seed and one model seed on 
 every figure of the real error profile (accuracy, error distances, where errors land in the taxonomy,
 per-rank accuracy, item and frame difficulty, size, calibration, geometry) with the real competition
 models' figures, with a verdict per band. Runs that finished are reused; a killed run resumes.
+
+Context bands (REALISM section 4): on each generator seed it also trains the context twin
+(cfg/reference_ctx.yaml: the same recipe with views ROI + 3x window + whole frame; one more run per
+generator seed, --no-twin skips it) and fits linear probes (`context_probe`: logistic regression on colour
+histograms and 8x8 pixels of the ROI crop, of the 3x window with every box masked, of the whole frame with
+every box masked). The twin must gain 0.4-1.0 mean distance over the reference, >= 10 points on the
+smallest quarter of boxes and halve the size gap; the context alone must tell the phylum >= 10 points
+better than the most common phylum while telling the concept less than half as well as the ROI crop.
+    python -m bench.realism --probe-only --preset demo --seeds 0 1 2     # only the probes: minutes
 """
 from __future__ import annotations
 
@@ -39,6 +48,7 @@ from src.score import pair_distances
 from src.taxonomy import distance_matrix, load_taxonomy
 
 REFERENCE_CONFIG = REPO / "cfg" / "reference_ce.yaml"
+TWIN_CONFIG = REPO / "cfg" / "reference_ctx.yaml"  # the same recipe with views roi + ctx3 + frame
 
 # The real profile: competition models on the real 788 test ROIs (strong = 1st place plus four competitive
 # entries, argmax), and the real test geometry. `band` is what a reference model on the generated test must
@@ -64,6 +74,19 @@ CHECKS = (
     ("rel_median", "box long side / frame long side, median", "0.041", (0.041 * 0.75, 0.041 * 1.25)),
     ("rel_q75", "box long side / frame long side, q75", "0.066", (0.066 * 0.75, 0.066 * 1.25)),
     ("size_spearman", "per-class median box size / frame size vs real (Spearman)", "1", (0.6, None)),
+)
+# Context (REALISM section 4; the competition's ablation: ROI only 2.65 -> ROI + 3x + 5x 2.12 -> + frame 2.05
+# mean distance, and context models keep 71-76 % accuracy on boxes < 32 px where ROI-only models fall to ~52 %):
+# the context twin (cfg/reference_ctx.yaml) against the reference, and linear probes of the context alone.
+CONTEXT_CHECKS = (
+    ("ctx_distance_gain", "mean distance, reference minus context twin", "0.5-0.6 (2.65 -> 2.05-2.12)", (0.4, 1.0)),
+    ("ctx_small_gain", "accuracy on the smallest quarter of boxes, twin minus reference",
+     "~20 points (0.71-0.76 vs ~0.52 below 32 px)", (0.10, None)),
+    ("ctx_size_gap_ratio", "size gap (q3 - q1): twin / reference", "nearly flat vs 20-35 points", (None, 0.5)),
+    ("probe_phylum_over_majority", "context-alone probe: phylum accuracy minus most common phylum",
+     "habitat tells the phylum", (0.10, None)),
+    ("probe_concept_ratio", "context-alone probe: concept accuracy / ROI probe's", "habitat hardly tells the concept",
+     (None, 0.5)),
 )
 # Figures shown side by side without a band (REALISM sections 1-4).
 DETAIL_LABELS = {
@@ -106,9 +129,8 @@ REAL_PLACEMENT = {"genus": (0.03, 0.07), "family": (0.06, 0.11), "order": (0.14,
 
 
 # ------------------------------------------------------------------------------------------- data
-def prepare_data(work: Path, preset: str, seed: int, progress: bool) -> Path:
-    """The generated, cropped data set of one generator seed (reused when it is the same generation)."""
-    from src.data.download import download_split
+def generate_data(work: Path, preset: str, seed: int, progress: bool) -> Path:
+    """The generated data set of one generator seed (reused when it is the same generation)."""
     from src.synthetic.generator import generate_benchmark, generator_record
 
     root = work / f"{preset}_g{seed}"
@@ -117,36 +139,188 @@ def prepare_data(work: Path, preset: str, seed: int, progress: bool) -> Path:
         for sub in ("train", "test"):  # crops of an older generation
             shutil.rmtree(root / sub, ignore_errors=True)
         generate_benchmark(root, preset, seed, progress=progress)
+    return root
+
+
+def prepare_data(work: Path, preset: str, seed: int, progress: bool) -> Path:
+    """The generated, cropped data set of one generator seed (reused when it is the same generation)."""
+    from src.data.download import download_split
+
+    root = generate_data(work, preset, seed, progress)
     for split in ("train", "test"):
         if not (root / split / "annotations.csv").is_file():
             download_split(root / f"dataset_{split}.json", root / split, progress=progress)
     return root
 
 
-def run_fingerprint(root: Path, overrides: list[str]) -> str:
+def run_fingerprint(root: Path, overrides: list[str], config: Path = REFERENCE_CONFIG) -> str:
     """Names the runs of one generation and one recipe (the reference YAML and the --set overrides), so a
     changed recipe trains anew instead of reusing runs made with another. Overrides that change only the speed
     (train.threads, train.progress) do not count: two processes with one thread each share the runs."""
     import hashlib
     kept = [o for o in overrides if not o.startswith(("train.threads=", "train.progress="))]
-    recipe = REFERENCE_CONFIG.read_bytes() + "\n".join(kept).encode("utf-8")
+    recipe = b"".join(path.read_bytes() for path in _config_chain(config)) + "\n".join(kept).encode("utf-8")
     return hashlib.blake2b((root / "generator.json").read_bytes() + recipe, digest_size=5).hexdigest()
 
 
+# ------------------------------------------------------------------------------------------- context probe
+PROBE_VIEWS = ("roi", "ctx3", "frame", "context")  # context: ctx3 and frame together
+PROBE_HIST_BINS = 8
+PROBE_PIXELS = 8
+
+
+def _view_features(image: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """Colour histogram (8 bins per channel over the usable pixels) and 8x8 pixels (unusable pixels filled
+    with the mean usable colour) of one view: 24 + 192 numbers."""
+    pixels = image[usable] if usable.any() else image.reshape(-1, 3)[:1] * 0
+    hist = np.concatenate([np.histogram(pixels[:, c], bins=PROBE_HIST_BINS, range=(0, 256))[0]
+                           for c in range(3)]).astype(np.float64) / max(len(pixels), 1)
+    filled = np.where(usable[..., None], image, pixels.mean(0).astype(image.dtype))
+    import cv2
+    small = cv2.resize(filled, (PROBE_PIXELS, PROBE_PIXELS), interpolation=cv2.INTER_AREA)
+    return np.concatenate([hist, small.ravel() / 255.0])
+
+
+def _window(image: np.ndarray, usable: np.ndarray, cx: float, cy: float, side: float):
+    """A square window of `side` px centred at (cx, cy); pixels outside the frame are unusable."""
+    h, w = usable.shape
+    half = max(side / 2, 1.0)
+    x0, y0, x1, y1 = (int(np.floor(cx - half)), int(np.floor(cy - half)), int(np.ceil(cx + half)),
+                      int(np.ceil(cy + half)))
+    out = np.zeros((y1 - y0, x1 - x0, 3), image.dtype)
+    ok = np.zeros((y1 - y0, x1 - x0), bool)
+    fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if fx1 > fx0 and fy1 > fy0:
+        out[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0] = image[fy0:fy1, fx0:fx1]
+        ok[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0] = usable[fy0:fy1, fx0:fx1]
+    return out, ok
+
+
+def probe_features(root: Path, split: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Per annotation of a split: (annotation table: id, image_id; features per probe view). Views: the ROI
+    crop; the 3x window around it with every box of the frame masked; the whole frame with every box masked
+    (computed once per frame, at most 480 px wide); 'context' = the last two together."""
+    import cv2
+    from urllib.parse import unquote, urlparse
+
+    coco = json.loads((root / f"dataset_{split}.json").read_text())
+    by_image: dict[int, list[dict]] = {}
+    for ann in coco["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    rows, feats = [], {v: [] for v in PROBE_VIEWS[:3]}
+    for image in coco["images"]:
+        anns = by_image.get(image["id"], [])
+        if not anns:
+            continue
+        url = urlparse(image.get("coco_url") or "")
+        path = Path(unquote(url.path)) if url.scheme == "file" else root / "frames" / split / image["file_name"]
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if frame is None:
+            raise FileNotFoundError(path)
+        usable = np.ones(frame.shape[:2], bool)
+        for ann in anns:  # every box masked: the context alone
+            x, y, w, h = ann["bbox"]
+            usable[max(int(y), 0):int(np.ceil(y + h)), max(int(x), 0):int(np.ceil(x + w))] = False
+        k = min(1.0, 480 / frame.shape[1])
+        small = cv2.resize(frame, (max(1, round(frame.shape[1] * k)), max(1, round(frame.shape[0] * k))),
+                           interpolation=cv2.INTER_AREA)
+        small_usable = cv2.resize(usable.astype(np.uint8), small.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
+        frame_feat = _view_features(small, small_usable)
+        for ann in anns:
+            x, y, w, h = ann["bbox"]
+            cx, cy = x + w / 2, y + h / 2
+            x0, y0 = max(int(x), 0), max(int(y), 0)
+            x0, y0 = min(x0, frame.shape[1] - 1), min(y0, frame.shape[0] - 1)
+            x1 = max(min(int(np.ceil(x + w)), frame.shape[1]), x0 + 1)
+            y1 = max(min(int(np.ceil(y + h)), frame.shape[0]), y0 + 1)
+            roi = frame[y0:y1, x0:x1]
+            feats["roi"].append(_view_features(roi, np.ones(roi.shape[:2], bool)))
+            feats["ctx3"].append(_view_features(*_window(frame, usable, cx, cy, 3 * max(w, h))))
+            feats["frame"].append(frame_feat)
+            rows.append({"annotation_id": ann["id"], "image_id": image["id"], "category_id": ann.get("category_id")})
+    out = {v: np.asarray(f) for v, f in feats.items()}
+    out["context"] = np.concatenate([out["ctx3"], out["frame"]], 1)
+    return pd.DataFrame(rows), out
+
+
+def context_probe(root: Path, taxonomy=None, C: float = 0.5) -> dict:
+    """Linear probes (standardised features, logistic regression fitted on the train split) of the test
+    split's phylum and concept from each view alone (`probe_features`), beside always answering the test's
+    most common phylum; and, where the generator wrote frame_habitats.csv, from the frame's habitat variables
+    (substrate x depth zone, one-hot: what the generator's context can tell at most). Returns
+    {'<view>_phylum': acc, '<view>_concept': acc, ..., 'majority_phylum': acc, 'n_train', 'n_test'}."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    taxonomy = taxonomy or load_taxonomy()
+    phylum_of = np.array([lin[1] for lin in taxonomy.lineages])
+    train_rows, train_x = probe_features(root, "train")
+    test_rows, test_x = probe_features(root, "test")
+    y_train = np.array([taxonomy.category_ids.index(c) for c in train_rows["category_id"]])
+    truth = pd.read_csv(root / "solution.csv").set_index("annotation_id")["concept_name"]
+    y_test = np.array([taxonomy.index(truth[a]) for a in test_rows["annotation_id"]])
+    out = {"n_train": int(len(y_train)), "n_test": int(len(y_test))}
+    _, counts = np.unique(phylum_of[y_test], return_counts=True)
+    out["majority_phylum"] = float(counts.max() / len(y_test))
+    views = dict(train_x), dict(test_x)
+    habitats = root / "frame_habitats.csv"
+    if habitats.is_file():
+        scene = pd.read_csv(habitats)
+        levels = sorted({f"{s}/{z}" for s, z in zip(scene["substrate"], scene["zone"])})
+        for side, (split, rows) in enumerate((("train", train_rows), ("test", test_rows))):
+            key = scene[scene["split"] == split].set_index("image_id")
+            names = [f"{key.loc[i, 'substrate']}/{key.loc[i, 'zone']}" for i in rows["image_id"]]
+            views[side]["habitat"] = np.eye(len(levels))[[levels.index(n) for n in names]]
+    for view in views[0]:
+        for target, (a, b) in (("phylum", (phylum_of[y_train], phylum_of[y_test])), ("concept", (y_train, y_test))):
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=300))
+            with warnings.catch_warnings():  # an unconverged probe is still a probe: a lower bound
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                model.fit(views[0][view], a)
+            out[f"{view}_{target}"] = float(np.mean(model.predict(views[1][view]) == b))
+    return out
+
+
+def probe_table(probes: dict[str, dict]) -> str:
+    """Markdown table of `context_probe` results per generator seed."""
+    seeds = list(probes)
+    views = [v for v in (*PROBE_VIEWS, "habitat") if all(f"{v}_phylum" in probes[g] for g in seeds)]
+    lines = ["| view | " + " | ".join(f"gen seed {g}: phylum / concept" for g in seeds) + " |",
+             "|" + "---|" * (1 + len(seeds))]
+    label = {"roi": "ROI crop", "ctx3": "3x window, boxes masked", "frame": "whole frame, boxes masked",
+             "context": "3x window + frame, boxes masked", "habitat": "habitat variables (generator)"}
+    for v in views:
+        lines.append(f"| {label[v]} | " + " | ".join(f"{probes[g][f'{v}_phylum']:.2f} / {probes[g][f'{v}_concept']:.2f}"
+                                                    for g in seeds) + " |")
+    lines.append("| most common phylum | " + " | ".join(f"{probes[g]['majority_phylum']:.2f} / -" for g in seeds) + " |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------- training
-def reference_config(root: Path, seed: int, run_dir: Path, overrides: list[str]) -> Config:
-    tree = deep_merge(load_yaml(REFERENCE_CONFIG), parse_overrides([
+def _config_chain(config: Path) -> list[Path]:
+    from src.config import config_sources
+    return config_sources(config)
+
+
+def reference_config(root: Path, seed: int, run_dir: Path, overrides: list[str],
+                     config: Path = REFERENCE_CONFIG) -> Config:
+    tree = deep_merge(load_yaml(config), parse_overrides([
         f"seed={seed}", f"data.root={root}", f"data.solution={root / 'solution.csv'}",
         f"output.dir={run_dir.parent}", f"output.run_name={run_dir.name}", *overrides]))
     if (run_dir / "checkpoint.pt").is_file() and not (run_dir / "done.json").is_file():
         tree = deep_merge(tree, {"train": {"resume": True}})
-    return validate_config(Config, tree, source=f"{REFERENCE_CONFIG.name} + overrides")
+    return validate_config(Config, tree, source=f"{config.name} + overrides")
 
 
-def train_reference(root: Path, seed: int, run_dir: Path, overrides: list[str]) -> Path:
+def train_reference(root: Path, seed: int, run_dir: Path, overrides: list[str],
+                    config: Path = REFERENCE_CONFIG) -> Path:
     from src.train import train
     if not (run_dir / "done.json").is_file():
-        train(reference_config(root, seed, run_dir, overrides))
+        train(reference_config(root, seed, run_dir, overrides, config))
     return run_dir
 
 
@@ -237,6 +411,24 @@ def _band_text(band, key: str) -> str:
     return f">= {_fmt(lo, key)}" if lo is not None else f"<= {_fmt(hi, key)}"
 
 
+def context_figures(entry: dict) -> dict:
+    """The context bands' figures of one generator seed: the twin against the reference run of the same
+    model seed, and the context-alone probe against the most common phylum and the ROI probe."""
+    out = {}
+    probe = entry.get("probe")
+    if probe:
+        out["probe_phylum_over_majority"] = probe["context_phylum"] - probe["majority_phylum"]
+        out["probe_concept_ratio"] = probe["context_concept"] / max(probe["roi_concept"], 1e-9)
+    twin, ref = entry.get("twin"), entry["runs"].get(str(entry.get("twin_seed")))
+    if twin and ref:
+        out["ctx_distance_gain"] = ref["mean_distance"] - twin["mean_distance"]
+        out["ctx_small_gain"] = twin.get("q1", np.nan) - ref.get("q1", np.nan)
+        gap = ref["size_q3_minus_q1"]
+        out["ctx_size_gap_ratio"] = twin["size_q3_minus_q1"] / gap if gap > 0 else float("nan")
+        out["twin_accuracy"], out["twin_mean_distance"] = twin["accuracy"], twin["mean_distance"]
+    return out
+
+
 def summarise(results: dict) -> dict:
     """Per generator seed: the mean of its runs' figures, agreement over its seeds, and geometry."""
     out = {}
@@ -247,6 +439,7 @@ def summarise(results: dict) -> dict:
         spread = {k: float(np.nanstd([r[k] for r in runs])) for k in keys} if len(runs) > 1 else {}
         mean.update(entry["geometry"])
         mean.update(entry.get("agreement", {}))
+        mean.update(context_figures(entry))
         out[g] = {"mean": mean, "spread": spread, "n_runs": len(runs)}
     return out
 
@@ -305,7 +498,7 @@ def write_report(results: dict, D: np.ndarray, out_md: Path) -> bool:
         f"gen seed {g} ({summary[g]['n_runs']} run{'s' if summary[g]['n_runs'] != 1 else ''})" for g in gens) + " | verdict |"
     lines = [head, "|" + "---|" * (4 + len(gens))]
     all_ok = True
-    for key, label, real, band in CHECKS:
+    for key, label, real, band in (*CHECKS, *CONTEXT_CHECKS):
         values = [summary[g]["mean"].get(key) for g in gens]
         present = [v for v in values if v is not None]
         ok = all(_in_band(v, band) for v in present)
@@ -350,6 +543,16 @@ official distance). Model figures are means over the runs of a generator seed.
 
 {chr(10).join(detail)}
 
+## Context
+
+The context twin (`cfg/reference_ctx.yaml`: the reference with views ROI + 3x window + whole frame) on the
+first model seed: {' / '.join(f"gen seed {g}: accuracy {_fmt(summary[g]['mean'].get('twin_accuracy'), 'accuracy')}, "
+                              f"mean distance {_fmt(summary[g]['mean'].get('twin_mean_distance'), 'mean_distance')}"
+                              for g in gens)}.
+Linear probes (logistic regression on colour histograms and 8x8 pixels, fitted on train, test accuracy):
+
+{probe_table({g: e["probe"] for g, e in results["generations"].items() if "probe" in e}) if any("probe" in e for e in results["generations"].values()) else "(not measured)"}
+
 ## Test geometry (scale-free: boxes relative to the frame)
 
 {chr(10).join(geometry)}
@@ -366,16 +569,31 @@ official distance). Model figures are means over the runs of a generator seed.
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.realism", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="bench", help="generator preset (default bench)")
-    parser.add_argument("--gen-seeds", type=int, nargs="+", default=[0, 1, 2], help="generator seeds (default 0 1 2)")
+    parser.add_argument("--gen-seeds", "--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="generator seeds (default 0 1 2)")
     parser.add_argument("--model-seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="model seeds on the first generator seed (the others get the first only)")
     parser.add_argument("--work", type=Path, default=REPO / "outputs" / "realism", help="data and runs")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "REALISM.md", help="the report")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="overrides of the reference recipe (e.g. train.threads=1)")
+                        help="overrides of the reference recipe and its twin (e.g. train.threads=1)")
+    parser.add_argument("--probe-only", action="store_true",
+                        help="only generate and run the context probes (minutes); prints their table and writes "
+                             "WORK/probe_PRESET.json")
+    parser.add_argument("--no-twin", action="store_true",
+                        help="skip the context twin (cfg/reference_ctx.yaml): its bands are not measured")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     taxonomy = load_taxonomy()
+    if args.probe_only:
+        probes = {}
+        for g in args.gen_seeds:
+            start = time.perf_counter()
+            probes[str(g)] = context_probe(generate_data(args.work, args.preset, g, not args.no_progress), taxonomy)
+            print(f"gen seed {g}: probes in {time.perf_counter() - start:.0f} s")
+        atomic_write_json(args.work / f"probe_{args.preset}.json", probes)
+        print(probe_table(probes))
+        return 0
     D = distance_matrix(taxonomy)
     class_sizes = load_skeleton().class_sizes
     results = {"command": "python -m bench.realism " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -388,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         render_scale = json.loads((root / "generator.json").read_text())["render_scale"]
         table = test_table(root, taxonomy)
         entry = {"truth": table["truth"].tolist(), "geometry": geometry_figures(table, class_sizes, render_scale),
-                 "runs": {}}
+                 "runs": {}, "probe": context_probe(root, taxonomy)}
         results["generations"][str(g)] = entry
         for s in (args.model_seeds if k == 0 else args.model_seeds[:1]):
             run_dir = args.work / "runs" / run_fingerprint(root, args.set) / f"g{g}_s{s}"
@@ -397,6 +615,13 @@ def main(argv: list[str] | None = None) -> int:
             entry["runs"][str(s)] = run_figures(run_dir, table, taxonomy, D, render_scale)
             print(f"gen seed {g} model seed {s}: accuracy {entry['runs'][str(s)]['accuracy']:.3f}, "
                   f"distance {entry['runs'][str(s)]['mean_distance']:.3f} ({time.perf_counter() - start:.0f} s)")
+        if not args.no_twin:  # the context twin, on the first model seed
+            s = args.model_seeds[0]
+            run_dir = args.work / "runs" / run_fingerprint(root, args.set, TWIN_CONFIG) / f"g{g}_s{s}"
+            train_reference(root, s, run_dir, args.set, TWIN_CONFIG)
+            entry["twin"], entry["twin_seed"] = run_figures(run_dir, table, taxonomy, D, render_scale), s
+            print(f"gen seed {g} context twin: accuracy {entry['twin']['accuracy']:.3f}, "
+                  f"distance {entry['twin']['mean_distance']:.3f}")
         if len(entry["runs"]) > 1:
             truth = np.array(entry["truth"])
             entry["agreement"] = ep.seed_agreement(truth, [np.array(r["pred"]) for r in entry["runs"].values()])

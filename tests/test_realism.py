@@ -19,7 +19,7 @@ def test_realism_report_on_tiny(tmp_path, capsys):
             "--out", str(out), "--set", "train.epochs=1", "train.threads=1", "--no-progress"]
     assert realism.main(argv) == 0
     text = out.read_text()
-    for _, label, real, _ in realism.CHECKS:  # every band is a row, beside the real figure
+    for _, label, real, _ in (*realism.CHECKS, *realism.CONTEXT_CHECKS):  # every band is a row, beside the real figure
         assert any(line.startswith(f"| {label} | {real} |") for line in text.splitlines()), label
     assert "**Verdict:" in text and (tmp_path / "realism_profile.png").stat().st_size > 10_000
     results = json.loads(out.with_suffix(".json").read_text())
@@ -34,6 +34,9 @@ def test_realism_report_on_tiny(tmp_path, capsys):
     union = (wrong_0 | wrong_1).sum()
     assert entry["agreement"]["jaccard"] == pytest.approx((wrong_0 & wrong_1).sum() / max(union, 1))
     assert entry["agreement"]["all_wrong"] == pytest.approx(np.mean(wrong_0 & wrong_1))
+    assert entry["twin_seed"] == 0  # the context twin was trained, and its figures are those of its predictions
+    assert entry["twin"]["accuracy"] == pytest.approx(np.mean(np.array(entry["twin"]["pred"]) == truth))
+    assert "roi_concept" in entry["probe"] and "## Context" in text
 
     # a second call reuses the generation and both finished runs: same figures, no training
     capsys.readouterr()
@@ -50,3 +53,48 @@ def test_runs_are_keyed_by_generation_and_recipe(tmp_path):
     assert realism.run_fingerprint(tmp_path, ["train.epochs=3"]) != base  # another recipe: trained anew
     (tmp_path / "generator.json").write_text('{"seed": 1}')
     assert realism.run_fingerprint(tmp_path, []) != base  # another generation
+
+
+def test_context_probe_on_tiny(tmp_path, capsys):
+    from src.synthetic.generator import generate_benchmark
+    root = generate_benchmark(tmp_path / "tiny_g0", "tiny", seed=0, workers=1, progress=False)
+    out = realism.context_probe(root)
+    assert out["n_test"] == len(json.loads((root / "dataset_test.json").read_text())["annotations"])
+    for view in (*realism.PROBE_VIEWS, "habitat"):
+        assert 0.0 <= out[f"{view}_phylum"] <= 1.0 and 0.0 <= out[f"{view}_concept"] <= 1.0
+    assert 0.0 < out["majority_phylum"] < 1.0
+    table = realism.probe_table({"0": out})
+    assert "ROI crop" in table and "most common phylum" in table
+    # the context-band figures come from the probe (and from the twin when it was trained)
+    figures = realism.context_figures({"probe": out, "runs": {}})
+    assert figures["probe_phylum_over_majority"] == pytest.approx(out["context_phylum"] - out["majority_phylum"])
+    # the CLI's probe-only mode reuses the generation (same generator record) and writes the JSON
+    assert realism.main(["--probe-only", "--preset", "tiny", "--seeds", "0", "--work", str(tmp_path),
+                         "--no-progress"]) == 0
+    assert "most common phylum" in capsys.readouterr().out
+    assert json.loads((tmp_path / "probe_tiny.json").read_text())["0"]["roi_phylum"] == pytest.approx(out["roi_phylum"])
+
+
+def test_context_masks_every_box():
+    frame = np.full((40, 60, 3), 50, np.uint8)
+    usable = np.ones((40, 60), bool)
+    usable[10:20, 10:20] = False
+    window, ok = realism._window(frame, usable, 5, 5, 30)  # the window spans frame pixels -10 .. 19
+    assert window.shape[:2] == ok.shape == (30, 30)
+    assert not ok[:10].any() and not ok[:, :10].any()  # outside the frame
+    assert not ok[20:, 20:].any() and ok[10:20, 10:20].all()  # the box is masked, the rest is context
+    feats = realism._view_features(window, ok)
+    assert feats.shape == (3 * realism.PROBE_HIST_BINS + 3 * realism.PROBE_PIXELS ** 2,)
+
+
+def test_context_figures_compare_the_twin_with_the_reference_of_its_seed():
+    ref = {"mean_distance": 3.0, "q1": 0.4, "size_q3_minus_q1": 0.3, "accuracy": 0.5}
+    twin = {"mean_distance": 2.4, "q1": 0.55, "size_q3_minus_q1": 0.1, "accuracy": 0.6}
+    probe = {"context_phylum": 0.45, "majority_phylum": 0.3, "context_concept": 0.05, "roi_concept": 0.3}
+    out = realism.context_figures({"runs": {"0": ref, "1": {**ref, "mean_distance": 9.0}}, "twin": twin,
+                                   "twin_seed": 0, "probe": probe})
+    assert out["ctx_distance_gain"] == pytest.approx(0.6) and out["ctx_small_gain"] == pytest.approx(0.15)
+    assert out["ctx_size_gap_ratio"] == pytest.approx(1 / 3) and out["probe_concept_ratio"] == pytest.approx(1 / 6)
+    bands = dict((key, band) for key, _, _, band in realism.CONTEXT_CHECKS)
+    assert all(realism._in_band(out[key], bands[key]) for key in bands)
+    assert "ctx_distance_gain" not in realism.context_figures({"runs": {"0": ref}, "probe": probe})  # no twin

@@ -28,7 +28,8 @@ def tiny_no_shift(tmp_path_factory) -> Path:
     """Generated through the CLI, with shift 0 and a preview."""
     root = tmp_path_factory.mktemp("noshift") / "bench"
     assert main(["--out", str(root), "--preset", "tiny", "--seed", "3", "--shift", "0",
-                 "--preview", str(root.parent / "preview.png"), "--no-progress"]) == 0
+                 "--preview", str(root.parent / "preview.png"), "--context-preview", str(root.parent / "ctx.png"),
+                 "--no-progress"]) == 0
     return root
 
 
@@ -275,3 +276,85 @@ def test_sprites_of_every_plan_are_drawn():
         assert bgr.shape[:2] == alpha.shape and len(xs) > 30, g.plan
         extent = max(np.ptp(xs), np.ptp(ys)) + 1
         assert 12 <= extent <= alpha.shape[0], (g.plan, extent)
+
+
+# ---------------------------------------------------------------- habitat: the context of a frame
+
+def test_every_concept_has_a_valid_habitat_with_a_source():
+    from src.synthetic.habitat import MODES, SUBSTRATES, concept_profiles, load_habitats
+    table = load_habitats()
+    assert sorted(table["concept"]) == sorted(TAX.names) and len(table) == 79
+    assert table["source"].str.len().min() > 10
+    assert all(s in SUBSTRATES for subs in table["substrates"] for s in subs.split(";"))
+    assert set(table["mode"]) <= set(MODES) and (table["depth_min"] < table["depth_max"]).all()
+    profiles = concept_profiles(tuple(TAX.names))
+    assert profiles.substrate.shape == (79, 4) and profiles.zone.shape == (79, 4)
+    # Biology: bottom fish live on the bottom, corals on rock, pyrosomes in open water.
+    row = table.set_index("concept")
+    assert row.loc["Sebastolobus", "substrates"].startswith("soft") and row.loc["Sebastolobus", "mode"] != "pelagic"
+    assert row.loc["Microstomus pacificus", "substrates"].startswith("soft")
+    assert row.loc["Paragorgia arborea", "substrates"].startswith("hard") and row.loc["Pyrosoma atlanticum", "substrates"] == "water"
+
+
+def test_a_frame_habitat_follows_all_its_taxa():
+    from src.synthetic.habitat import ZONES, choose_habitat, concept_profiles, habitat_probabilities
+    profiles = concept_profiles(tuple(TAX.names))
+    idx = TAX.index
+    # The same frame in any order: the same habitat distribution.
+    a = habitat_probabilities([idx("Sebastolobus"), idx("Paragorgia")], profiles)
+    assert np.allclose(a, habitat_probabilities([idx("Paragorgia"), idx("Sebastolobus")], profiles))
+    rng = np.random.default_rng(0)
+
+    def share(taxa, substrate, n=400):
+        return np.mean([choose_habitat(taxa, profiles, rng).substrate == substrate for _ in range(n)])
+
+    assert share([idx("Paragorgia arborea")], "hard") > 0.8
+    assert share([idx("Scotoplanes")], "soft") > 0.8
+    assert share([idx("Pyrosoma atlanticum")], "water") > 0.8
+    # A king crab (mud or rock) beside a bubblegum coral is on rock, beside a sea pig on mud, whichever comes first.
+    assert share([idx("Lithodidae"), idx("Paragorgia")], "hard") > 0.8
+    assert share([idx("Scotoplanes"), idx("Lithodidae")], "soft") > 0.8
+    deep = [choose_habitat([idx("Elpidia")], profiles, rng) for _ in range(200)]
+    assert np.mean([h.zone == len(ZONES) - 1 for h in deep]) > 0.8 and np.median([h.depth_m for h in deep]) >= 2000
+    # Context hints at the phylum, not the concept: many concepts share their most likely habitat.
+    best = [np.unravel_index(habitat_probabilities([i], profiles).argmax(), (4, 4)) for i in range(79)]
+    assert len(set(best)) <= 12
+
+
+def test_benthic_test_animals_rest_on_the_seafloor(tiny):
+    from src.synthetic.habitat import concept_profiles
+    scenes = pd.read_csv(tiny / "frame_habitats.csv")
+    assert set(scenes["split"]) == {"train", "test"} and set(scenes["substrate"]) <= {"soft", "hard", "biogenic", "water"}
+    profiles = concept_profiles(tuple(TAX.names))
+    truth = pd.read_csv(tiny / "solution.csv").set_index("annotation_id")["concept_name"]
+    key = scenes[scenes["split"] == "test"].set_index("image_id")
+    above = below = 0
+    for ann in _coco(tiny, "test")["annotations"]:
+        scene = key.loc[ann["image_id"]]
+        mode = profiles.mode[TAX.index(truth[ann["id"]])]
+        if scene["substrate"] != "water" and mode in (0, 1):  # sessile, crawling
+            x, y, w, h = ann["bbox"]
+            below += y + h / 2 >= scene["horizon"]
+            above += y + h / 2 < scene["horizon"]
+    assert below > 0 and above == 0
+
+
+def test_an_individual_is_degraded_around_its_frame():
+    from src.synthetic.generator import degrade_individual
+    rgb, alpha = draw_sprite(concept_genes(TAX)[0], 30.0, 0.0, np.random.default_rng(0))
+    water = np.array([100.0, 50.0, 10.0])
+    same, a, pad = degrade_individual(rgb, alpha, 0.0, 0.0, water)
+    assert pad == 0 and np.array_equal(same, rgb)
+    blurred, b, pad = degrade_individual(rgb, alpha, 2.0, 0.5, water)
+    assert pad > 0 and b.shape[0] == alpha.shape[0] + 2 * pad and (b > 0.05).sum() > (alpha > 0.05).sum()
+    inside = alpha > 0.9
+    hazed = blurred[pad:-pad, pad:-pad][inside].mean(0)
+    assert np.abs(hazed - water).sum() < np.abs(rgb[inside].mean(0) - water).sum()
+
+
+def test_context_preview(tiny, tiny_no_shift, tmp_path):
+    from src.synthetic.generator import write_context_preview
+    assert (tiny_no_shift.parent / "ctx.png").stat().st_size > 10_000  # written by the CLI
+    png = write_context_preview(tiny, tmp_path / "ctx.png", per_side=2, thumb=120)
+    image = cv2.imread(str(png))
+    assert image is not None and image.shape[1] > 400 and png.stat().st_size < 500_000

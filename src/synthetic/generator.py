@@ -9,6 +9,8 @@ class-dependent sizes. The pixels are drawn (src/synthetic/shapes.py). It writes
   dataset_train.json, dataset_test.json   COCO files like the competition's (test category_id null,
                                           coco_url = file:// URL of the frame)
   solution.csv                            annotation_id,concept_name for every test annotation
+  frame_habitats.csv                      split,image_id,substrate,zone,depth_m,horizon of every frame (the
+                                          scene's hidden variables; no model reads it)
   generator.json                          the generator's parameters (written last: complete)
 Frames are drawn at `render_scale` times the real pixel size (default 0.5) and saved as JPEG. Test animals
 are drawn at the real boxes (centre, long side, an orientation that fits the box's aspect) and boxed by
@@ -23,9 +25,25 @@ phylum; body plans and shapes follow the taxonomy, so a well-seen animal is mist
 relative; concepts named at class or phylum rank look like any of their members; a share of the
 individuals look like another class's concept (every model fails on them). Difficulty belongs to the
 frame too: animals of one taxon in a frame are one species seen alike, some frames show atypical
-animals, and bad frames degrade all their animals at once, so errors cluster by frame.
+animals, and bad frames degrade all their animals at once, so errors cluster by frame. Each individual is
+still blurred and hazed around its frame's level (and varies in size and pose), so the clearest of a
+group is often clearer than the hardest.
 
-    python -m src.synthetic --out inputs/synthetic/demo --preset demo --seed 0 --preview preview.png
+Context carries what habitat carries (src/synthetic/habitat.py, habitats.csv): every concept has a
+habitat profile from its biology (substrates, depth range, mode of life, source named per entry); a
+frame's substrate (soft mud, hard rock, biogenic reef / sponge ground, open water) and depth zone are drawn
+from the profiles of ALL its taxa, the same way in train and test, and drawn with their own textures,
+water colour and particles. Sessile and crawling animals (and most near-bottom swimmers) rest on the
+seafloor; in a test frame, whose boxes are real, the horizon is put above every such box. Frames also
+hold animals nobody boxed: aggregations of their own taxa (more for sessile and crawling ones) and other
+members of the habitat's community, smaller than the boxed ones and further away. The context
+thus hints at the phylum (sponges and corals on rock, sea cucumbers and sea pens on deep mud, fish and
+medusae in open water) but hardly at the concept. At the default render scale a 32-px 'frame' view is a
+32x18 thumbnail: enough for the substrate's colour and the water's, not for its texture; the 'ctx3' view
+of a box keeps the render's resolution up to boxes of about 11 px.
+
+    python -m src.synthetic --out inputs/synthetic/demo --preset demo --seed 0 --preview preview.png \
+        --context-preview docs/context_preview.png
 """
 from __future__ import annotations
 
@@ -50,8 +68,10 @@ from tqdm import tqdm
 
 from src.artifacts import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 from src.synthetic.skeleton import Skeleton, load_skeleton
-from src.synthetic.shapes import (PELAGIC_PLANS, UPRIGHT_PLANS, Appearance, Genes, concept_genes, draw_sprite,
-                                       individual_look, instance_genes, rotate_sprite, sample_instance)
+from src.synthetic.habitat import (MODES, SNOW_BY_ZONE, ZONES, Habitat, Profiles, choose_habitat, community,
+                                   concept_profiles, render_background, rests_on_floor, water_colour)
+from src.synthetic.shapes import (UPRIGHT_PLANS, Appearance, Genes, concept_genes, draw_sprite, individual_look,
+                                  instance_genes, rotate_sprite, sample_instance)
 from src.taxonomy import Taxonomy, load_taxonomy
 
 
@@ -76,9 +96,16 @@ TRAIN_SIZE_GAIN = 0.35  # train objects are 1 + gain x shift times the test size
 MIN_REL_SIZE, MAX_REL_SIZE = 0.006, 0.6  # object long side relative to the frame's long side
 SHAPE_FIT_WEIGHT = 10.0  # how strongly test labels follow the shape of their boxes (log-likelihood weight)
 SPLIT_CODE = {"train": 0, "test": 1}
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 ATYPICAL_VARIATION = 2.5  # per-individual variation in an atypical frame, relative to the taxon's
-SIBLING_VARIATION = 0.3  # variation of a taxon's siblings in one frame around the first one drawn
+SIBLING_VARIATION = 0.4  # variation of a taxon's siblings in one frame around the first one drawn
+FRAME_BLUR_SHARE = 0.6  # share of a frame's blur level applied to the whole frame; the rest per individual
+INDIVIDUAL_BLUR_SPREAD = 0.45  # log-normal spread of an individual's blur around its frame's level
+# Unboxed animals: mean number per taxon of the frame by its mode of life (sessile, crawling, swimming, pelagic:
+# sea-pen fields, sponge grounds, brittle-star beds and sea-pig herds aggregate), plus the habitat's community.
+AGGREGATION = (5.0, 4.0, 1.5, 1.5)
+COMMUNITY = 2.0  # mean number of unboxed animals of other taxa of the habitat
+INDIVIDUAL_HAZE = 0.3  # largest haze (blend towards the water colour) of an individual, times 0.3 + badness
 # Video frame grabs: JPEG at quality 95 is 6x smaller than PNG for these noisy frames, artefacts barely visible.
 JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 95]
 
@@ -340,44 +367,6 @@ def plan_frames(skeleton: Skeleton, preset: Preset, seed: int, shift: float, ren
 
 # ---------------------------------------------------------------- rendering
 
-def water_colour(depth: float) -> np.ndarray:
-    """BGR water colour: blue-green and brighter when shallow, dark navy when deep."""
-    shallow, deep = np.array([150.0, 125.0, 45.0]), np.array([70.0, 38.0, 12.0])
-    return shallow + (deep - shallow) * depth
-
-
-def _smooth_noise(h: int, w: int, cells: int, rng) -> np.ndarray:
-    small = rng.random((max(2, cells * h // w), cells)).astype(np.float32)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
-
-
-def render_background(width: int, height: int, seafloor: bool, depth: float, rng) -> tuple[np.ndarray, float]:
-    """(frame float32 HxWx3 BGR, horizon y): open water, or seafloor below a horizon."""
-    water = water_colour(depth) * rng.uniform(0.85, 1.15, 3)
-    rows = np.linspace(1.25, 0.75, height, dtype=np.float32)[:, None, None]
-    frame = (water * rows).astype(np.float32) * (0.9 + 0.2 * _smooth_noise(height, width, 4, rng))[..., None]
-    horizon = -1.0
-    if seafloor:
-        horizon = height * rng.uniform(0.05, 0.45)
-        top = int(np.ceil(horizon))
-        sediment = np.array([95.0, 115.0, 130.0]) * rng.uniform(0.7, 1.2) * rng.uniform(0.85, 1.15, 3)
-        sediment = sediment.astype(np.float32)
-        rows_below = height - top
-        texture = (0.75 + 0.35 * _smooth_noise(rows_below, width, 12, rng)
-                   + 0.15 * rng.random((rows_below, width), np.float32))
-        # Distance fog: the far seafloor fades into the water.
-        y = np.arange(top, height, dtype=np.float32)
-        fog = (0.25 + 0.75 * np.clip((y - horizon) / (height - horizon), 0, 1) ** 0.7)[:, None, None]
-        frame[top:] = (sediment * texture[..., None]) * fog + water.astype(np.float32) * (1 - fog)
-        for _ in range(rng.integers(2, 9)):  # pebbles
-            cy = rng.uniform(horizon, height)
-            scale = 0.4 + 0.6 * (cy - horizon) / (height - horizon)
-            axes = (int(rng.uniform(2, 9) * scale) + 1, int(rng.uniform(1, 5) * scale) + 1)
-            colour = tuple(float(v) for v in sediment * rng.uniform(0.4, 0.8) * (0.25 + 0.75 * scale))
-            cv2.ellipse(frame, (int(rng.uniform(0, width)), int(cy)), axes, 0, 0, 360, colour, -1, cv2.LINE_AA)
-    return frame, horizon
-
-
 def _paste(frame: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, x0: int, y0: int) -> None:
     """Alpha-blend a sprite into the frame with its top-left corner at (x0, y0), clipping at borders."""
     h, w = alpha.shape
@@ -476,25 +465,54 @@ def frame_individuals(labels: np.ndarray, genes: list[Genes], p_lookalike: float
     return out
 
 
+def degrade_individual(rgb: np.ndarray, alpha: np.ndarray, blur: float, haze: float,
+                       water: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """One individual's own imaging before it is pasted: `haze` blends it towards the water colour (it is
+    further away or behind more particles), `blur` (Gaussian sigma, px) blurs it and its edge (it is out of
+    the focal plane). Returns (rgb, alpha, pad): the sprite grew by `pad` px on each side."""
+    if haze > 0:
+        rgb = rgb * np.float32(1 - haze) + water.astype(np.float32) * np.float32(haze)
+    if blur < 0.3:
+        return rgb, alpha, 0
+    pad = int(np.ceil(3 * blur)) + 1
+    premult = np.pad(rgb * alpha[..., None], ((pad, pad), (pad, pad), (0, 0)))
+    alpha = cv2.GaussianBlur(np.pad(alpha, pad), (0, 0), blur)
+    premult = cv2.GaussianBlur(premult, (0, 0), blur)
+    return premult / np.maximum(alpha, 1e-3)[..., None], alpha, pad
+
+
 def render_frame(plan: FramePlan, genes: list[Genes], style: FrameStyle, rng: np.random.Generator,
-                 blur_scale: float = 1.0) -> tuple[np.ndarray, list[list[float]]]:
+                 blur_scale: float = 1.0, profiles: Profiles | None = None,
+                 info: dict | None = None) -> tuple[np.ndarray, list[list[float]]]:
     """Draw one frame. Returns (BGR uint8 image, bbox [x, y, w, h] per object, clipped to the frame).
 
     With fixed boxes (test) each animal is drawn to fit its box, centred; otherwise (train) animals of
-    the planned long sides are placed and their tight boxes returned. The frame's habitat and water depth
-    follow its first animal (weak cue); its quality (one draw per frame) degrades all its animals alike."""
+    the planned long sides are placed and their tight boxes returned. The frame's habitat (substrate and
+    depth) is drawn from the habitat profiles of all its taxa (src/synthetic/habitat.py); sessile and
+    crawling animals, and most near-bottom swimmers, rest on its seafloor (in a test frame the horizon is
+    put above every such box). Its quality (one draw per frame) degrades all its animals, each around
+    that level: their own blur and haze vary, so a clearer neighbour can help. `info`, when given, receives
+    the frame's habitat (substrate, zone, depth_m) and horizon."""
     width, height, labels = plan.width, plan.height, plan.labels
     quality = float(rng.uniform(0.6, 1.0) if rng.random() < style.bad_frames else rng.beta(*style.quality))
-    first = genes[labels[0]]
-    seafloor = bool(rng.random() < first.floor_prob)
-    depth = float(np.clip(first.depth + rng.normal(0, 0.2), 0, 1))
-    frame, horizon = render_background(width, height, seafloor, depth, rng)
+    if profiles is None:
+        raise ValueError("render_frame needs the concepts' habitat profiles (habitat.concept_profiles)")
+    habitat = choose_habitat(labels, profiles, rng)
+    on_floor = [rests_on_floor(int(profiles.mode[label]), habitat, rng) for label in labels]
+    max_horizon = None
+    if plan.boxes is not None and any(on_floor):
+        max_horizon = min(y + h / 2 - 0.3 * h for (x, y, w, h), f in zip(plan.boxes, on_floor) if f)
+    frame, horizon = render_background(width, height, habitat, rng, max_horizon)
+    water = water_colour(habitat.depth01)
+    if info is not None:
+        info.update(substrate=habitat.substrate, zone=ZONES[habitat.zone][0], depth_m=round(habitat.depth_m, 1),
+                    horizon=round(float(horizon), 2))
+    frame_blur = _lerp(style.blur, quality) * rng.uniform(0.8, 1.2) * blur_scale
 
     placed = []  # (y for z-order, sprite rgb, alpha, x0, y0, box)
     individuals = frame_individuals(labels, genes, style.p_lookalike, rng, style.atypical_frames)
     for k, (label, g) in enumerate(zip(labels, individuals)):
-        on_floor = seafloor and g.plan not in PELAGIC_PLANS
-        upright = on_floor and g.plan in UPRIGHT_PLANS
+        upright = on_floor[k] and g.plan in UPRIGHT_PLANS
         if plan.boxes is not None:
             x, y, w, h = plan.boxes[k]
             rgb, alpha, (bx0, by0, bx1, by1) = _sprite_in_box(g, w, h, upright, rng)
@@ -505,15 +523,23 @@ def render_frame(plan: FramePlan, genes: list[Genes], style: FrameStyle, rng: np
                           0, [width, height, width, height])
         else:
             rgb, alpha, (bx0, by0, bx1, by1) = _sprite(g, float(plan.sizes[k]), upright, rng)
-            cx, cy = _place(bx1 - bx0, by1 - by0, width, height, on_floor, horizon, placed, rng)
+            cx, cy = _place(bx1 - bx0, by1 - by0, width, height, on_floor[k], horizon, placed, rng)
             box = np.clip([cx - (bx1 - bx0) / 2, cy - (by1 - by0) / 2, cx + (bx1 - bx0) / 2, cy + (by1 - by0) / 2],
                           0, [width, height, width, height])
-        x0 = int(round(cx - (bx1 - bx0) / 2)) - bx0
-        y0 = int(round(cy - (by1 - by0) / 2)) - by0
+        # The individual's own blur around the frame's (the frame blurs everything by FRAME_BLUR_SHARE of
+        # its level, so the total is the frame's level on average) and its own haze.
+        own = frame_blur * np.exp(rng.normal(-0.2, INDIVIDUAL_BLUR_SPREAD))
+        extra = float(np.sqrt(max(own ** 2 - (FRAME_BLUR_SHARE * frame_blur) ** 2, 0.0)))
+        haze = float(rng.uniform(0.0, INDIVIDUAL_HAZE) * (0.3 + quality))
+        rgb, alpha, pad = degrade_individual(rgb, alpha, extra, haze, water)
+        x0 = int(round(cx - (bx1 - bx0) / 2)) - bx0 - pad
+        y0 = int(round(cy - (by1 - by0) / 2)) - by0 - pad
         xywh = [round(float(box[0]), 2), round(float(box[1]), 2), round(float(box[2] - box[0]), 2),
                 round(float(box[3] - box[1]), 2)]
         placed.append((cy, rgb, alpha, x0, y0, xywh))
 
+    _background_fauna(frame, labels, genes, profiles, habitat, horizon, [p[5] for p in placed], frame_blur, water,
+                      rng)
     boxes: list[list[float]] = [[] for _ in labels]
     for i in sorted(range(len(placed)), key=lambda i: placed[i][0]):  # far (high) first, near last
         _, rgb, alpha, x0, y0, xywh = placed[i]
@@ -526,16 +552,49 @@ def render_frame(plan: FramePlan, genes: list[Genes], style: FrameStyle, rng: np
             under = frame[min(max(centre[1], 0), height - 1), min(max(centre[0], 0), width - 1)]
             colour = tuple(float(v) for v in under * rng.uniform(0.5, 0.9))
             cv2.ellipse(frame, centre, axes, float(rng.uniform(0, 180)), 0, 360, colour, -1, cv2.LINE_AA)
-    return _imaging(frame, depth, style, quality, blur_scale, rng), boxes
+    snow = SNOW_BY_ZONE[habitat.zone] * (1.5 if not habitat.seafloor else 1.0)
+    return _imaging(frame, habitat.depth01, style, quality, FRAME_BLUR_SHARE * frame_blur, rng, snow), boxes
+
+
+def _background_fauna(frame: np.ndarray, labels: np.ndarray, genes: list[Genes], profiles: Profiles, habitat: Habitat,
+                      horizon: float, boxes: list, frame_blur: float, water: np.ndarray, rng) -> None:
+    """Animals nobody boxed, drawn into the frame behind the boxed ones: Poisson numbers of the frame's own
+    taxa (AGGREGATION, by mode of life) and of the habitat's community (COMMUNITY), smaller than the frame's
+    smallest box, further away (hazed, blurred) and clear of every box: the context shows who lives here."""
+    height, width = frame.shape[:2]
+    members = community(habitat, profiles)
+    taxa = [int(c) for c in np.unique(labels) for _ in range(rng.poisson(AGGREGATION[int(profiles.mode[c])]))]
+    taxa += [int(c) for c in rng.choice(len(members), int(rng.poisson(COMMUNITY)), p=members)]
+    smallest = min((max(b[2], b[3]) for b in boxes), default=0.03 * max(width, height))
+    top = max(horizon, 0.0)
+    for c in taxa:
+        floor = habitat.seafloor and MODES[int(profiles.mode[c])] != "pelagic"
+        size = float(np.clip(smallest * rng.uniform(0.4, 0.9), 3.0, 0.04 * max(width, height)))
+        g = sample_instance(individual_look(genes, c, rng), rng)
+        rgb, alpha, (bx0, by0, bx1, by1) = _sprite(g, size, floor and g.plan in UPRIGHT_PLANS, rng)
+        bw, bh = bx1 - bx0, by1 - by0
+        for _ in range(6):  # a spot clear of every box
+            cx = rng.uniform(0, width)
+            cy = rng.uniform(top, height) if floor else rng.uniform(0, height)
+            if all(cx + bw / 2 + 2 < x or cx - bw / 2 - 2 > x + w or cy + bh / 2 + 2 < y or cy - bh / 2 - 2 > y + h
+                   for x, y, w, h in boxes):
+                break
+        else:
+            continue
+        far = float(np.clip((cy - top) / max(height - top, 1.0), 0, 1)) if floor else rng.uniform(0, 1)
+        rgb, alpha, pad = degrade_individual(rgb, alpha, frame_blur * rng.uniform(0.3, 1.0),
+                                             (0.35 - 0.3 * far) * rng.uniform(0.5, 1.0), water)
+        _paste(frame, rgb, alpha, int(round(cx - bw / 2)) - bx0 - pad, int(round(cy - bh / 2)) - by0 - pad)
 
 
 def _lerp(bounds, q: float) -> float:
     return bounds[0] + (bounds[1] - bounds[0]) * q
 
 
-def _imaging(frame: np.ndarray, depth: float, style: FrameStyle, quality: float, blur_scale: float,
-             rng) -> np.ndarray:
-    """Lamp and vignette, turbidity, marine snow, blur and sensor noise at the frame's quality; to uint8."""
+def _imaging(frame: np.ndarray, depth: float, style: FrameStyle, quality: float, blur: float,
+             rng, snow_gain: float = 1.0) -> np.ndarray:
+    """Lamp and vignette, turbidity, marine snow, blur (sigma `blur` px) and sensor noise at the frame's
+    quality; to uint8."""
     h, w = frame.shape[:2]
     jitter = lambda: rng.uniform(0.8, 1.2)  # noqa: E731 - frames of one quality still differ
     cx, cy = rng.uniform(0.3, 0.7) * w, rng.uniform(0.2, 0.6) * h
@@ -547,7 +606,7 @@ def _imaging(frame: np.ndarray, depth: float, style: FrameStyle, quality: float,
     gain = lamp[..., None] * (np.asarray(style.lamp_bgr, np.float32) * np.float32(1 - t))
     frame *= gain
     frame += water_colour(depth).astype(np.float32) * np.float32(1.2 * t)
-    for _ in range(int(_lerp(style.snow, quality) * jitter() * w * h / 1e5)):
+    for _ in range(int(_lerp(style.snow, quality) * snow_gain * jitter() * w * h / 1e5)):
         v = float(rng.uniform(120, 230))
         cv2.circle(frame, (int(rng.uniform(0, w)), int(rng.uniform(0, h))), int(rng.integers(0, 2)), (v, v, v), -1,
                    cv2.LINE_AA)
@@ -557,7 +616,7 @@ def _imaging(frame: np.ndarray, depth: float, style: FrameStyle, quality: float,
     noise -= 0.5
     noise *= np.float32(1.6 * np.sqrt(12.0) * _lerp(style.noise, quality) * jitter())
     frame += noise
-    frame = cv2.GaussianBlur(frame, (0, 0), max(_lerp(style.blur, quality) * jitter() * blur_scale, 0.1))
+    frame = cv2.GaussianBlur(frame, (0, 0), max(blur, 0.1))
     np.clip(frame, 0, 255, out=frame)
     frame += 0.5
     return frame.astype(np.uint8)
@@ -574,14 +633,16 @@ def _coco_header(preset: str, seed: int, shift: float) -> dict:
     }
 
 
-def _render_chunk(job: tuple) -> list[tuple[dict, list[list[float]]]]:
-    """Render and write a chunk of frames (runs in a worker process). Returns (image record, boxes) each."""
-    split, seed, style, blur_scale, frame_dir, genes, chunk = job
+def _render_chunk(job: tuple) -> list[tuple[dict, list[list[float]], dict]]:
+    """Render and write a chunk of frames (runs in a worker process). Returns (image record, boxes, habitat)
+    each."""
+    split, seed, style, blur_scale, frame_dir, genes, profiles, chunk = job
     out = []
     for i, plan in chunk:
         rng = np.random.default_rng([seed, SPLIT_CODE[split], 1, i])  # per frame: any order, same pixels
         file_name = f"{uuid.UUID(bytes=rng.bytes(16), version=4)}.jpg"
-        image, boxes = render_frame(plan, genes, style, rng, blur_scale)
+        info: dict = {}
+        image, boxes = render_frame(plan, genes, style, rng, blur_scale, profiles, info)
         path = Path(frame_dir) / file_name
         ok, encoded = cv2.imencode(".jpg", image, JPEG_PARAMS)
         if not ok:
@@ -591,19 +652,20 @@ def _render_chunk(job: tuple) -> list[tuple[dict, list[list[float]]]]:
         captured = (dt.datetime(2012, 1, 1) + dt.timedelta(minutes=int(rng.integers(0, 6_000_000))))
         out.append(({"id": i + 1, "width": plan.width, "height": plan.height, "file_name": file_name, "license": 0,
                      "flickr_url": url, "coco_url": url, "date_captured": captured.strftime("%Y-%m-%d %H:%M:%S")},
-                    boxes))
+                    boxes, info))
     return out
 
 
 def _generate_split(split: str, plans: list[FramePlan], genes, style: FrameStyle, blur_scale: float, out_dir: Path,
                     seed: int, header: dict, taxonomy: Taxonomy, pool: ProcessPoolExecutor | None,
-                    progress: bool) -> tuple[dict, list[int]]:
-    """Render one split's frames; returns (COCO dict, class index of each annotation in id order)."""
+                    progress: bool, profiles: Profiles) -> tuple[dict, list[int], list[dict]]:
+    """Render one split's frames; returns (COCO dict, class index of each annotation in id order, the habitat
+    of each frame)."""
     frame_dir = out_dir / "frames" / split
     frame_dir.mkdir(parents=True, exist_ok=True)
     chunk = 16
     numbered = list(enumerate(plans))
-    jobs = [(split, seed, style, blur_scale, str(frame_dir), genes, numbered[k:k + chunk])
+    jobs = [(split, seed, style, blur_scale, str(frame_dir), genes, profiles, numbered[k:k + chunk])
             for k in range(0, len(numbered), chunk)]
     bar = tqdm(total=len(plans), desc=f"{split} frames", disable=not progress, leave=False)
     results = []
@@ -614,9 +676,10 @@ def _generate_split(split: str, plans: list[FramePlan], genes, style: FrameStyle
     coco = json.loads(json.dumps(header))
     coco["categories"] = [{"id": cid, "name": name, "supercategory": ""}
                           for cid, name in zip(taxonomy.category_ids, taxonomy.names)]
-    labels_out = []
-    for (image, boxes), plan in zip(results, plans):
+    labels_out, habitats = [], []
+    for (image, boxes, info), plan in zip(results, plans):
         coco["images"].append(image)
+        habitats.append({"split": split, "image_id": image["id"], **info})
         for label, box in zip(plan.labels, boxes):
             labels_out.append(int(label))
             coco["annotations"].append({
@@ -624,15 +687,16 @@ def _generate_split(split: str, plans: list[FramePlan], genes, style: FrameStyle
                 "category_id": int(taxonomy.category_ids[label]) if split == "train" else None,
                 "segmentation": [], "area": round(box[2] * box[3], 2), "bbox": [float(v) for v in box], "iscrowd": 0,
             })
-    return coco, labels_out
+    return coco, labels_out, habitats
 
 
 def _code_hash() -> str:
     """Hash of the generator's code and skeleton files: a changed drawing makes another data set."""
     import hashlib
-    from src.synthetic import shapes, skeleton
+    from src.synthetic import habitat, shapes, skeleton
     digest = hashlib.blake2b(digest_size=8)
-    for path in (Path(__file__), Path(shapes.__file__), Path(skeleton.__file__),
+    for path in (Path(__file__), Path(shapes.__file__), Path(skeleton.__file__), Path(habitat.__file__),
+                 habitat.HABITAT_CSV,
                  *sorted(skeleton.SKELETON_DIR.glob("*.csv"))):
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -676,23 +740,27 @@ def generate_benchmark(out_dir: str | Path, preset: str = "demo", seed: int = 0,
         for old in [*(out_dir / "frames" / split).glob("*.png"), *(out_dir / "frames" / split).glob("*.jpg")]:
             old.unlink()
     genes = concept_genes(taxonomy, appearance)
+    profiles = concept_profiles(tuple(taxonomy.names))
     plans = plan_frames(skeleton, PRESETS[preset], seed, shift, render_scale, genes)
     blur_scale = render_scale / DEFAULT_RENDER_SCALE
     header = _coco_header(preset, seed, shift)
     solution: list[tuple[int, str]] = []
+    scenes: list[dict] = []
     with contextlib.ExitStack() as stack:
         # spawn: workers never inherit a parent's thread pools (torch, OpenCV) mid-state.
         pool = stack.enter_context(ProcessPoolExecutor(
             max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
             initializer=cv2.setNumThreads, initargs=(1,))) if workers > 1 else None
         for split in SPLIT_CODE:
-            coco, labels = _generate_split(split, plans[split], genes, split_style(split, shift), blur_scale, out_dir,
-                                           seed, header, taxonomy, pool, progress)
+            coco, labels, habitats = _generate_split(split, plans[split], genes, split_style(split, shift), blur_scale, out_dir,
+                                           seed, header, taxonomy, pool, progress, profiles)
             if split == "test":
                 solution = [(ann["id"], taxonomy.names[label]) for ann, label in zip(coco["annotations"], labels)]
             atomic_write_text(out_dir / f"dataset_{split}.json", json.dumps(coco, indent=1) + "\n")
+            scenes.extend(habitats)
     frame = pd.DataFrame(solution, columns=["annotation_id", "concept_name"])
     atomic_write_text(out_dir / "solution.csv", frame.to_csv(index=False))
+    atomic_write_text(out_dir / "frame_habitats.csv", pd.DataFrame(scenes).to_csv(index=False))
     atomic_write_json(out_dir / "generator.json", generator_record(preset, seed, shift, render_scale, appearance,
                                                                    taxonomy))
     return out_dir
@@ -772,6 +840,57 @@ def write_preview(root: str | Path, out_png: str | Path, taxonomy: Taxonomy | No
     return out_png
 
 
+def write_context_preview(root: str | Path, out_png: str | Path, per_side: int = 3, thumb: int = 200,
+                          seed: int = 0) -> Path:
+    """Whole frames by habitat: one row per substrate (frame_habitats.csv), `per_side` train frames on the
+    left and test frames on the right, each with its boxes and its depth zone."""
+    from PIL import Image, ImageDraw
+
+    root = Path(root)
+    scenes = pd.read_csv(root / "frame_habitats.csv")
+    data = {s: json.loads((root / f"dataset_{s}.json").read_text()) for s in SPLIT_CODE}
+    rng = np.random.default_rng(seed)
+    th = thumb * 9 // 16
+    label_w, gap, caption = 70, 12, 12
+    substrates = [s for s in ("soft", "hard", "biogenic", "water") if s in set(scenes["substrate"])]
+    sheet = np.full((16 + len(substrates) * (th + caption + 4), label_w + 2 * per_side * (thumb + 2) + gap, 3), 255,
+                    np.uint8)
+    texts = [((label_w, 2), "train"), ((label_w + per_side * (thumb + 2) + gap, 2), "test")]
+    for r, substrate in enumerate(substrates):
+        y = 16 + r * (th + caption + 4)
+        texts.append(((4, y + th // 2 - 6), substrate))
+        for side, split in enumerate(SPLIT_CODE):
+            rows = scenes[(scenes["split"] == split) & (scenes["substrate"] == substrate)]
+            if rows.empty:
+                continue
+            pick = rows.iloc[np.sort(rng.choice(len(rows), min(per_side, len(rows)), replace=False))]
+            images = {im["id"]: im for im in data[split]["images"]}
+            for col, row in enumerate(pick.itertuples()):
+                image = images[int(row.image_id)]
+                frame = cv2.imread(str(_frame_path(image, root / f"dataset_{split}.json", split)), cv2.IMREAD_COLOR)
+                if frame is None:
+                    continue
+                k = min(thumb / frame.shape[1], th / frame.shape[0])
+                small = cv2.resize(frame, (max(1, round(frame.shape[1] * k)), max(1, round(frame.shape[0] * k))),
+                                   interpolation=cv2.INTER_AREA)
+                for ann in data[split]["annotations"]:
+                    if ann["image_id"] == image["id"]:
+                        bx, by, bw, bh = (v * k for v in ann["bbox"])
+                        cv2.rectangle(small, (int(bx), int(by)), (int(bx + bw), int(by + bh)),
+                                      (0, 255, 0) if split == "train" else (0, 0, 255), 1)
+                x = label_w + side * (per_side * (thumb + 2) + gap) + col * (thumb + 2)
+                sheet[y:y + small.shape[0], x:x + small.shape[1]] = small
+                texts.append(((x, y + th), f"{row.zone}, {row.depth_m:.0f} m"))
+    pil = Image.fromarray(cv2.cvtColor(sheet, cv2.COLOR_BGR2RGB))
+    draw = ImageDraw.Draw(pil)
+    for xy, text in texts:
+        draw.text(xy, text, fill=(0, 0, 0))
+    out_png = Path(out_png)
+    with atomic_path(out_png) as tmp:
+        pil.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(tmp, format="PNG", optimize=True)
+    return out_png
+
+
 # ---------------------------------------------------------------- CLI
 
 def main(argv: list[str] | None = None) -> int:
@@ -791,6 +910,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"frame size relative to the real frames (default {DEFAULT_RENDER_SCALE}, the "
                              "calibrated setting for 32-px models; use 1.0 with 112-px models on a GPU)")
     parser.add_argument("--preview", type=Path, default=None, help="also write a contact sheet PNG here")
+    parser.add_argument("--context-preview", type=Path, default=None,
+                        help="also write whole frames by habitat (train and test, with their boxes) as a PNG here")
     parser.add_argument("--workers", type=int, default=None,
                         help="processes rendering frames (default: every CPU); the output does not depend on it")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -814,6 +935,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {root}: {n_train} train and {n_test} test annotations in {time.perf_counter() - start:.1f} s")
     if args.preview:
         print(f"preview: {write_preview(root, args.preview)}")
+    if args.context_preview:
+        print(f"context preview: {write_context_preview(root, args.context_preview)}")
     return 0
 
 

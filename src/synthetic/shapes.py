@@ -34,7 +34,6 @@ PLAN_BY_TAXON = {
     "Annelida": "tube",
 }
 UPRIGHT_PLANS = frozenset({"vase", "branching", "anemone"})  # stand on the seafloor
-PELAGIC_PLANS = frozenset({"fish", "bell"})  # mostly seen in the water column
 TEXTURES = ("plain", "spots", "bands", "stripes", "rings", "speckle", "mottled", "gradient")
 N_SHAPE = 8
 SUPERSAMPLE = 2
@@ -61,8 +60,6 @@ class Genes:
     tex_freq: float  # cycles across the sprite
     spot_density: float  # 0..1
     jitter: float  # per-instance variation multiplier (>1 for concepts named at coarse ranks)
-    floor_prob: float  # weak habitat cue: probability of a seafloor frame
-    depth: float  # weak habitat cue: preferred depth in 0..1 (water tint)
     relatives: tuple[int, ...] = ()  # finer concepts of the same group this concept may look like
     lookalikes: tuple[int, ...] = ()  # concepts of other classes an atypical individual looks like
     p_relative: float = 0.0  # probability that an individual is drawn like one of its relatives
@@ -153,8 +150,6 @@ def concept_genes(taxonomy: Taxonomy, look: Appearance = Appearance()) -> list[G
                150 + 100 * u["species"][15])
         own = hash_unit(f"{name}#texture")
         texture_draw = own[1] if own[0] < look.p_own_texture else u["order"][16]
-        pelagic = plan in PELAGIC_PLANS
-        floor_prob = (0.15 + 0.25 * u["class"][16]) if pelagic else (0.6 + 0.35 * u["class"][16])
         out.append(Genes(
             plan=plan,
             shape=tuple(float(x) for x in np.clip(shape, 0.0, 1.0)),
@@ -167,8 +162,6 @@ def concept_genes(taxonomy: Taxonomy, look: Appearance = Appearance()) -> list[G
             tex_freq=float(2.0 + 5.0 * u["family"][17] + 1.0 * (u["genus"][17] - 0.5)),
             spot_density=float(np.clip(0.2 + 0.6 * u["genus"][18] + 0.2 * (u["species"][18] - 0.5), 0, 1)),
             jitter=1.0 + look.coarse_jitter * n_unset,
-            floor_prob=float(floor_prob),
-            depth=float(np.clip(0.5 * u["order"][19] + 0.5 * u["class"][19], 0, 1)),
         ))
     p_coarse = [look.p_relative_coarse if taxonomy.rank_of(n) in ("phylum", "class") else look.p_relative
                 for n in taxonomy.names]
@@ -206,7 +199,7 @@ def individual_look(genes: list[Genes], label: int, rng: np.random.Generator, p_
     """Which concept an individual of class `label` is drawn like. With probability p_lookalike one of its
     look-alikes of another class (an atypical individual, or one the camera renders misleadingly); else a
     concept named at a coarse rank looks, with its own probability, like one of its finer relatives. The
-    individual keeps its own habitat and variation."""
+    individual keeps its own variation (its habitat is its label's: src/synthetic/habitat.py)."""
     g = genes[label]
     look = None
     if g.lookalikes and rng.random() < p_lookalike:
@@ -215,8 +208,7 @@ def individual_look(genes: list[Genes], label: int, rng: np.random.Generator, p_
         look = genes[int(rng.choice(g.relatives))]
     if look is None:
         return g
-    return replace(look, jitter=g.jitter, floor_prob=g.floor_prob, depth=g.depth, relatives=g.relatives,
-                   lookalikes=g.lookalikes, p_relative=g.p_relative)
+    return replace(look, jitter=g.jitter, relatives=g.relatives, lookalikes=g.lookalikes, p_relative=g.p_relative)
 
 
 def instance_genes(genes: list[Genes], label: int, rng: np.random.Generator, p_lookalike: float = 0.0) -> Genes:

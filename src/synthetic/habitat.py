@@ -1,0 +1,302 @@
+"""Where each concept lives, and the scene a frame of its taxa shows: the context of the generated benchmark.
+
+`habitats.csv` (next to this file) gives every one of the 79 concepts a habitat profile from its biology:
+the substrates it lives on, best first (soft sediment, hard rock, biogenic reef / sponge or coral ground,
+the open water column), its depth range in metres, its mode of life (sessile, crawling, swimming near the
+bottom, pelagic), optional associates, and the source of the entry (WoRMS, FishBase / SeaLifeBase, the
+MBARI Deep-Sea Guide, literature; ranges are approximate, the taxon's usual range). A frame's habitat
+(substrate x depth zone) is drawn from the profiles of ALL its taxa, the same way in train and test:
+P(habitat) is proportional to the product over the frame's taxa of their affinity for the substrate and
+their depth range's overlap with the zone. Habitat thus tells the phylum coarsely (sponges and corals on
+rock and reef, sea cucumbers and sea pens on deep mud, fish and medusae in open water) and the concept
+hardly: many concepts share a habitat.
+
+Each substrate has its own look (`render_background`): soft mud is light and smooth with burrows, tracks
+and mounds; hard rock is dark, blocky and cracked; biogenic ground is pale rubble with dead coral and sponge
+structures; the water column has no floor and more marine snow. Water colour goes from blue-green on the
+shelf to dark navy in the deep, particles from many (shelf plankton) to few.
+
+Frames also hold animals nobody boxed (`community`): aggregations of the frame's own taxa (sea-pen fields,
+sponge grounds, brittle-star beds, herds of sea pigs) and other members of the habitat's community, small
+and far away, as in real video frames whose annotations are incomplete.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+HABITAT_CSV = Path(__file__).with_name("habitats.csv")
+SUBSTRATES = ("soft", "hard", "biogenic", "water")
+MODES = ("sessile", "crawling", "swimming", "pelagic")
+ZONES = (("shelf", 0.0, 200.0), ("upper slope", 200.0, 800.0), ("mid slope", 800.0, 2000.0),
+         ("deep", 2000.0, 6000.0))
+SUBSTRATE_AFFINITY = (1.0, 0.35, 0.2)  # affinity of a taxon for its 1st, 2nd, 3rd listed substrate
+UNLISTED_AFFINITY = 0.03  # ... for a substrate it is not listed on (a stray individual)
+ZONE_FLOOR = 0.03  # ... for a depth zone outside its range
+HABITAT_SHARPNESS = 2.0  # P(habitat) ~ (product of the taxa's affinities) ** sharpness: frames show typical habitats
+BENTHIC_SWIMMER_ON_FLOOR = 0.7  # share of near-bottom swimmers (fish, shrimps) resting on the seafloor
+SNOW_BY_ZONE = (1.6, 1.2, 1.0, 0.7)  # marine snow / plankton density relative to the style's
+
+
+@dataclass(frozen=True)
+class Profiles:
+    """Habitat profiles of the concepts in taxonomy order: affinity (C, 4 substrates), zone overlap (C, 4
+    zones), depth range (C, 2) metres and mode index (C,)."""
+
+    substrate: np.ndarray
+    zone: np.ndarray
+    depth: np.ndarray
+    mode: np.ndarray
+    community: np.ndarray  # (C, substrates, zones): P(habitat | concept alone), the habitat's community
+
+
+@dataclass(frozen=True)
+class Habitat:
+    """One frame's scene: substrate, depth zone and depth (metres)."""
+
+    substrate: str
+    zone: int
+    depth_m: float
+
+    @property
+    def depth01(self) -> float:
+        """Depth on a log scale, 0 at the surface and 1 at 6,000 m (water tint)."""
+        return float(np.clip(np.log1p(self.depth_m / 20.0) / np.log1p(6000.0 / 20.0), 0.0, 1.0))
+
+    @property
+    def seafloor(self) -> bool:
+        return self.substrate != "water"
+
+
+def load_habitats(path: str | Path = HABITAT_CSV) -> pd.DataFrame:
+    """The habitat table, checked: every row's substrates, depth range and mode are valid."""
+    table = pd.read_csv(path, dtype={"associates": str}, keep_default_na=False)
+    for row in table.itertuples():
+        subs = row.substrates.split(";")
+        if not subs or any(s not in SUBSTRATES for s in subs) or len(set(subs)) != len(subs):
+            raise ValueError(f"{path}: {row.concept}: bad substrates {row.substrates!r}")
+        if not 0 <= float(row.depth_min) < float(row.depth_max) <= 11000:
+            raise ValueError(f"{path}: {row.concept}: bad depth range {row.depth_min}-{row.depth_max}")
+        if row.mode not in MODES:
+            raise ValueError(f"{path}: {row.concept}: bad mode {row.mode!r}")
+        if not str(row.source).strip():
+            raise ValueError(f"{path}: {row.concept}: no source")
+    if not table["concept"].is_unique:
+        raise ValueError(f"{path}: a concept is listed twice")
+    return table
+
+
+def _log_depth(d):
+    return np.log1p(np.asarray(d, np.float64) / 20.0)
+
+
+@lru_cache(maxsize=4)
+def concept_profiles(names: tuple[str, ...], path: str = str(HABITAT_CSV)) -> Profiles:
+    """Profiles of `names` (taxonomy order); a concept missing from the table is an error."""
+    table = load_habitats(path).set_index("concept")
+    missing = [n for n in names if n not in table.index]
+    if missing:
+        raise KeyError(f"{path} has no habitat for {missing}")
+    substrate = np.full((len(names), len(SUBSTRATES)), UNLISTED_AFFINITY)
+    zone = np.empty((len(names), len(ZONES)))
+    depth = np.empty((len(names), 2))
+    mode = np.empty(len(names), np.int64)
+    for i, name in enumerate(names):
+        row = table.loc[name]
+        for rank, s in enumerate(row["substrates"].split(";")):
+            substrate[i, SUBSTRATES.index(s)] = SUBSTRATE_AFFINITY[min(rank, len(SUBSTRATE_AFFINITY) - 1)]
+        depth[i] = float(row["depth_min"]), float(row["depth_max"])
+        lo, hi = _log_depth(depth[i])
+        for z, (_, zlo, zhi) in enumerate(ZONES):  # share of the zone (log depth) inside the taxon's range
+            a, b = _log_depth([zlo, zhi])
+            zone[i, z] = max(0.0, min(hi, b) - max(lo, a)) / (b - a)
+        mode[i] = MODES.index(row["mode"])
+    zone = np.maximum(zone, ZONE_FLOOR)
+    community = substrate[:, :, None] * zone[:, None, :]
+    return Profiles(substrate, zone, depth, mode, community / community.sum((1, 2), keepdims=True))
+
+
+def habitat_probabilities(taxa, profiles: Profiles) -> np.ndarray:
+    """(substrates, zones) P(habitat | the frame's distinct taxa): the product of every taxon's affinities
+    (sharpened by HABITAT_SHARPNESS)."""
+    taxa = np.unique(np.asarray(taxa, np.int64))
+    log_p = np.log(profiles.substrate[taxa]).sum(0)[:, None] + np.log(profiles.zone[taxa]).sum(0)[None, :]
+    p = np.exp(HABITAT_SHARPNESS * (log_p - log_p.max()))
+    return p / p.sum()
+
+
+def choose_habitat(taxa, profiles: Profiles, rng: np.random.Generator) -> Habitat:
+    """A frame's habitat drawn from its taxa's profiles, and a depth inside the zone (and inside the taxa's
+    common depth range where they have one)."""
+    p = habitat_probabilities(taxa, profiles)
+    k = int(rng.choice(p.size, p=p.ravel()))
+    s, z = divmod(k, len(ZONES))
+    taxa = np.unique(np.asarray(taxa, np.int64))
+    lo, hi = max(ZONES[z][1], profiles.depth[taxa, 0].max()), min(ZONES[z][2], profiles.depth[taxa, 1].min())
+    if lo >= hi:
+        lo, hi = ZONES[z][1], ZONES[z][2]
+    a, b = _log_depth([lo, hi])
+    depth = float(20.0 * np.expm1(rng.uniform(a, b)))
+    return Habitat(SUBSTRATES[s], z, depth)
+
+
+def community(habitat: Habitat, profiles: Profiles) -> np.ndarray:
+    """(C,) P(concept | habitat) with every concept equally common a priori: who else lives there."""
+    p = profiles.community[:, SUBSTRATES.index(habitat.substrate), habitat.zone]
+    return p / p.sum()
+
+
+def rests_on_floor(mode: int, habitat: Habitat, rng: np.random.Generator) -> bool:
+    """Whether an individual of this mode lies or stands on the seafloor of the frame."""
+    if not habitat.seafloor:
+        return False
+    name = MODES[mode]
+    if name == "pelagic":
+        return False
+    if name == "swimming":
+        return bool(rng.random() < BENTHIC_SWIMMER_ON_FLOOR)
+    return True
+
+
+# ---------------------------------------------------------------- drawing the scene
+
+def water_colour(depth01: float) -> np.ndarray:
+    """BGR water colour: blue-green and brighter when shallow, dark navy when deep."""
+    shallow, deep = np.array([150.0, 135.0, 55.0]), np.array([72.0, 36.0, 10.0])
+    return shallow + (deep - shallow) * depth01
+
+
+def _smooth_noise(h: int, w: int, cells: int, rng) -> np.ndarray:
+    small = rng.random((max(2, cells * h // max(w, 1)), cells)).astype(np.float32)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+# Substrate base colours (BGR) and the contrast of their fine texture.
+SUBSTRATE_LOOK = {
+    "soft": (np.array([118.0, 138.0, 150.0]), 0.08),     # light grey-beige mud, smooth
+    "hard": (np.array([62.0, 70.0, 80.0]), 0.30),        # dark basalt / mudstone, rough
+    "biogenic": (np.array([135.0, 150.0, 165.0]), 0.18),  # pale rubble of skeletons and spicules
+}
+
+
+def _perspective(cy: float, horizon: float, height: int) -> float:
+    return 0.3 + 0.7 * float(np.clip((cy - horizon) / max(height - horizon, 1.0), 0.0, 1.0))
+
+
+def _floor_features(floor: np.ndarray, substrate: str, base: np.ndarray, horizon: float, top: int, rng) -> None:
+    """Draw the substrate's structures on the floor rows (floor: the frame's rows from `top`, float32 BGR)."""
+    h, w = floor.shape[:2]
+    height = top + h
+    area = w * h / 1e4
+
+    def point():
+        cy = rng.uniform(max(horizon, top), height)
+        return rng.uniform(0, w), cy, _perspective(cy, horizon, height)
+
+    if substrate == "soft":
+        for _ in range(int(rng.integers(2, 6) + 0.3 * area)):  # burrow openings with a rim
+            x, cy, s = point()
+            ax = (max(1, int(rng.uniform(2, 5) * s * w / 400)), max(1, int(rng.uniform(1, 2.5) * s * w / 400)))
+            cv2.ellipse(floor, (int(x), int(cy - top)), (ax[0] + 2, ax[1] + 1), 0, 0, 360,
+                        tuple(float(v) for v in base * 1.08), -1, cv2.LINE_AA)
+            cv2.ellipse(floor, (int(x), int(cy - top)), ax, 0, 0, 360, tuple(float(v) for v in base * 0.45), -1,
+                        cv2.LINE_AA)
+        for _ in range(int(rng.integers(1, 4))):  # tracks and trails of deposit feeders
+            x, cy, s = point()
+            n = 12
+            heading = rng.uniform(0, 2 * np.pi)
+            turn = np.cumsum(rng.normal(0, 0.25, n))
+            step = rng.uniform(4, 10) * s * w / 400
+            pts = np.stack([x + np.cumsum(np.cos(heading + turn)) * step,
+                            cy - top + np.cumsum(np.sin(heading + turn)) * step * 0.4], 1)
+            cv2.polylines(floor, [np.round(pts).astype(np.int32)], False, tuple(float(v) for v in base * 0.8),
+                          max(1, int(2 * s * w / 400)), cv2.LINE_AA)
+        for _ in range(int(rng.integers(1, 5))):  # mounds with a shadow
+            x, cy, s = point()
+            ax = (max(2, int(rng.uniform(5, 12) * s * w / 400)), max(1, int(rng.uniform(2, 4) * s * w / 400)))
+            cv2.ellipse(floor, (int(x), int(cy - top + ax[1] // 2 + 1)), ax, 0, 0, 360,
+                        tuple(float(v) for v in base * 0.8), -1, cv2.LINE_AA)
+            cv2.ellipse(floor, (int(x), int(cy - top)), ax, 0, 0, 360, tuple(float(v) for v in base * 1.12), -1,
+                        cv2.LINE_AA)
+    elif substrate == "hard":
+        for _ in range(int(rng.integers(6, 14) + 0.5 * area)):  # boulders and blocks
+            x, cy, s = point()
+            r = rng.uniform(8, 30) * s * w / 400
+            n = int(rng.integers(5, 8))
+            a = np.sort(rng.uniform(0, 2 * np.pi, n))
+            rad = r * rng.uniform(0.6, 1.0, n)
+            pts = np.stack([x + np.cos(a) * rad, cy - top + np.sin(a) * rad * 0.6], 1)
+            shade = base * rng.uniform(0.6, 1.35)
+            cv2.fillPoly(floor, [np.round(pts).astype(np.int32)], tuple(float(v) for v in shade), cv2.LINE_AA)
+            lit = pts[pts[:, 1] < cy - top]
+            if len(lit) >= 2:  # lit upper edge
+                cv2.polylines(floor, [np.round(lit).astype(np.int32)], False,
+                              tuple(float(v) for v in shade * 1.3), 1, cv2.LINE_AA)
+        for _ in range(int(rng.integers(3, 8))):  # cracks
+            x, cy, s = point()
+            pts = np.stack([x + np.cumsum(rng.normal(0, 6, 6)) * s * w / 400,
+                            cy - top + np.cumsum(rng.normal(2, 4, 6)) * s * w / 400], 1)
+            cv2.polylines(floor, [np.round(pts).astype(np.int32)], False, tuple(float(v) for v in base * 0.3),
+                          1, cv2.LINE_AA)
+    else:  # biogenic: rubble of skeletons, dead coral and sponge structures
+        pale = np.array([185.0, 192.0, 200.0])
+        for _ in range(int(rng.integers(15, 30) + 1.5 * area)):  # fragments
+            x, cy, s = point()
+            ln = rng.uniform(3, 9) * s * w / 400
+            a = rng.uniform(0, np.pi)
+            p0 = (int(x), int(cy - top))
+            p1 = (int(x + np.cos(a) * ln), int(cy - top + np.sin(a) * ln * 0.5))
+            cv2.line(floor, p0, p1, tuple(float(v) for v in pale * rng.uniform(0.6, 1.0) * (0.5 + 0.5 * s)),
+                     max(1, int(1.5 * s * w / 400)), cv2.LINE_AA)
+        for _ in range(int(rng.integers(2, 6))):  # standing dead framework: stalks and vase outlines
+            x, cy, s = point()
+            hgt = rng.uniform(15, 45) * s * w / 400
+            colour = tuple(float(v) for v in pale * rng.uniform(0.55, 0.8) * (0.5 + 0.5 * s))
+            th = max(1, int(1.5 * s * w / 400))
+            if rng.random() < 0.5:
+                stack = [((x, cy - top), -np.pi / 2, hgt * 0.5, 0)]
+                while stack:
+                    (px, py), a, ln, d = stack.pop()
+                    qx, qy = px + np.cos(a) * ln, py + np.sin(a) * ln
+                    cv2.line(floor, (int(px), int(py)), (int(qx), int(qy)), colour, th, cv2.LINE_AA)
+                    if d < 2:
+                        stack += [((qx, qy), a + side * rng.uniform(0.3, 0.7), ln * 0.7, d + 1) for side in (-1, 1)]
+            else:
+                half = hgt * rng.uniform(0.2, 0.4)
+                poly = np.array([(x - half * 0.4, cy - top), (x - half, cy - top - hgt), (x + half, cy - top - hgt),
+                                 (x + half * 0.4, cy - top)])
+                cv2.polylines(floor, [np.round(poly).astype(np.int32)], False, colour, th, cv2.LINE_AA)
+
+
+def render_background(width: int, height: int, habitat: Habitat, rng,
+                      max_horizon: float | None = None) -> tuple[np.ndarray, float]:
+    """(frame float32 HxWx3 BGR, horizon y): open water, or the habitat's seafloor below a horizon (above
+    `max_horizon` where given: the test's benthic animals sit on the floor; it may be above the frame's top:
+    a camera looking down)."""
+    water = water_colour(habitat.depth01) * rng.uniform(0.9, 1.1, 3)
+    rows = np.linspace(1.25, 0.75, height, dtype=np.float32)[:, None, None]
+    frame = (water * rows).astype(np.float32) * (0.9 + 0.2 * _smooth_noise(height, width, 4, rng))[..., None]
+    if not habitat.seafloor:
+        return frame, -1.0
+    horizon = height * rng.uniform(0.05, 0.45)
+    if max_horizon is not None:
+        horizon = min(horizon, max_horizon)
+    top = int(np.clip(np.ceil(horizon), 0, height - 1))
+    colour, contrast = SUBSTRATE_LOOK[habitat.substrate]
+    base = (colour * rng.uniform(0.85, 1.15) * rng.uniform(0.92, 1.08, 3)).astype(np.float32)
+    rows_below = height - top
+    cells = {"soft": 6, "hard": 18, "biogenic": 14}[habitat.substrate]
+    texture = (1.0 - contrast + 2 * contrast * _smooth_noise(rows_below, width, cells, rng)
+               + contrast * (rng.random((rows_below, width), np.float32) - 0.5))
+    floor = np.ascontiguousarray(base * texture[..., None], np.float32)
+    _floor_features(floor, habitat.substrate, base, horizon, top, rng)
+    # Distance fog: the far seafloor fades into the water.
+    y = np.arange(top, height, dtype=np.float32)
+    fog = (0.25 + 0.75 * np.clip((y - horizon) / max(height - horizon, 1.0), 0, 1) ** 0.7)[:, None, None]
+    frame[top:] = floor * fog + water.astype(np.float32) * (1 - fog)
+    return frame, horizon
