@@ -170,10 +170,12 @@ def _pflop(flops: float) -> str:
 def _duration(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.2g} s"
 
 
 def _gb(n: float) -> str:
+    if n < 1e9:
+        return f"{n / 1e6:.1f} MB"
     return f"{n / 1e9:.2f} GB" if n < 100e9 else f"{n / 1e12:.2f} TB"
 
 
@@ -196,12 +198,12 @@ def format_plan(plan: Plan) -> str:
         f"  epochs per training: {epochs}",
         f"  images per epoch: {images}",
         f"  images in all: ~{_count(plan.images_seen)} (an upper bound with pseudo-labels)",
-        f"  forward: {plan.forward_flops / 1e9:.2f} GFLOP per image (x3 with the backward: "
-        f"{3 * plan.forward_flops / 1e9:.2f} GFLOP per training image); {_pflop(plan.train_flops)} PFLOP in all",
+        f"  forward: {plan.forward_flops / 1e9:.4g} GFLOP per image (x3 with the backward: "
+        f"{3 * plan.forward_flops / 1e9:.4g} GFLOP per training image); {_pflop(plan.train_flops)} PFLOP in all",
         f"  estimated GPU time (estimate from FLOPs, not measured; one H100 at {UTILISATION:.0%} of its "
         f"{H100_BF16_PEAK / 1e12:.0f} TFLOP/s bf16 dense peak): ~{_duration(plan.gpu_seconds)} in all, "
         f"~{_duration(per_training)} per training; data loading may be slower",
-        f"  disk: ~{_gb(d['kept'])} kept, ~{_gb(d['peak'])} at the peak ({plan.numel / 1e6:,.1f} M parameters and "
+        f"  disk: ~{_gb(d['kept'])} kept, ~{_gb(d['peak'])} at the peak ({plan.numel / 1e6:,.2f} M parameters and "
         f"buffers; per member model.pt {_gb(d['model'])}, probs {_gb(d['probs'])}; checkpoint.pt "
         f"{_gb(d['checkpoint'])}, {kept}; crop cache {_gb(d['cache'])})",
     ])

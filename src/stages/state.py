@@ -17,7 +17,6 @@ from src.stages.cli import StageError
 from src.stages.members import validate_member_configs
 from src.stages.pipeline_config import PipelineConfig, new_run_name
 
-
 UNFINGERPRINTED = {"keep_checkpoints"}
 
 
