@@ -20,6 +20,7 @@ from pathlib import Path
 
 from src.run_files import WEIGHTS_FILE
 from src.stages.cli import run_cli, stage_parser
+from src.stages.members import build_member_config
 from src.stages.pipeline_config import PipelineConfig
 
 H100_BF16_PEAK = 989e12  # FLOP/s, dense bf16 (NVIDIA's H100 SXM figure)
@@ -128,7 +129,6 @@ def forward_flops(model, x) -> float:
 def make_plan(cfg: PipelineConfig, n_train: int | None = None, n_test: int | None = None) -> Plan:
     """The plan of a pipeline; n_train / n_test default to the ROIs of data_root's COCO files (FileNotFoundError
     when dataset_train.json is not there and n_train is not given; n_test None when unknown)."""
-    from src.stages.members import build_member_config  # the training configs, as the stages build them
     from src.taxonomy import load_taxonomy
 
     root = Path(cfg.data_root)
