@@ -58,3 +58,13 @@ def warm_start_file(run_dir: str | Path) -> Path:
     """The weight file a warm start from `run_dir` uses: the first of WEIGHTS_FILES present, else model.pt."""
     run_dir = Path(run_dir)
     return next((run_dir / name for name in WEIGHTS_FILES if (run_dir / name).is_file()), run_dir / WEIGHTS_FILE)
+
+
+def drop_checkpoint(run_dir: str | Path, keep: bool = False) -> bool:
+    """Remove a finished run's checkpoint.pt (only resuming reads it; with AdamW 3x the size of model.pt), unless
+    `keep`, and only where done.json and model.pt exist. Returns whether it removed one."""
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if keep or not is_done(run_dir) or not (Path(run_dir) / WEIGHTS_FILE).is_file() or not path.is_file():
+        return False
+    path.unlink()
+    return True

@@ -360,6 +360,36 @@ def test_warm_started_members_from_model_pt_are_kept_and_their_overrides_fingerp
         make_pseudo_labels(other, 1)
 
 
+class CheckpointTrainer(FakeTrainer):
+    """FakeTrainer that also leaves a checkpoint.pt, as src.train does."""
+
+    def __call__(self, config):
+        run_dir = super().__call__(config)
+        (run_dir / "checkpoint.pt").write_text("state")
+        return run_dir
+
+
+def test_finished_members_lose_their_checkpoint_unless_kept(cfg):
+    cfg.rounds = 0
+    train_ensemble(cfg, CheckpointTrainer(weights=True))
+    members = [cfg.layout.member_dir(0, s) for s in cfg.seeds]
+    assert all((m / "model.pt").is_file() and not (m / "checkpoint.pt").exists() for m in members)
+    kept = cfg.model_copy(update={"name": "kept", "keep_checkpoints": True})
+    train_ensemble(kept, CheckpointTrainer(weights=True))
+    assert all((kept.layout.member_dir(0, s) / "checkpoint.pt").is_file() for s in cfg.seeds)
+    # members found done on a re-run lose theirs, but not where it holds the only weights (no model.pt);
+    # keep_checkpoints is not part of the run's fingerprint: the run goes on with either value
+    for m in members[:2]:
+        (m / "checkpoint.pt").write_text("state")
+    (members[1] / "model.pt").unlink()
+    train_ensemble(kept, FakeTrainer())
+    assert (members[0] / "checkpoint.pt").is_file()
+    again = FakeTrainer()
+    train_ensemble(cfg, again)
+    assert again.configs == [] and not (members[0] / "checkpoint.pt").exists()
+    assert (members[1] / "checkpoint.pt").is_file()
+
+
 def test_submit_writes_valid_csvs_and_a_decoder_table(cfg, capsys):
     trainer = FakeTrainer()
     train_ensemble(cfg, trainer)
@@ -405,6 +435,7 @@ def test_pipeline_resumes_after_a_kill_and_summarises(cfg, capsys):
     summary = pipeline_stage.run_pipeline(cfg, trainer)
     out = capsys.readouterr().out
     assert "step 2/7 train_ensemble: already done" in out and "step 3/7 pseudo_label_1: already done" in out
+    assert out.index("[plan t] will train 3 members x 3 trainings") < out.index("step 1/7 prepare")
     # the member finished before the kill is not trained again: 2 of round 1 + 3 of round 2
     assert [(Path(c.output.dir).parent.name, c.seed) for c in trainer.configs] == [
         ("round_1", 11), ("round_1", 12), ("round_2", 10), ("round_2", 11), ("round_2", 12)]
@@ -548,6 +579,8 @@ def test_real_pipeline_on_tiny_benchmark_resumes_after_sigkill(tmp_path):
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
+    first = proc.stdout.read()  # the plan follows the prepare step that generated dataset_train.json
+    assert first.index("step 1/5 prepare: done") < first.index("[plan tiny] will train 2 members x 2 trainings")
     state = json.loads((run / "state.json").read_text())
     assert list(state["finished"]) == ["prepare", "train_ensemble", "pseudo_label_1"]
     pseudo_before = (run / "round_1" / "pseudo_labels.csv").read_bytes()
@@ -558,6 +591,10 @@ def test_real_pipeline_on_tiny_benchmark_resumes_after_sigkill(tmp_path):
     for step in ("prepare", "train_ensemble", "pseudo_label_1"):
         assert f"{step}: already done" in out
     assert "member seed 0 (1/2): done, skipped" in out and "member seed 1 (2/2): training" in out
+    assert out.index("[plan tiny] will train") < out.index("step 1/5 prepare")
+    members = [run / f"round_{r}" / "members" / f"seed_{s}" for r in (0, 1) for s in (0, 1)]
+    # finished members keep model.pt only (keep_checkpoints: false), the one done before the kill too
+    assert all((m / "model.pt").is_file() and not (m / "checkpoint.pt").exists() for m in members)
     assert (run / "round_1" / "pseudo_labels.csv").read_bytes() == pseudo_before
     summary = json.loads((run / "summary.json").read_text())
     assert [row["round"] for row in summary["rounds"]] == [0, 1]

@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Callable
 
 from src.config import ConfigError, deep_merge, load_config, load_yaml, parse_overrides, validate_config
-from src.run_files import CONFIG_FILE, WEIGHTS_FILE, has_weights, is_done, warm_start_file, weights_file
+from src.run_files import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    drop_checkpoint,
+    has_weights,
+    is_done,
+    warm_start_file,
+    weights_file,
+)
 from src.stages.cli import StageError
 from src.stages.pipeline_config import PipelineConfig, new_run_name
 
@@ -67,7 +75,8 @@ def build_member_config(cfg: PipelineConfig, r: int, seed: int, pseudo_labels: P
 def train_round(cfg: PipelineConfig, r: int, pseudo_labels: Path | None = None, warm_from: int | None = None,
                 trainer: Callable | None = None, member_index: int | None = None) -> list[Path]:
     """Train (sequentially) every seed's member of round r, or only seeds[member_index] (a SLURM array task);
-    members with done.json are skipped, an interrupted one resumes from its checkpoint."""
+    members with done.json are skipped, an interrupted one resumes from its checkpoint. A finished member's
+    checkpoint.pt is removed unless cfg.keep_checkpoints."""
     trainer = trainer or train_member
     if member_index is not None and not 0 <= member_index < len(cfg.seeds):
         raise StageError(f"member index {member_index} out of range for {len(cfg.seeds)} seeds")
@@ -78,6 +87,7 @@ def train_round(cfg: PipelineConfig, r: int, pseudo_labels: Path | None = None, 
         run_dir = cfg.layout.member_dir(r, seed)
         if is_done(run_dir):
             check_member_config(cfg, r, seed, pseudo_labels)
+            drop_checkpoint(run_dir, keep=cfg.keep_checkpoints)
             print(f"  member seed {seed} ({i + 1}/{len(cfg.seeds)}): done, skipped", flush=True)
             dirs.append(run_dir)
             continue
@@ -92,6 +102,7 @@ def train_round(cfg: PipelineConfig, r: int, pseudo_labels: Path | None = None, 
         trainer(build_member_config(cfg, r, seed, pseudo_labels, init, resume=has_weights(run_dir)))
         if not is_done(run_dir):
             raise StageError(f"training of {run_dir} returned without writing done.json")
+        drop_checkpoint(run_dir, keep=cfg.keep_checkpoints)
         print(f"  member seed {seed}: finished in {time.time() - start:.0f} s", flush=True)
         dirs.append(run_dir)
     return dirs

@@ -23,6 +23,7 @@ from src.artifacts import atomic_write_json, atomic_write_text
 from src.config import config_to_yaml
 from src.stages.cli import format_table, run_cli, stage_parser
 from src.stages.pipeline_config import PipelineConfig
+from src.stages.plan import show_plan
 from src.stages.prepare import prepare
 from src.stages.pseudo_label import make_pseudo_labels
 from src.stages.retrain import retrain
@@ -44,12 +45,16 @@ def pipeline_steps(cfg: PipelineConfig, trainer: Callable | None = None) -> list
 def run_pipeline(cfg: PipelineConfig, trainer: Callable | None = None, wait: bool = False) -> dict:
     """Run (or continue) every step, then write and print the summary; returns the summary.
 
-    Holds the run folder's lock throughout (`wait`: wait for another holder instead of stopping)."""
+    Holds the run folder's lock throughout (`wait`: wait for another holder instead of stopping). Prints the
+    plan (src.stages.plan) first, or after the prepare step when that makes dataset_train.json."""
     with open_run(cfg, wait=wait) as state:
         atomic_write_text(cfg.layout.root / "pipeline.yaml", config_to_yaml(cfg))
         steps = pipeline_steps(cfg, trainer)
+        planned = show_plan(cfg)
         for i, (name, action) in enumerate(steps, 1):
             prefix = f"[pipeline {cfg.name}] step {i}/{len(steps)} {name}"
+            if i > 1 and not planned:
+                planned = show_plan(cfg)
             if name in state["finished"]:
                 print(f"{prefix}: already done ({state['finished'][name]['seconds']:.0f} s), skipped", flush=True)
                 continue

@@ -116,6 +116,10 @@ class PipelineConfig(StrictModel):
     prepare: PrepareConfig = PrepareConfig()
     pseudo: PseudoLabelConfig = PseudoLabelConfig()
     decoding: DecodingConfig = DecodingConfig()
+    keep_checkpoints: bool = Field(
+        False, description="keep each finished member's checkpoint.pt (weights + optimizer state, 3x model.pt: "
+        "6.7 GB for a WRN-101-2 member); false: removed once its done.json is written (model.pt keeps the "
+        "weights that predict, package and warm starts use)")
     output_root: str = Field("outputs/pipeline", description="parent folder of the run folder")
     submissions_dir: str = Field("submissions", description="where the submission CSVs go")
     kaggle: KaggleConfig = KaggleConfig()

@@ -9,17 +9,23 @@ import time
 from datetime import datetime, timezone
 from typing import Iterator
 
+import yaml
+
 from src.artifacts import atomic_write_json, create_json_if_absent, remove_stale_temps, run_lock
-from src.config import config_sources, config_to_yaml
+from src.config import config_sources
 from src.stages.cli import StageError
 from src.stages.members import validate_member_configs
 from src.stages.pipeline_config import PipelineConfig, new_run_name
 
+UNFINGERPRINTED = {"keep_checkpoints"}
+
 
 def config_fingerprint(cfg: PipelineConfig) -> str:
-    """Hash of the resolved pipeline config and the text of the training config file (and of its bases)."""
+    """Hash of the resolved pipeline config and the text of the training config file (and of its bases).
+    keep_checkpoints is left out: it changes no result, and a run may be continued with the other value."""
     sources = config_sources(cfg.train_config) if cfg.train_config else []
-    text = config_to_yaml(cfg) + "".join(path.read_text() for path in sources)
+    resolved = yaml.safe_dump(cfg.model_dump(mode="json", exclude=UNFINGERPRINTED), sort_keys=False)
+    text = resolved + "".join(path.read_text() for path in sources)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
