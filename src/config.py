@@ -264,6 +264,10 @@ class TrainConfig(StrictModel):
     full_checkpoint_every: int = Field(
         1, ge=1, description="write the resumable checkpoint.pt (optimizer, scheduler, RNG) every N epochs and at "
         "the end; the weights-only model.pt is written every epoch")
+    validate_every: int = Field(
+        1, ge=1, description="validate (and redraw curves.png) after every N-th epoch and after the last epoch "
+        "of the run or of this process; the other epochs' metrics.csv rows hold the training columns only. "
+        "Nothing downstream reads per-epoch validation: the run keeps its last epoch's weights")
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
     progress: bool = Field(True, description="tqdm progress bars")
     tta_views: list[str] = Field(
