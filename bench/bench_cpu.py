@@ -19,8 +19,8 @@ built by src.stages.common.build_member_config), `reference` is cfg/reference_ce
    the epoch's wall time not in any part (seeding, ...). Setup (crop caches, datasets, model) and
    src.train.finish (test + val predictions, once per run) are timed once.
 2. Model step alone: --step-batches augmented batches are drawn first, then forward + loss + backward + AdamW
-   step over them, in variants (fp32 channels_last / contiguous, bf16 autocast when the CPU has avx512_bf16 or
-   AMX, torch.compile with its one-time compile cost), interleaved in --chunks chunks. FLOPs of a step (forward
+   step over them, in variants (--step-variants: fp32 channels_last / contiguous, bf16 autocast when the CPU has
+   avx512_bf16 or AMX, torch.compile with its one-time compile cost in the warm-up column), interleaved in --chunks chunks. FLOPs of a step (forward
    + backward) come from torch.utils.flop_counter.FlopCounterMode; the peak is cores x GHz x FLOPs/cycle
    (--flops-per-cycle, default 32: one 512-bit fp32 FMA per cycle per core = 16 lanes x 2; Zen 4 issues AVX-512
    as two 256-bit FMA pipes, which is the same 32; GHz from /proc/cpuinfo's `cpu MHz`, no turbo assumed).
@@ -79,9 +79,20 @@ OPTIONS = {
     "batch_128": (["train.batch_size=128"], None),
     "compile": (["train.compile=true"], None),
     "fast": (["augment.batched=true", "train.validate_every=3"], None),
+    "compile_validate_every_3": (["train.compile=true", "train.validate_every=3"], None),
 }
 
 DEFAULT_OPTIONS = ["default", "batched_augment", "workers_1", "threads_1", "validate_every_3", "batch_128", "fast"]
+
+# step-alone variants of the demo member: name -> (config overrides, bf16 autocast). bf16 runs only on CPUs with
+# avx512_bf16 or AMX; the first variant named is the reference of the speed-ups.
+STEP_VARIANTS = {
+    "fp32 channels_last": ([], False),
+    "fp32 contiguous": (["model.channels_last=false"], False),
+    "bf16 autocast channels_last": ([], True),
+    "bf16 autocast contiguous": (["model.channels_last=false"], True),
+    "fp32 channels_last compiled": (["train.compile=true"], False),
+}
 
 
 def uptime() -> str:
@@ -112,8 +123,12 @@ def cpu_ghz() -> float:
     return 0.0
 
 
+EXTRA: list[str] = []  # --set: overrides of every config
+
+
 def recipe_config(recipe: str, root: Path, views: list[str], run_dir: Path, overrides: list[str] = ()) -> Config:
-    """The training Config of a recipe over the crops of root, writing to run_dir."""
+    """The training Config of a recipe over the crops of root, writing to run_dir (then --set, then overrides)."""
+    overrides = [*EXTRA, *overrides]
     solution = root / "solution.csv"
     common = [f"data.root={root}", f"data.views=[{','.join(views)}]", f"output.dir={run_dir.parent}",
               f"output.run_name={run_dir.name}", "train.progress=false", "train.device=cpu",
@@ -291,12 +306,7 @@ def step_alone(args, work: Path) -> dict:
 
     flags = cpu_flags()
     has_bf16 = bool({"avx512_bf16", "amx_bf16"} & flags)
-    variants = {"fp32 channels_last": ([], False), "fp32 contiguous": (["model.channels_last=false"], False)}
-    if has_bf16:
-        variants["bf16 autocast channels_last"] = ([], True)
-        variants["bf16 autocast contiguous"] = (["model.channels_last=false"], True)
-    if args.step_compile:
-        variants["fp32 contiguous compiled"] = (["model.channels_last=false", "train.compile=true"], False)
+    variants = {name: STEP_VARIANTS[name] for name in args.step_variants if has_bf16 or not STEP_VARIANTS[name][1]}
     runs, batches = {}, None
     for name, (overrides, bf16) in variants.items():
         cfg = recipe_config("demo", args.root, ["roi"], work / f"step_{len(runs)}", overrides)
@@ -447,17 +457,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--step-batches", type=int, default=20, help="batches per chunk of the step-alone section "
                         "(0: skip it)")
-    parser.add_argument("--step-compile", action="store_true", help="add a torch.compile variant to the step section")
+    parser.add_argument("--step-variants", nargs="+", default=list(STEP_VARIANTS)[:4], choices=list(STEP_VARIANTS),
+                        metavar="VARIANT", help="step-alone variants, the first is the reference (default: the "
+                        f"first 4); known: {'; '.join(STEP_VARIANTS)}")
     parser.add_argument("--flops-per-cycle", type=float, default=32, help="fp32 FLOPs per cycle per core (peak)")
     parser.add_argument("--options", nargs="*", default=DEFAULT_OPTIONS,
                         help=f"options to compare end to end (none: skip); known: {', '.join(OPTIONS)}")
     parser.add_argument("--chunks", type=int, default=2, help="interleaved rounds (step and option sections)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="training-config overrides applied to every recipe, variant and option (tests: a "
+                        "smaller model, e.g. model.backbone=wrn10_1 data.image_size=16)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results_cpu.json")
     parser.add_argument("--keep", action="store_true", help="keep the temporary run folders")
     args = parser.parse_args(argv)
     unknown = [o for o in args.options if o not in OPTIONS]
     if unknown:
         parser.error(f"unknown options {unknown}; known: {', '.join(OPTIONS)}")
+    EXTRA[:] = args.set
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench_cpu_"))
     info = machine_info()

@@ -18,7 +18,9 @@ def test_bench_cpu_parts_add_up_and_ratios_are_finite(tiny_root, tmp_path):
     out = tmp_path / "results_cpu.json"
     result = bench_cpu.main(["--root", str(tiny_root), "--recipes", "reference", "--views", "roi", "--epochs", "1",
                              "--max-steps", "2", "--step-batches", "1", "--chunks", "1",
-                             "--options", "default", "validate_every_3", "--out", str(out)])
+                             "--step-variants", "fp32 channels_last", "--options", "default", "validate_every_3",
+                             "--set", "model.backbone=wrn10_1", "data.image_size=16", "train.batch_size=16",
+                             "--out", str(out)])
     assert json.loads(out.read_text())["threads"] == 2 and "| recipe |" in out.with_suffix(".md").read_text()
     (b,) = result["breakdown"]
     e = b["per_epoch"]
