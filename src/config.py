@@ -257,9 +257,8 @@ class TrainConfig(StrictModel):
     eval_batch_size: Optional[int] = Field(None, ge=1, description="default 2 x batch_size")
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="auto: bf16 on CUDA, off on CPU")
-    compile: bool = Field(False, description="torch.compile the training forward/backward (CUDA or CPU: on 2 CPU "
-                          "cores 1.66x the eager step, same fp32 math up to summation order; the first compile on a "
-                          "machine takes minutes, later runs reuse inductor's on-disk cache; bench/results_cpu.md)")
+    compile: bool = Field(False, description="torch.compile the training forward/backward (CUDA or CPU; on 2 shared "
+                          "CPU cores no reliable gain, and the first compile takes minutes: bench/results_cpu.md)")
     resume: bool = Field(False, description="continue the run in output.dir/output.run_name")
     max_epochs_this_run: Optional[int] = Field(
         None, ge=1, description="stop after this many epochs in this process (time-limited jobs); resume later")
