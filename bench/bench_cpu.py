@@ -92,6 +92,7 @@ STEP_VARIANTS = {
     "bf16 autocast channels_last": ([], True),
     "bf16 autocast contiguous": (["model.channels_last=false"], True),
     "fp32 channels_last compiled": (["train.compile=true"], False),
+    "fp32 channels_last 1 thread": (["train.threads=1"], False),
 }
 
 
@@ -310,7 +311,8 @@ def step_alone(args, work: Path) -> dict:
     runs, batches = {}, None
     for name, (overrides, bf16) in variants.items():
         cfg = recipe_config("demo", args.root, ["roi"], work / f"step_{len(runs)}", overrides)
-        m = Member(cfg, args.threads, bf16=bf16)
+        own_threads = any(o.startswith("train.threads=") for o in overrides)  # a variant's own thread count
+        m = Member(cfg, None if own_threads else args.threads, bf16=bf16)
         if batches is None:  # the same augmented batches for every variant
             it = iter(m.loaders.train)
             batches = []
