@@ -38,6 +38,7 @@ Writes --out (JSON) and the same path with .md (tables).
 """
 from __future__ import annotations
 
+import src  # noqa: F401  first: it sets OMP_WAIT_POLICY before torch loads OpenMP (src/__init__.py)
 import argparse
 import os
 import shutil

@@ -64,3 +64,17 @@ def test_validate_every_skips_validation_but_not_training(tiny_root, tmp_path):
     a, b = (torch.load(run / "model.pt", weights_only=False)["model"] for run in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (runs[1] / "curves.png").is_file() and (runs[1] / "done.json").is_file()
+
+
+def test_importing_src_makes_openmp_threads_sleep_while_they_wait():
+    """OMP_WAIT_POLICY=PASSIVE unless the environment sets it (src/__init__.py), before torch loads OpenMP."""
+    import subprocess
+    import sys
+
+    code = "import src, os, sys; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["PASSIVE", "False"]
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, cwd=REPO,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["ACTIVE", "False"]
