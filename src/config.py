@@ -258,7 +258,8 @@ class TrainConfig(StrictModel):
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
         "auto", description="auto: bf16 on CUDA, off on CPU (float32); bf16 and fp16 need CUDA (an error on the CPU)")
-    compile: bool = Field(False, description="torch.compile the model (CUDA)")
+    compile: bool = Field(False, description="torch.compile the training forward/backward (CUDA or CPU; on 2 shared "
+                          "CPU cores no reliable gain, and the first compile takes minutes: bench/results_cpu.md)")
     resume: bool = Field(False, description="continue the run in output.dir/output.run_name")
     max_epochs_this_run: Optional[int] = Field(
         None, ge=1, description="stop after this many epochs in this process (time-limited jobs); resume later")
@@ -270,6 +271,10 @@ class TrainConfig(StrictModel):
     full_checkpoint_every: int = Field(
         1, ge=1, description="write the resumable checkpoint.pt (optimizer, scheduler, RNG) every N epochs and at "
         "the end; the weights-only model.pt is written every epoch")
+    validate_every: int = Field(
+        1, ge=1, description="validate (and redraw curves.png) after every N-th epoch and after the last epoch "
+        "of the run or of this process; the other epochs' metrics.csv rows hold the training columns only. "
+        "Nothing downstream reads per-epoch validation: the run keeps its last epoch's weights")
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
     progress: bool = Field(True, description="tqdm progress bars")
     tta_views: list[str] = Field(

@@ -33,7 +33,8 @@ def plot_training_curves(history: list[dict], path: Path) -> None:
     for ax, (title, columns) in zip(axes, panels):
         for column in columns:
             if column in frame:
-                ax.plot(frame["epoch"], frame[column], marker="o", ms=3, label=column)
+                points = frame[["epoch", column]].dropna()  # epochs without validation (train.validate_every)
+                ax.plot(points["epoch"], points[column], marker="o", ms=3, label=column)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         if ax.lines:

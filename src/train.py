@@ -72,6 +72,12 @@ def build_optimizer(model: nn.Module, o) -> torch.optim.Optimizer:
                            weight_decay=o.weight_decay)
 
 
+def validation_due(epoch: int, t, stop: bool = False) -> bool:
+    """Whether finished epoch `epoch` (1-based) is validated under TrainConfig t: every t.validate_every-th
+    epoch, the run's last, and (stop) the last of this process."""
+    return stop or epoch % t.validate_every == 0 or epoch >= t.epochs
+
+
 def train_one_epoch(net: nn.Module, loader: DataLoader, loss_fn: TrainingLoss,
                     optimizer, scheduler, scaler, grad_clip: float | None, rt: Runtime, dtype, desc: str,
                     show: bool, augment=None, check_every: int = 50,
@@ -285,15 +291,17 @@ def _train(cfg: Config, rt: Runtime) -> Path:
         stop = stop or step_stop
         row = {"epoch": epoch + 1, "steps": steps_done, "lr": scheduler.get_last_lr()[0], "train_loss": train_loss,
                "epoch_seconds": elapsed, "train_img_per_s": seen / elapsed}
+        validated = validation_due(epoch + 1, cfg.train, stop)
         if rt.main:
-            for name, ds in data.val.items():
+            for name, ds in data.val.items() if validated else ():
                 metrics = validate(model, loaders.eval(ds), data.val_labels, loss_fn, D, rank_labels, rt.device,
                                    dtype)
                 row.update({f"{name}_{k}": v for k, v in metrics.items()})
             history.append(row)
             saver.save(epoch + 1, history, last=stop or epoch + 1 == cfg.train.epochs)
             atomic_write_with(run_dir / METRICS_FILE, lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
-            plot_training_curves(history, run_dir / CURVES_FILE)
+            if validated:
+                plot_training_curves(history, run_dir / CURVES_FILE)
             summary = ", ".join(f"{k} {v:.4g}" for k, v in row.items()
                                 if k in ("train_loss", "val_loss", "val_accuracy", "val_distance", "train_img_per_s"))
             print(f"epoch {epoch + 1}/{cfg.train.epochs}: {summary}", flush=True)
