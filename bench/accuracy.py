@@ -50,16 +50,15 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from src.synthetic import error_profile as ep
 from src.artifacts import atomic_write_json, atomic_write_text
 from src.config import Config, deep_merge, load_yaml, parse_overrides, validate_config
 from src.decoding import load_predictions
 from src.ensemble import decode_argmax, decode_bayes
-from src.gates import (avgk_set_size_gate, coarse_agreement, compare_gates, fit_avgk_threshold,
-                       max_probability_gate)
+from src.gates import avgk_set_size_gate, coarse_agreement, compare_gates, fit_avgk_threshold, max_probability_gate
 from src.run_files import METRICS_FILE, has_weights, is_done
 from src.score import mean_distance, read_solution
 from src.stages.pipeline_config import PipelineConfig, PseudoLabelConfig
+from src.synthetic import error_profile as ep
 from src.taxonomy import distance_matrix, load_taxonomy
 
 PIPELINE_NAME = "selftrain"

@@ -29,11 +29,11 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def phase_save(args) -> None:
         load_s = time.perf_counter() - start
         copy = path.with_name(f"rewrite_{name}")
         start = time.perf_counter()
-        atomic_write_with(copy, lambda tmp: torch.save(state, tmp))
+        atomic_write_with(copy, partial(torch.save, state))
         write_s = time.perf_counter() - start
         out[name] = {"size_gb": round(path.stat().st_size / 1e9, 6), "load_s": round(load_s, 2),
                      "write_s": round(write_s, 2)}
@@ -127,8 +127,8 @@ def phase_save(args) -> None:
 
 def phase_predict(args) -> None:
     """The Kaggle notebook's path: read_package (checksums verified), predict_ensemble, decode_predictions."""
-    from src.manifest import check_package_decoder, package_decoding, read_package
     from src.inference import decode_predictions, predict_ensemble
+    from src.manifest import check_package_decoder, package_decoding, read_package
     from src.taxonomy import load_taxonomy
 
     start = time.perf_counter()

@@ -22,7 +22,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 TEMP_PATTERN = ".*.tmp"  # the names atomic_path gives its temporary files: .<name>.<random>.tmp

@@ -14,8 +14,16 @@ from pathlib import Path
 import numpy as np
 
 from src.ensemble import (
-    apply_temperature, decode_argmax, decode_bayes, decode_diffusion, fit_temperature, gmu, mean_over_views,
-    member_labels_and_u, taxonomy_graph, vote,
+    apply_temperature,
+    decode_argmax,
+    decode_bayes,
+    decode_diffusion,
+    fit_temperature,
+    gmu,
+    mean_over_views,
+    member_labels_and_u,
+    taxonomy_graph,
+    vote,
 )
 from src.frames import cooccurrence_prior, fit_frame_weight, frame_mean_field
 from src.run_files import probs_file

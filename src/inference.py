@@ -16,7 +16,6 @@ and the decoded labels match `submit`'s.
 from __future__ import annotations
 
 import sys
-
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path

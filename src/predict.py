@@ -16,7 +16,13 @@ from src.data.coco import annotation_table, frame_ids_of
 from src.decoding import DECODERS, FRAME_DECODERS
 from src.ensemble import DIFFUSION_ALPHA, SIGMA_CONVENTIONS, expected_distance, taxon_probabilities
 from src.inference import (
-    decode_predictions, find_members, load_crops, predict_members, read_roi_files, resolve_device, save_ensemble_probs,
+    decode_predictions,
+    find_members,
+    load_crops,
+    predict_members,
+    read_roi_files,
+    resolve_device,
+    save_ensemble_probs,
 )
 from src.run_files import CONFIG_FILE
 from src.taxonomy import RANKS, Taxonomy, load_taxonomy

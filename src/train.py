@@ -41,15 +41,30 @@ from src.artifacts import atomic_write_json, atomic_write_text, atomic_write_wit
 from src.checkpoint import CheckpointSaver, saved_checkpoints
 from src.config import Config, config_to_yaml
 from src.data.dataset import with_transform
-from src.data.training import (Datasets, Loaders, build_datasets, build_loaders, check_data, check_missing_pixels,
-                                load_split)
+from src.data.training import (
+    Datasets,
+    Loaders,
+    build_datasets,
+    build_loaders,
+    check_data,
+    check_missing_pixels,
+    load_split,
+)
 from src.data.transforms import build_tta_transform
+from src.forward import ViewPredictions, amp_dtype, predict_logits, predict_views, softmax_np, write_predictions
 from src.losses import TrainingLoss, build_loss, build_training_loss
 from src.models import build_model
 from src.plots import plot_training_curves
-from src.forward import ViewPredictions, amp_dtype, predict_logits, predict_views, softmax_np, write_predictions
 from src.run_files import CONFIG_FILE, CURVES_FILE, DONE_FILE, METRICS_FILE, WEIGHTS_FILE
-from src.runtime import Runtime, check_amp, epoch_seed, reseed_transforms, run_environment, seed_everything, setup_runtime
+from src.runtime import (
+    Runtime,
+    check_amp,
+    epoch_seed,
+    reseed_transforms,
+    run_environment,
+    seed_everything,
+    setup_runtime,
+)
 from src.schedule import build_scheduler
 from src.score import chance_metrics, classification_metrics, mean_distance, read_solution
 from src.taxonomy import RANKS, Taxonomy, distance_matrix, load_taxonomy

@@ -7,8 +7,20 @@ from scipy.sparse.csgraph import connected_components
 
 from src.decoding import DECODERS, FRAME_DECODERS, EnsemblePredictions, FramePrior, decode_ensemble, fit_frame_prior
 from src.ensemble import (
-    apply_temperature, decode_argmax, decode_bayes, decode_diffusion, diffuse, diffusion_operator, expected_distance,
-    fit_temperature, gmu, mean_over_views, member_labels_and_u, nll, taxonomy_graph, vote,
+    apply_temperature,
+    decode_argmax,
+    decode_bayes,
+    decode_diffusion,
+    diffuse,
+    diffusion_operator,
+    expected_distance,
+    fit_temperature,
+    gmu,
+    mean_over_views,
+    member_labels_and_u,
+    nll,
+    taxonomy_graph,
+    vote,
 )
 from src.frames import cooccurrence_prior, frame_mean_field
 from src.taxonomy import distance_matrix, load_taxonomy

@@ -2,15 +2,14 @@
 says so clearly, and the Kaggle notebook checks DECODER against the package before predicting."""
 import json
 
-import nbformat
 import pytest
 from nbclient.exceptions import CellExecutionError
 
 from src.manifest import check_package_decoder, find_manifest, is_package_manifest
 from src.predict import main as predict_main
+from src.stages.package import package
 from tests.test_notebooks import run_notebook
 from tests.test_package import cfg  # noqa: F401  (the fixture)
-from src.stages.package import package
 
 
 def download_manifest(folder):

@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-import src.train as train_module
 from src.runtime import Runtime
 from src.train import TrainingDiverged, train_one_epoch
 

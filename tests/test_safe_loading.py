@@ -81,9 +81,9 @@ def test_a_crafted_pretrained_path_is_refused(tmp_path):
     from src.models import build_model
 
     evil = craft(tmp_path / "pre.pt", tmp_path / "marker")
-    cfg = load_config(Config, REPO / "cfg" / "demo_tiny.yaml", [f"model.pretrained_path={evil}"])
+    config = load_config(Config, REPO / "cfg" / "demo_tiny.yaml", [f"model.pretrained_path={evil}"])
     with pytest.raises(UnsafeFileError, match="pre.pt"):
-        build_model(cfg, 10)
+        build_model(config, 10)
     assert not (tmp_path / "marker").exists()
 
 

@@ -3,11 +3,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.synthetic.skeleton import FILES, SKELETON_DIR, derive_skeleton, load_skeleton
-from src.synthetic.generator import (PRESETS, TRAIN_SIZE_GAIN, assign_test_labels, class_size_model, cooccurrence,
-                                plan_frames, sample_frames)
-from src.synthetic.shapes import Appearance, concept_genes
 from src.synthetic.error_profile import spearman
+from src.synthetic.generator import (
+    PRESETS,
+    TRAIN_SIZE_GAIN,
+    assign_test_labels,
+    class_size_model,
+    cooccurrence,
+    plan_frames,
+    sample_frames,
+)
+from src.synthetic.shapes import Appearance, concept_genes
+from src.synthetic.skeleton import FILES, SKELETON_DIR, derive_skeleton, load_skeleton
 from src.taxonomy import load_taxonomy
 
 SKELETON = load_skeleton()

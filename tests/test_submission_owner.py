@@ -7,8 +7,8 @@ import pytest
 
 from src.stages import submit as submit_stage
 from src.stages.cli import StageError
-from tests.test_stages import FakeTrainer, cfg, digest  # noqa: F401  (the fixture)
 from src.stages.train_ensemble import train_ensemble
+from tests.test_stages import FakeTrainer, cfg, digest  # noqa: F401  (the fixture)
 
 
 def test_a_second_run_with_the_same_name_does_not_overwrite(cfg, tmp_path, capsys):  # noqa: F811

@@ -8,10 +8,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.synthetic.generator import (PRESETS, frame_individuals, generate_benchmark, generator_record, main, split_style,
-                                write_preview)
-from src.synthetic.shapes import (COLOUR_ARCHETYPES, Appearance, colour_archetype, concept_genes, draw_sprite,
-                                       instance_genes, sample_instance)
+from src.synthetic.generator import (
+    PRESETS,
+    frame_individuals,
+    generate_benchmark,
+    generator_record,
+    main,
+    split_style,
+    write_preview,
+)
+from src.synthetic.shapes import (
+    COLOUR_ARCHETYPES,
+    Appearance,
+    colour_archetype,
+    concept_genes,
+    draw_sprite,
+    instance_genes,
+    sample_instance,
+)
 from src.taxonomy import distance_matrix, load_taxonomy
 
 TAX = load_taxonomy()

@@ -6,19 +6,21 @@ import shutil
 
 import pytest
 
+from src.artifacts import atomic_write_text
+from src.config import config_to_yaml
 from src.inference import find_members
 from src.predict import main as predict_main
-from src.stages import package as package_stage, pseudo_label as pseudo_label_stage, retrain as retrain_stage
+from src.stages import package as package_stage
+from src.stages import pseudo_label as pseudo_label_stage
+from src.stages import retrain as retrain_stage
 from src.stages import submit as submit_stage
 from src.stages.cli import StageError
 from src.stages.package import package
+from src.stages.pipeline_config import PipelineConfig
 from src.stages.pseudo_label import make_pseudo_labels
 from src.stages.retrain import retrain
 from src.stages.submit import submit
-from src.artifacts import atomic_write_text
-from src.config import config_to_yaml
 from tests.test_package import fake_member
-from src.stages.pipeline_config import PipelineConfig
 
 
 @pytest.fixture

@@ -43,8 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from src.data.transforms import (IMAGENET_EIGVAL, IMAGENET_EIGVEC, IMAGENET_MEAN, IMAGENET_STD,
-                                 check_downscale_range)
+from src.data.transforms import IMAGENET_EIGVAL, IMAGENET_EIGVEC, IMAGENET_MEAN, IMAGENET_STD, check_downscale_range
 
 RRC_RATIO = (3 / 4, 4 / 3)  # albumentations' RandomResizedCrop default, which TrainTransform keeps
 RRC_ATTEMPTS = 10           # albumentations tries 10 (area, ratio) draws before the fallback

@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 
 import timm
-import torch
 import torch.nn as nn
 
 from src.models.classifier import Classifier

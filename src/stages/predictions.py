@@ -8,7 +8,12 @@ import numpy as np
 
 from src.data.coco import annotation_table, frame_ids_of
 from src.decoding import (
-    FRAME_DECODERS, PredictionFileError, RoundPredictions, fit_frame_prior, fit_validation_temperature, load_predictions,
+    FRAME_DECODERS,
+    PredictionFileError,
+    RoundPredictions,
+    fit_frame_prior,
+    fit_validation_temperature,
+    load_predictions,
 )
 from src.stages.cli import StageError
 from src.stages.pipeline_config import PipelineConfig

@@ -29,12 +29,19 @@ from src.artifacts import atomic_write_json, atomic_write_with
 from src.decoding import EnsemblePredictions, ensemble_u, frame_aware
 from src.ensemble import member_labels_and_u
 from src.gates import (
-    Gate, agreement_gate, agreement_u_gate, avgk_set_size_gate, coarse_agreement, compare_gates,
-    expected_distance_gate, fit_avgk_threshold, max_probability_gate,
+    Gate,
+    agreement_gate,
+    agreement_u_gate,
+    avgk_set_size_gate,
+    coarse_agreement,
+    compare_gates,
+    expected_distance_gate,
+    fit_avgk_threshold,
+    max_probability_gate,
 )
 from src.plots import plot_threshold_curves
-from src.score import mean_distance, read_solution
 from src.run_files import has_weights, is_done
+from src.score import mean_distance, read_solution
 from src.stages.cli import StageError, check_round, run_cli, stage_parser
 from src.stages.pipeline_config import COARSE_RANKS, PipelineConfig, PseudoLabelConfig, new_run_name
 from src.stages.predictions import load_round, load_taxonomy_and_distance
