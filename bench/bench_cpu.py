@@ -6,7 +6,7 @@ speed option buys end to end.
                               [--chunks 2] [--out bench/results_cpu.json]
 
 Recipes: `demo` is the member of cfg/pipeline_demo.yaml (cfg/demo_wrn_dwce.yaml + the pipeline's train_overrides,
-built by src.stages.common.build_member_config), `reference` is cfg/reference_ce.yaml; both read the crops of
+built by src.stages.members.build_member_config), `reference` is cfg/reference_ce.yaml; both read the crops of
 --root (the per-image cost does not depend on which generated preset they come from).
 
 1. Breakdown: each recipe x view set trains --epochs epochs with the project's own pieces, assembled as src.train
@@ -57,10 +57,10 @@ from src.artifacts import atomic_write_json, atomic_write_text, atomic_write_wit
 from src.checkpoint import CheckpointSaver
 from src.config import Config, load_config
 from src.data.training import build_datasets, build_loaders, load_split
+from src.forward import amp_dtype
 from src.losses import build_loss, build_training_loss
 from src.models import build_model
 from src.plots import plot_training_curves
-from src.predict import amp_dtype
 from src.runtime import Runtime, epoch_seed, reseed_transforms, seed_everything
 from src.schedule import build_scheduler
 from src.taxonomy import RANKS, distance_matrix, load_taxonomy
@@ -137,7 +137,7 @@ def recipe_config(recipe: str, root: Path, views: list[str], run_dir: Path, over
               f"data.solution={solution if solution.is_file() else 'null'}"]
     if recipe == "demo":
         from src.config import deep_merge, parse_overrides, validate_config
-        from src.stages.common import build_member_config
+        from src.stages.members import build_member_config
         from src.stages.pipeline_config import load_pipeline_config
 
         pipe = load_pipeline_config(REPO / "cfg" / "pipeline_demo.yaml", [f"data_root={root}"])

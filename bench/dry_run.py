@@ -15,7 +15,7 @@ Steps (each in its own process, so that its peak resident memory is its own):
   package    src.stages.package of N members: the ONE trained member linked as N seeds (a dry run: the
              members are identical; their test predictions are placeholders, the decoder is argmax)
   predict    the 788 test ROIs through the Kaggle notebook's code path (src.manifest.read_package with
-             checksums, src.predict.predict_ensemble, decode_predictions) with the first K members
+             checksums, src.inference.predict_ensemble, decode_predictions) with the first K members
   bf16       the same with the package's weights stored in bfloat16 (half the size): the fraction of test ROIs
              whose argmax label is the same as with float32 weights
 
@@ -155,7 +155,7 @@ def phase_predict(args) -> None:
 
 def to_bf16_package(src: Path, dst: Path, members: int) -> None:
     """A copy of the package whose first `members` members' weights are stored in bfloat16 (checksums
-    updated); src.predict.load_member loads them into the float32 model unchanged."""
+    updated); src.inference.load_member loads them into the float32 model unchanged."""
     import torch
 
     from src.manifest import MANIFEST, sha256
