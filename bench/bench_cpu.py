@@ -51,7 +51,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-import src  # noqa: F401  first: it sets OMP_WAIT_POLICY before torch loads OpenMP (src/__init__.py)
 from bench.common import REPO, machine_info
 from src.artifacts import atomic_write_json, atomic_write_text, atomic_write_with
 from src.checkpoint import CheckpointSaver
