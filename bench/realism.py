@@ -39,12 +39,12 @@ import numpy as np
 import pandas as pd
 
 from bench.common import REPO, git_commit, load_average
-from src.synthetic import error_profile as ep
 from src.artifacts import atomic_path, atomic_write_json, atomic_write_text
 from src.config import Config, deep_merge, load_yaml, parse_overrides, validate_config
-from src.synthetic.skeleton import load_skeleton
 from src.runtime import cpu_model
 from src.score import pair_distances
+from src.synthetic import error_profile as ep
+from src.synthetic.skeleton import load_skeleton
 from src.taxonomy import distance_matrix, load_taxonomy
 
 REFERENCE_CONFIG = REPO / "cfg" / "reference_ce.yaml"
@@ -200,8 +200,9 @@ def probe_features(root: Path, split: str) -> tuple[pd.DataFrame, dict[str, np.n
     """Per annotation of a split: (annotation table: id, image_id; features per probe view). Views: the ROI
     crop; the 3x window around it with every box of the frame masked; the whole frame with every box masked
     (computed once per frame, at most 480 px wide); 'context' = the last two together."""
-    import cv2
     from urllib.parse import unquote, urlparse
+
+    import cv2
 
     coco = json.loads((root / f"dataset_{split}.json").read_text())
     by_image: dict[int, list[dict]] = {}

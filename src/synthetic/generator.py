@@ -35,8 +35,9 @@ frame's substrate (soft mud, hard rock, biogenic reef / sponge ground, open wate
 from the profiles of ALL its taxa, the same way in train and test, and drawn with their own textures,
 water colour and particles. Sessile and crawling animals (and most near-bottom swimmers) rest on the
 seafloor; in a test frame, whose boxes are real, the horizon is put above every such box. Frames also
-hold animals nobody boxed: aggregations of their own taxa (more for sessile and crawling ones) and other
-members of the habitat's community, smaller than the boxed ones and further away. The context
+hold animals nobody boxed: aggregations of their own taxa (more for sessile and crawling ones), the first
+few of each boxed animal's taxon beside it and about its size (a patch of one cohort, in its 3x window), the
+rest and other members of the habitat's community smaller and further away. The context
 thus hints at the phylum (sponges and corals on rock, sea cucumbers and sea pens on deep mud, fish and
 medusae in open water) but hardly at the concept. At the default render scale a 32-px 'frame' view is a
 32x18 thumbnail: enough for the substrate's colour and the water's, not for its texture; the 'ctx3' view
@@ -57,7 +58,7 @@ import sys
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -67,11 +68,30 @@ import pandas as pd
 from tqdm import tqdm
 
 from src.artifacts import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+from src.synthetic.habitat import (
+    MODES,
+    SNOW_BY_ZONE,
+    ZONES,
+    Habitat,
+    Profiles,
+    choose_habitat,
+    community,
+    concept_profiles,
+    render_background,
+    rests_on_floor,
+    water_colour,
+)
+from src.synthetic.shapes import (
+    UPRIGHT_PLANS,
+    Appearance,
+    Genes,
+    concept_genes,
+    draw_sprite,
+    individual_look,
+    instance_genes,
+    sample_instance,
+)
 from src.synthetic.skeleton import Skeleton, load_skeleton
-from src.synthetic.habitat import (MODES, SNOW_BY_ZONE, ZONES, Habitat, Profiles, choose_habitat, community,
-                                   concept_profiles, render_background, rests_on_floor, water_colour)
-from src.synthetic.shapes import (UPRIGHT_PLANS, Appearance, Genes, concept_genes, draw_sprite, individual_look,
-                                  instance_genes, rotate_sprite, sample_instance)
 from src.taxonomy import Taxonomy, load_taxonomy
 
 
@@ -104,6 +124,9 @@ INDIVIDUAL_BLUR_SPREAD = 0.45  # log-normal spread of an individual's blur aroun
 # Unboxed animals: mean number per taxon of the frame by its mode of life (sessile, crawling, swimming, pelagic:
 # sea-pen fields, sponge grounds, brittle-star beds and sea-pig herds aggregate), plus the habitat's community.
 AGGREGATION = (5.0, 4.0, 1.5, 1.5)
+NEIGHBOURS = (2, 4)  # of a boxed animal's taxon's unboxed individuals, this many (uniform) stand beside it
+NEIGHBOUR_SIZE = (0.7, 1.1)  # ... with long sides this share of the boxed one's (one patch, one cohort)
+NEIGHBOUR_REACH = 1.2  # ... centred within this many of its long sides from its centre (its 3x window)
 COMMUNITY = 2.0  # mean number of unboxed animals of other taxa of the habitat
 INDIVIDUAL_HAZE = 0.3  # largest haze (blend towards the water colour) of an individual, times 0.3 + badness
 # Video frame grabs: JPEG at quality 95 is 6x smaller than PNG for these noisy frames, artefacts barely visible.
@@ -559,29 +582,52 @@ def render_frame(plan: FramePlan, genes: list[Genes], style: FrameStyle, rng: np
 def _background_fauna(frame: np.ndarray, labels: np.ndarray, genes: list[Genes], profiles: Profiles, habitat: Habitat,
                       horizon: float, boxes: list, frame_blur: float, water: np.ndarray, rng) -> None:
     """Animals nobody boxed, drawn into the frame behind the boxed ones: Poisson numbers of the frame's own
-    taxa (AGGREGATION, by mode of life) and of the habitat's community (COMMUNITY), smaller than the frame's
-    smallest box, further away (hazed, blurred) and clear of every box: the context shows who lives here."""
+    taxa (AGGREGATION, by mode of life) and of the habitat's community (COMMUNITY), clear of every box: the
+    context shows who lives here. Real deep-sea aggregations are patches of individuals of about one size, so
+    the first NEIGHBOURS of each boxed animal's taxon stand near it (within NEIGHBOUR_REACH of its long side
+    from its centre, i.e. in the window around it) and about its size (NEIGHBOUR_SIZE); the rest of the
+    frame's own taxa and the community are smaller than the frame's smallest box and spread over the frame,
+    further away (hazed, blurred)."""
     height, width = frame.shape[:2]
     members = community(habitat, profiles)
-    taxa = [int(c) for c in np.unique(labels) for _ in range(rng.poisson(AGGREGATION[int(profiles.mode[c])]))]
+    near: list[tuple[int, list]] = []  # (taxon, the boxed individual it stands beside)
+    taxa: list[int] = []
+    for k, c in enumerate(labels):
+        n = int(rng.poisson(AGGREGATION[int(profiles.mode[c])]))
+        m = min(n, int(rng.integers(NEIGHBOURS[0], NEIGHBOURS[1] + 1)))
+        near += [(int(c), boxes[k])] * m
+        taxa += [int(c)] * (n - m) if k == list(labels).index(c) else []
     taxa += [int(c) for c in rng.choice(len(members), int(rng.poisson(COMMUNITY)), p=members)]
     smallest = min((max(b[2], b[3]) for b in boxes), default=0.03 * max(width, height))
     top = max(horizon, 0.0)
-    for c in taxa:
+    for c, beside in [(c, b) for c, b in near] + [(c, None) for c in taxa]:
         floor = habitat.seafloor and MODES[int(profiles.mode[c])] != "pelagic"
-        size = float(np.clip(smallest * rng.uniform(0.4, 0.9), 3.0, 0.04 * max(width, height)))
+        if beside is not None:
+            side = max(beside[2], beside[3])
+            size = float(np.clip(side * rng.uniform(*NEIGHBOUR_SIZE), 3.0, MAX_REL_SIZE * max(width, height)))
+        else:
+            size = float(np.clip(smallest * rng.uniform(0.4, 0.9), 3.0, 0.04 * max(width, height)))
         g = sample_instance(individual_look(genes, c, rng), rng)
         rgb, alpha, (bx0, by0, bx1, by1) = _sprite(g, size, floor and g.plan in UPRIGHT_PLANS, rng)
         bw, bh = bx1 - bx0, by1 - by0
         for _ in range(6):  # a spot clear of every box
-            cx = rng.uniform(0, width)
-            cy = rng.uniform(top, height) if floor else rng.uniform(0, height)
+            if beside is not None:
+                reach = NEIGHBOUR_REACH * max(beside[2], beside[3])
+                cx = beside[0] + beside[2] / 2 + rng.uniform(-reach, reach)
+                cy = beside[1] + beside[3] / 2 + rng.uniform(-reach, reach)
+                if floor:
+                    cy = max(cy, top)
+            else:
+                cx = rng.uniform(0, width)
+                cy = rng.uniform(top, height) if floor else rng.uniform(0, height)
             if all(cx + bw / 2 + 2 < x or cx - bw / 2 - 2 > x + w or cy + bh / 2 + 2 < y or cy - bh / 2 - 2 > y + h
                    for x, y, w, h in boxes):
                 break
         else:
             continue
         far = float(np.clip((cy - top) / max(height - top, 1.0), 0, 1)) if floor else rng.uniform(0, 1)
+        if beside is not None:  # as near as the boxed one: its own blur and haze, not the far ones'
+            far = 1.0
         rgb, alpha, pad = degrade_individual(rgb, alpha, frame_blur * rng.uniform(0.3, 1.0),
                                              (0.35 - 0.3 * far) * rng.uniform(0.5, 1.0), water)
         _paste(frame, rgb, alpha, int(round(cx - bw / 2)) - bx0 - pad, int(round(cy - bh / 2)) - by0 - pad)
@@ -693,6 +739,7 @@ def _generate_split(split: str, plans: list[FramePlan], genes, style: FrameStyle
 def _code_hash() -> str:
     """Hash of the generator's code and skeleton files: a changed drawing makes another data set."""
     import hashlib
+
     from src.synthetic import habitat, shapes, skeleton
     digest = hashlib.blake2b(digest_size=8)
     for path in (Path(__file__), Path(shapes.__file__), Path(skeleton.__file__), Path(habitat.__file__),

@@ -17,8 +17,9 @@ structures; the water column has no floor and more marine snow. Water colour goe
 shelf to dark navy in the deep, particles from many (shelf plankton) to few.
 
 Frames also hold animals nobody boxed (`community`): aggregations of the frame's own taxa (sea-pen fields,
-sponge grounds, brittle-star beds, herds of sea pigs) and other members of the habitat's community, small
-and far away, as in real video frames whose annotations are incomplete.
+sponge grounds, brittle-star beds, herds of sea pigs; a few of them beside the boxed animal and about its
+size) and other members of the habitat's community, small and far away, as in real video frames whose
+annotations are incomplete.
 """
 from __future__ import annotations
 
