@@ -144,7 +144,15 @@ def speed_markdown(s: dict) -> str:
     else:
         lines += ["", "### GPU", "", f"{gpu}" if gpu else "No GPU on this machine: the GPU section (wide_resnet101_2 "
                   "at 112 px, fp32 vs bf16 + channels_last) was not measured; `python -m bench.bench_gpu` measures it."]
+    for name in ("results_cpu.md", "results_dry_run.md"):  # written by bench.bench_cpu and bench.dry_run
+        if (REPO / "bench" / name).is_file():
+            lines += ["", embedded_section((REPO / "bench" / name).read_text())]
     return "\n".join(lines)
+
+
+def embedded_section(markdown: str) -> str:
+    """Another report's markdown as a subsection of the speed section: its headings two levels down."""
+    return "\n".join("##" + line if line.startswith("#") else line for line in markdown.strip().splitlines())
 
 
 # ---------------------------------------------------------------------------------------- accuracy
