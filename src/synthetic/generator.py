@@ -836,8 +836,6 @@ def write_preview(root: str | Path, out_png: str | Path, taxonomy: Taxonomy | No
                   tile: int = 72) -> Path:
     """Contact sheet: one row per phylum, `per_row` concepts each (spread over its classes); a train crop
     of each on the left, a test (shifted) crop of the same concepts on the right."""
-    from PIL import Image, ImageDraw  # text rendering; only needed here
-
     root, taxonomy = Path(root), taxonomy or load_taxonomy()
     data = {s: json.loads((root / f"dataset_{s}.json").read_text()) for s in ("train", "test")}
     truth = pd.read_csv(root / "solution.csv").set_index("annotation_id")["concept_name"]
@@ -876,23 +874,27 @@ def write_preview(root: str | Path, out_png: str | Path, taxonomy: Taxonomy | No
                 x = label_w + side * (per_row * tile + gap) + col * tile
                 sheet[y:y + tile, x:x + tile - 2] = _crop(frame, box, tile)[:, : tile - 2]
                 texts.append(((x, y + tile), name[: tile // 6]))
+    return save_sheet(sheet, texts, out_png)
+
+
+
+def save_sheet(sheet: np.ndarray, texts: list, out_png: str | Path) -> Path:
+    """Write a BGR contact sheet with its captions ((x, y), text) as a 256-colour PNG (small enough for docs/)."""
+    from PIL import Image, ImageDraw  # text rendering; only needed here
+
     pil = Image.fromarray(cv2.cvtColor(sheet, cv2.COLOR_BGR2RGB))
     draw = ImageDraw.Draw(pil)
     for xy, text in texts:
         draw.text(xy, text, fill=(0, 0, 0))
     out_png = Path(out_png)
     with atomic_path(out_png) as tmp:
-        # A 256-colour palette keeps the README picture small.
         pil.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(tmp, format="PNG", optimize=True)
     return out_png
-
 
 def write_context_preview(root: str | Path, out_png: str | Path, per_side: int = 3, thumb: int = 200,
                           seed: int = 0) -> Path:
     """Whole frames by habitat: one row per substrate (frame_habitats.csv), `per_side` train frames on the
     left and test frames on the right, each with its boxes and its depth zone."""
-    from PIL import Image, ImageDraw
-
     root = Path(root)
     scenes = pd.read_csv(root / "frame_habitats.csv")
     data = {s: json.loads((root / f"dataset_{s}.json").read_text()) for s in SPLIT_CODE}
@@ -928,14 +930,7 @@ def write_context_preview(root: str | Path, out_png: str | Path, per_side: int =
                 x = label_w + side * (per_side * (thumb + 2) + gap) + col * (thumb + 2)
                 sheet[y:y + small.shape[0], x:x + small.shape[1]] = small
                 texts.append(((x, y + th), f"{row.zone}, {row.depth_m:.0f} m"))
-    pil = Image.fromarray(cv2.cvtColor(sheet, cv2.COLOR_BGR2RGB))
-    draw = ImageDraw.Draw(pil)
-    for xy, text in texts:
-        draw.text(xy, text, fill=(0, 0, 0))
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        pil.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(tmp, format="PNG", optimize=True)
-    return out_png
+    return save_sheet(sheet, texts, out_png)
 
 
 # ---------------------------------------------------------------- CLI
