@@ -300,7 +300,7 @@ def section_checkpoint(b: Bench) -> dict:
         for name, write, path in (("full", lambda: saver.save_full(1, []), saver.path),  # noqa: F821
                                   ("weights_only", lambda: saver.save_weights(1), saver.weights_path)):  # noqa: F821
             _, write_s = timed(write)
-            _, load_s = timed(lambda: torch.load(path, map_location=b.device, weights_only=False), sync=b.sync)
+            _, load_s = timed(lambda: torch.load(path, map_location=b.device, weights_only=True), sync=b.sync)
             out[name] = {"gb": path.stat().st_size / 1e9, "write_s": write_s, "load_to_device_s": load_s}
             print(f"checkpoint {name}: {fmt_row(out[name])}", flush=True)
             path.unlink()

@@ -1,7 +1,7 @@
 """Loading the project's .pt files without running code from them.
 
-`torch.load(weights_only=False)` unpickles arbitrary objects: a crafted model.pt, checkpoint.pt, package
-member or model.pretrained_path could run any command while being loaded. Every .pt file the project reads
+Unpickling without restriction (torch.load with weights_only off) builds arbitrary objects: a crafted
+model.pt, checkpoint.pt, package member or model.pretrained_path could run any command while being loaded. Every .pt file the project reads
 goes through `load_state_file`, which unpickles only tensors, python primitives (dict, list, tuple, str,
 int, float, bool, None) and, for checkpoints written before the numpy random state was saved as a list,
 plain numpy arrays. Anything else is an UnsafeFileError naming the file (a one-line error, exit code 2, in

@@ -61,7 +61,7 @@ def test_validate_every_skips_validation_but_not_training(tiny_root, tmp_path):
     assert sparse["val_loss"].isna().tolist() == [True, False, False]
     assert np.allclose(full["train_loss"], sparse["train_loss"], rtol=0, atol=0)
     assert np.isclose(full["val_loss"].iloc[-1], sparse["val_loss"].iloc[-1], rtol=0, atol=0)
-    a, b = (torch.load(run / "model.pt", weights_only=False)["model"] for run in runs)
+    a, b = (torch.load(run / "model.pt", weights_only=True)["model"] for run in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (runs[1] / "curves.png").is_file() and (runs[1] / "done.json").is_file()
 

@@ -80,7 +80,7 @@ def test_package_holds_members_code_and_manifest(cfg, tmp_path):
     assert not list(out.rglob("__pycache__"))
     assert not [p for p in (tmp_path / "upload").iterdir() if p.name != "pkg"]  # no temporary folder left
     # slim weights: no optimiser state, and they predict exactly like the training checkpoint
-    slim = torch.load(out / "members" / "seed_3" / "model.pt", weights_only=False)
+    slim = torch.load(out / "members" / "seed_3" / "model.pt", weights_only=True)
     assert set(slim) == {"model", "classes", "config", "epoch"}
     crops = np.random.default_rng(0).integers(0, 256, size=(5, 1, 16, 16, 3), dtype=np.uint8)
     from_package = predict_crops(load_member(out / "members" / "seed_3", device="cpu"), crops)

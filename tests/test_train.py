@@ -64,8 +64,8 @@ def uninterrupted(tiny_root, tmp_path_factory):
 
 def assert_same_run(a, b):
     """Two finished run folders hold the same weights, metrics (but timings) and test probabilities, exactly."""
-    wa, wb = (torch.load(r / "model.pt", weights_only=False) for r in (a, b))
-    assert wa["epoch"] == wb["epoch"] == torch.load(b / "checkpoint.pt", weights_only=False)["epoch"]
+    wa, wb = (torch.load(r / "model.pt", weights_only=True) for r in (a, b))
+    assert wa["epoch"] == wb["epoch"] == torch.load(b / "checkpoint.pt", weights_only=True)["epoch"]
     for key in wa["model"]:
         assert torch.equal(wa["model"][key], wb["model"][key]), key
     ma, mb = (pd.read_csv(r / "metrics.csv").drop(columns=list(TIMING)) for r in (a, b))
@@ -91,7 +91,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_root, tmp_path, uninterrup
     assert not (part / "done.json").exists()
     assert len(pd.read_csv(part / "metrics.csv")) == 1
     train(_cfg(tiny_root, tmp_path, "train.epochs=3", "output.run_name=part", "train.resume=true"))
-    a, b = (torch.load(r / "checkpoint.pt", weights_only=False) for r in (uninterrupted, part))
+    a, b = (torch.load(r / "checkpoint.pt", weights_only=True) for r in (uninterrupted, part))
     assert a["epoch"] == b["epoch"] == 3
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
@@ -103,12 +103,12 @@ def test_sparse_full_checkpoints_resume_from_the_full_one(tiny_root, tmp_path, u
     resumes from the older full checkpoint, says so, and ends exactly as the uninterrupted run."""
     args = ("train.epochs=3", "output.run_name=sparse", "train.full_checkpoint_every=3")
     run = train(_cfg(tiny_root, tmp_path, *args, "train.max_epochs_this_run=1"))
-    assert torch.load(run / "checkpoint.pt", weights_only=False)["epoch"] == 1  # a planned stop writes it
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1  # a planned stop writes it
     kill_in_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(tiny_root, tmp_path, *args, "train.resume=true"))
     monkeypatch.undo()
-    weights, full = (torch.load(run / name, weights_only=False) for name in ("model.pt", "checkpoint.pt"))
+    weights, full = (torch.load(run / name, weights_only=True) for name in ("model.pt", "checkpoint.pt"))
     assert (weights["epoch"], full["epoch"]) == (2, 1)
     assert set(weights) == {"model", "epoch", "config", "classes"} and tuple(weights["classes"]) == load_taxonomy().names
     # the AdamW moments make the full checkpoint about 3x the weights
@@ -174,7 +174,7 @@ def test_loss_options_views_and_set_targets_train_and_resume_exactly(tiny_root, 
     full = train(_cfg(tiny_root, tmp_path, *options, "output.run_name=full"))
     train(_cfg(tiny_root, tmp_path, *options, "output.run_name=part", "train.max_epochs_this_run=1"))
     part = train(_cfg(tiny_root, tmp_path, *options, "output.run_name=part", "train.resume=true"))
-    a, b = (torch.load(r / "checkpoint.pt", weights_only=False) for r in (full, part))
+    a, b = (torch.load(r / "checkpoint.pt", weights_only=True) for r in (full, part))
     assert "avgk.weight" in a["model"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     ma, mb = (pd.read_csv(r / "metrics.csv").drop(columns=list(TIMING)) for r in (full, part))
     pd.testing.assert_frame_equal(ma, mb, check_exact=True)
@@ -219,7 +219,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tiny_root, tmp_
     with pytest.raises(TrainingDiverged, match=r"nan at epoch 2/3, step \d+ \(global step 11\).*after epoch 1"):
         train(cfg)
     run = tmp_path / cfg.output.run_name
-    assert torch.load(run / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1
     assert not (run / "done.json").exists()
 
 
