@@ -22,6 +22,15 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from src.run_files import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    DONE_FILE,
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    predictions_file,
+)
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 TEMP_PATTERN = ".*.tmp"  # the names atomic_path gives its temporary files: .<name>.<random>.tmp
@@ -182,15 +191,15 @@ def run_lock(folder: str | Path, wait: bool = False, advice: str = "") -> Iterat
 # ------------------------------------------------------------------------------ output paths a user gives
 # What the project writes into run folders, pipeline folders, packages and data folders: a command's output
 # file (--out) is never one of them.
-ARTEFACT_NAMES = frozenset({"model.pt", "checkpoint.pt", "config.yaml", "manifest.json", "done.json", "state.json",
-                            "classes.json", "pipeline.yaml", "dataset-metadata.json", LOCK_FILE, "metrics.csv",
-                            "predictions.csv", "val_predictions.csv", "annotations.csv", "solution.csv"})
+ARTEFACT_NAMES = frozenset({WEIGHTS_FILE, CHECKPOINT_FILE, CONFIG_FILE, "manifest.json", DONE_FILE, "state.json",
+                            "classes.json", "pipeline.yaml", "dataset-metadata.json", LOCK_FILE, METRICS_FILE,
+                            predictions_file("test"), predictions_file("val"), "annotations.csv", "solution.csv"})
 ARTEFACT_SUFFIXES = frozenset({".pt", ".pth", ".safetensors", ".npz", ".npy", ".yaml", ".yml", ".json", ".py",
                                ".ipynb", ".png", ".jpg", ".jpeg"})
 # A folder holding one of these is a project folder (run, pipeline round, package, data split): an existing
 # file in it is never replaced by a command's output.
-PROJECT_MARKERS = ("config.yaml", "manifest.json", "done.json", "state.json", "pipeline.yaml", LOCK_FILE,
-                   "checkpoint.pt", "model.pt")
+PROJECT_MARKERS = (CONFIG_FILE, "manifest.json", DONE_FILE, "state.json", "pipeline.yaml", LOCK_FILE,
+                   CHECKPOINT_FILE, WEIGHTS_FILE)
 
 
 class OutputPathError(ValueError):

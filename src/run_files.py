@@ -56,8 +56,10 @@ def weights_file(run_dir: str | Path) -> Path:
 
 def warm_start_file(run_dir: str | Path) -> Path:
     """The weight file a warm start from `run_dir` uses: the first of WEIGHTS_FILES present, else model.pt."""
-    run_dir = Path(run_dir)
-    return next((run_dir / name for name in WEIGHTS_FILES if (run_dir / name).is_file()), run_dir / WEIGHTS_FILE)
+    try:
+        return weights_file(run_dir)
+    except FileNotFoundError:
+        return Path(run_dir) / WEIGHTS_FILE
 
 
 def drop_checkpoint(run_dir: str | Path, keep: bool = False) -> bool:
