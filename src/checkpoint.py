@@ -24,9 +24,10 @@ from src.serialization import load_state_file
 
 # Keys used after the last epoch only: a resume may change them, but they change a finished run's predictions.
 FINAL_PREDICTION_KEYS = ("train.tta_views",)
-# Keys that may change between a run and its resumption without changing the result.
-RESUMABLE_KEYS = ("train.resume", "train.max_epochs_this_run", "train.max_steps", "train.progress", "data.num_workers",
-                  "train.full_checkpoint_every", "output.wait_for_lock", "data.cache_dir",
+# Keys that may change between a run and its resumption without changing the result (train.threads: the order
+# of float sums only).
+RESUMABLE_KEYS = ("train.resume", "train.threads", "train.max_epochs_this_run", "train.max_steps", "train.progress",
+                  "data.num_workers", "train.full_checkpoint_every", "output.wait_for_lock", "data.cache_dir",
                   "data.max_missing_train_share", "data.allow_missing_test", *FINAL_PREDICTION_KEYS)
 
 

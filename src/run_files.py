@@ -21,6 +21,7 @@ WEIGHTS_FILE = "model.pt"  # weights only
 METRICS_FILE = "metrics.csv"
 DONE_FILE = "done.json"
 CURVES_FILE = "curves.png"
+TRAIN_LOG_FILE = "train.log"  # a member's output when the pipeline trains several at once
 # A member's weight files, preferred first (a run trained before model.pt existed has checkpoint.pt only).
 WEIGHTS_FILES = (WEIGHTS_FILE, CHECKPOINT_FILE)
 

@@ -2,14 +2,19 @@
 finished member's), training them one after another or as one SLURM array task, the sbatch command."""
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
 import shlex
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable
 
 from src.config import ConfigError, deep_merge, load_config, load_yaml, parse_overrides, validate_config
 from src.run_files import (
     CONFIG_FILE,
+    TRAIN_LOG_FILE,
     WEIGHTS_FILE,
     drop_checkpoint,
     has_weights,
@@ -74,22 +79,22 @@ def build_member_config(cfg: PipelineConfig, r: int, seed: int, pseudo_labels: P
 
 def train_round(cfg: PipelineConfig, r: int, pseudo_labels: Path | None = None, warm_from: int | None = None,
                 trainer: Callable | None = None, member_index: int | None = None) -> list[Path]:
-    """Train (sequentially) every seed's member of round r, or only seeds[member_index] (a SLURM array task);
-    members with done.json are skipped, an interrupted one resumes from its checkpoint. A finished member's
-    checkpoint.pt is removed unless cfg.keep_checkpoints."""
+    """Train every seed's member of round r (cfg.parallel_members at a time), or only seeds[member_index] (a
+    SLURM array task); members with done.json are skipped, an interrupted one resumes from its checkpoint. A
+    finished member's checkpoint.pt is removed unless cfg.keep_checkpoints."""
     trainer = trainer or train_member
     if member_index is not None and not 0 <= member_index < len(cfg.seeds):
         raise StageError(f"member index {member_index} out of range for {len(cfg.seeds)} seeds")
-    dirs = []
+    dirs, todo = [], []
     for i, seed in enumerate(cfg.seeds):
         if member_index is not None and i != member_index:
             continue
         run_dir = cfg.layout.member_dir(r, seed)
+        dirs.append(run_dir)
         if is_done(run_dir):
             check_member_config(cfg, r, seed, pseudo_labels)
             drop_checkpoint(run_dir, keep=cfg.keep_checkpoints)
             print(f"  member seed {seed} ({i + 1}/{len(cfg.seeds)}): done, skipped", flush=True)
-            dirs.append(run_dir)
             continue
         init = None
         if warm_from is not None:
@@ -97,15 +102,55 @@ def train_round(cfg: PipelineConfig, r: int, pseudo_labels: Path | None = None, 
                 init = weights_file(cfg.layout.member_dir(warm_from, seed))
             except FileNotFoundError as err:
                 raise StageError(f"warm start: {err}") from None
-        start = time.time()
-        print(f"  member seed {seed} ({i + 1}/{len(cfg.seeds)}): training -> {run_dir}", flush=True)
-        trainer(build_member_config(cfg, r, seed, pseudo_labels, init, resume=has_weights(run_dir)))
+        todo.append((i, seed, run_dir, build_member_config(cfg, r, seed, pseudo_labels, init, resume=has_weights(run_dir))))
+    workers = min(cfg.parallel_members, len(todo))
+    if workers > 1:
+        _train_in_processes(cfg, todo, trainer, workers)
+    for i, seed, run_dir, config in todo:
+        if workers <= 1:
+            start = time.time()
+            print(f"  member seed {seed} ({i + 1}/{len(cfg.seeds)}): training -> {run_dir}", flush=True)
+            trainer(config)
         if not is_done(run_dir):
             raise StageError(f"training of {run_dir} returned without writing done.json")
         drop_checkpoint(run_dir, keep=cfg.keep_checkpoints)
-        print(f"  member seed {seed}: finished in {time.time() - start:.0f} s", flush=True)
-        dirs.append(run_dir)
+        if workers <= 1:
+            print(f"  member seed {seed}: finished in {time.time() - start:.0f} s", flush=True)
     return dirs
+
+
+def _train_logged(trainer: Callable, config, log_path: Path, workers: int) -> float:
+    """One member in a worker process, its output into log_path (several members' lines would interleave);
+    returns the seconds it took."""
+    start = time.time()
+    if config.train.threads is None:  # torch's default, every core, in each of several processes: oversubscribed
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    with open(log_path, "a", encoding="utf-8") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        trainer(config)
+    return time.time() - start
+
+
+def _train_in_processes(cfg: PipelineConfig, todo: list, trainer: Callable, workers: int) -> None:
+    """Train `todo`'s members `workers` at a time, each in its own (spawned) process: on a CPU, single-threaded
+    members side by side use the cores better than one multi-threaded member after another (docs/pipeline.md).
+    The first failure is raised once the members already running have stopped; the others are not started."""
+    context = multiprocessing.get_context("spawn")  # a worker never inherits the parent's torch thread pools
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        running = {}
+        for i, seed, run_dir, config in todo:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            log = run_dir / TRAIN_LOG_FILE
+            print(f"  member seed {seed} ({i + 1}/{len(cfg.seeds)}): training -> {run_dir} (log: {log})", flush=True)
+            running[pool.submit(_train_logged, trainer, config, log, workers)] = seed
+        try:
+            for future in as_completed(running):
+                seconds = future.result()
+                print(f"  member seed {running[future]}: finished in {seconds:.0f} s", flush=True)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def check_member_config(cfg: PipelineConfig, r: int, seed: int, pseudo_labels: Path | None) -> None:

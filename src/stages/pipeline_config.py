@@ -120,6 +120,10 @@ class PipelineConfig(StrictModel):
         False, description="keep each finished member's checkpoint.pt (weights + optimizer state, 3x model.pt: "
         "6.7 GB for a WRN-101-2 member); false: removed once its done.json is written (model.pt keeps the "
         "weights that predict, package and warm starts use)")
+    parallel_members: int = Field(
+        1, ge=1, description="members of a round trained at once, each in its own process (its output in the "
+        "member's train.log). On a CPU, N single-threaded members side by side beat one multi-threaded member "
+        "after another (set train.threads to cores / N); on one GPU they share its memory")
     output_root: str = Field("outputs/pipeline", description="parent folder of the run folder")
     submissions_dir: str = Field("submissions", description="where the submission CSVs go")
     kaggle: KaggleConfig = KaggleConfig()

@@ -26,5 +26,7 @@ def run_member_training(cfg: PipelineConfig, args, r: int, step: str, train: Cal
     whole = args.member_index is None  # else one SLURM array task: it locks only its member's folder
     with open_run(cfg, step if whole else None, args.wait, lock=whole):
         if whole:
-            print(f"training {len(cfg.seeds)} members one after another; on SLURM, in parallel: {hint}")
+            at_once = f"{min(cfg.parallel_members, len(cfg.seeds))} at a time" if cfg.parallel_members > 1 \
+                else "one after another"
+            print(f"training {len(cfg.seeds)} members {at_once}; on SLURM, in parallel: {hint}")
         train(cfg, member_index=args.member_index)
