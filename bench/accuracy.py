@@ -388,15 +388,22 @@ def collect(plan: Plan) -> dict:
     return merge_ledger(fresh, json.loads(plan.ledger.read_text()))
 
 
-LEDGER_IDENTITY = ("root", "seeds", "epochs", "min_votes", "u_threshold", "warm_epochs", "train_config", "recipe")
+LEDGER_IDENTITY = ("generator_version", "root", "seeds", "epochs", "min_votes", "u_threshold", "warm_epochs", "train_config", "recipe")
 LEDGER_SECTIONS = ("ensemble_rounds", "pseudo_labels", "ensemble_sizes")  # keyed by round or ensemble size
 LEDGER_WHOLE = ("coarse", "coarse_round_1", "scratch_round_1", "tta", "frame_aware_gates",
                 "ensemble_subsets")  # one figure set each
 
 
+def generator_version(root: Path) -> int | None:
+    """The generator version that wrote the benchmark at root (its generator.json); None for other data. Figures
+    of an earlier generator's data are never merged with this one's: the data differ."""
+    meta = Path(root) / "generator.json"
+    return json.loads(meta.read_text()).get("generator_version") if meta.is_file() else None
+
+
 def study_identity(plan: Plan) -> dict:
     """What makes two collections figures of the same study (LEDGER_IDENTITY), as collect_fresh writes it."""
-    return {"root": str(plan.root), "seeds": plan.seeds, "epochs": plan.epochs, "min_votes": plan.min_votes,
+    return {"generator_version": generator_version(plan.root), "root": str(plan.root), "seeds": plan.seeds, "epochs": plan.epochs, "min_votes": plan.min_votes,
             "u_threshold": plan.u_threshold, "warm_epochs": plan.warm_epochs, "train_config": plan.train_config,
             "recipe": plan.recipe()}
 

@@ -34,17 +34,24 @@ built by src.stages.members.build_member_config), `reference` is cfg/reference_c
    (> 1: the option is faster) of the means and the median of the per-round ratios. `uptime` is recorded
    before and after every section: this machine may be shared.
 
+4. Side by side (--side-by-side N, 0: skip): N members of each --side-recipes recipe (seeds 0..N-1, whole
+   trainings of --side-epochs epochs through src.train.train, setup and predictions included), trained one after
+   another with --threads threads against N spawned processes of 1 thread each (the pipeline's
+   `parallel_members`), interleaved in --chunks rounds; speed-up = one after another / side by side.
+
 Writes --out (JSON) and the same path with .md (tables).
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shutil
 import subprocess
 import tempfile
 import time
-from contextlib import nullcontext
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -401,6 +408,40 @@ def options(args, work: Path) -> dict:
     return {"rows": rows, "chunks": args.chunks, "uptime": uptime()}
 
 
+def _train_timed(cfg: Config, threads: int) -> float:
+    """One whole training in a worker process with `threads` torch threads; its seconds."""
+    from src.train import train
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    with open(os.devnull, "w") as sink, redirect_stdout(sink):
+        train(cfg)
+    return time.perf_counter() - start
+
+
+def side_by_side(args, work: Path) -> dict:
+    """N members per recipe trained one after another (--threads each) vs side by side (1 thread each)."""
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for recipe in args.side_recipes:
+        seconds = {"one after another": [], "side by side": []}
+        for chunk in range(args.chunks):
+            for mode in list(seconds)[:: 1 if chunk % 2 == 0 else -1]:
+                workers, threads = (1, args.threads) if mode == "one after another" else (args.side_by_side, 1)
+                configs = [recipe_config(recipe, args.root, ["roi"], work / f"side_{recipe}_{chunk}_{workers}_{seed}",
+                                         [f"seed={seed}", f"train.epochs={args.side_epochs}"])
+                           for seed in range(args.side_by_side)]
+                start = time.perf_counter()
+                with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                    list(pool.map(_train_timed, configs, [threads] * len(configs)))
+                seconds[mode].append(time.perf_counter() - start)
+        a, b = np.array(seconds["one after another"]), np.array(seconds["side by side"])
+        rows.append({"recipe": recipe, "members": args.side_by_side, "epochs": args.side_epochs,
+                     "sequential_s": float(a.mean()), "side_by_side_s": float(b.mean()),
+                     "speedup": float(a.mean() / b.mean()), "median_round_speedup": float(np.median(a / b)),
+                     "chunk_s": {"one after another": a.tolist(), "side by side": b.tolist()}})
+    return {"rows": rows, "threads": args.threads, "chunks": args.chunks, "uptime": uptime()}
+
+
 def markdown(result: dict) -> str:
     lines = [f"# CPU training: where the time goes ({result['machine']['cpu']}, {result['threads']} threads)", "",
              f"`{result['command']}`", "", f"Load: before `{result['uptime_before']}`; after "
@@ -444,6 +485,17 @@ def markdown(result: dict) -> str:
             lines.append(f"| {r['option']} | {' '.join(r['overrides']) or '-'} | {r['threads']} | {r['epoch_s']:.2f} | "
                          f"{r['first_epoch_s']:.1f} | {r['speedup']:.2f}x | {r['median_round_speedup']:.2f}x |")
         lines.append("")
+    side = result.get("side_by_side")
+    if side:
+        lines += [f"## Side by side: whole trainings of N members, one after another ({side['threads']} threads) "
+                  f"vs N processes of 1 thread ({side['chunks']} interleaved rounds; speed-up > 1: side by side "
+                  "is faster)", "", f"Load after: {side['uptime'].split('load average:')[-1].strip()}.", "",
+                  "| recipe | members | epochs each | one after another s | side by side s | speed-up | "
+                  "median round speed-up |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in side["rows"]:
+            lines.append(f"| {r['recipe']} | {r['members']} | {r['epochs']} | {r['sequential_s']:.1f} | "
+                         f"{r['side_by_side_s']:.1f} | {r['speedup']:.2f}x | {r['median_round_speedup']:.2f}x |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -466,6 +518,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--options", nargs="*", default=DEFAULT_OPTIONS,
                         help=f"options to compare end to end (none: skip); known: {', '.join(OPTIONS)}")
     parser.add_argument("--chunks", type=int, default=2, help="interleaved rounds (step and option sections)")
+    parser.add_argument("--side-by-side", type=int, default=3, metavar="N",
+                        help="members trained one after another vs side by side (0: skip that section)")
+    parser.add_argument("--side-recipes", nargs="*", default=["demo", "reference"], help="side-by-side recipes")
+    parser.add_argument("--side-epochs", type=int, default=2, help="epochs of each side-by-side training")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="training-config overrides applied to every recipe, variant and option (tests: a "
                         "smaller model, e.g. model.backbone=wrn10_1 data.image_size=16)")
@@ -503,6 +559,12 @@ def main(argv=None) -> dict:
             for r in result["options"]["rows"]:
                 print(f"option {r['option']}: {r['epoch_s']:.2f} s/epoch, x{r['speedup']:.2f} "
                       f"(median x{r['median_round_speedup']:.2f})", flush=True)
+        if args.side_by_side and args.side_recipes:
+            result["side_by_side"] = side_by_side(args, work)
+            for r in result["side_by_side"]["rows"]:
+                print(f"side by side {r['recipe']}: {r['members']} members x {r['epochs']} epochs: "
+                      f"{r['sequential_s']:.1f} s one after another, {r['side_by_side_s']:.1f} s side by side, "
+                      f"x{r['speedup']:.2f}", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -621,7 +621,8 @@ def accuracy_markdown(acc: dict, command: str, pipelines: list[dict] = ()) -> st
     pipeline with its own member seeds (`--pipeline-dirs`)."""
     recipe = json.dumps(acc["recipe"])
     return "\n".join([
-        f"Benchmark: `{acc['root']}` (the calibrated generated `bench` preset, {acc['test_rois']} test ROIs; the "
+        f"Benchmark: `{acc['root']}` (generator v{acc.get('generator_version', '?')}: the generated `bench` preset, "
+        f"{acc['test_rois']} test ROIs; the "
         "reference recipe errs there like real competition models on the real test: bench/REALISM.md). "
         f"Command: `{command}`.",
         f"Recipe for every model: `{acc['train_config']}` + `{recipe}`; variants change only the keys named in their "

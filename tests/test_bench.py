@@ -198,6 +198,16 @@ def test_merge_ledger_fills_only_what_is_missing_and_checks_the_study():
                         {**ledger, "ensemble_subsets": {"members": 4}})["ensemble_subsets"] == bigger
     other = merge_ledger(fresh, {**ledger, "recipe": {"train": {"threads": 2}}})  # another study's figures
     assert other == fresh and "ledger_only" not in other
+    older = merge_ledger({**fresh, "generator_version": 5}, {**ledger, "generator_version": 4})  # other data
+    assert older["single"] == fresh["single"] and "ledger_only" not in older
+
+
+def test_generator_version_of_a_benchmark(tmp_path):
+    from bench.accuracy import generator_version
+    from src.synthetic.generator import GENERATOR_VERSION
+    assert generator_version(tmp_path) is None  # not generated data
+    (tmp_path / "generator.json").write_text(json.dumps({"generator_version": GENERATOR_VERSION}))
+    assert generator_version(tmp_path) == GENERATOR_VERSION
 
 
 def test_paired_differences_and_verdicts():

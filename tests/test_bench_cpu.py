@@ -19,6 +19,7 @@ def test_bench_cpu_parts_add_up_and_ratios_are_finite(tiny_root, tmp_path):
     result = bench_cpu.main(["--root", str(tiny_root), "--recipes", "reference", "--views", "roi", "--epochs", "1",
                              "--max-steps", "2", "--step-batches", "1", "--chunks", "1",
                              "--step-variants", "fp32 channels_last", "--options", "default", "validate_every_3",
+                             "--side-by-side", "2", "--side-recipes", "reference", "--side-epochs", "1",
                              "--set", "model.backbone=wrn10_1", "data.image_size=16", "train.batch_size=16",
                              "--out", str(out)])
     assert json.loads(out.read_text())["threads"] == 2 and "| recipe |" in out.with_suffix(".md").read_text()
@@ -38,6 +39,10 @@ def test_bench_cpu_parts_add_up_and_ratios_are_finite(tiny_root, tmp_path):
     assert set(rows) == {"default", "validate_every_3"} and rows["default"]["speedup"] == 1
     for row in rows.values():
         assert math.isfinite(row["speedup"]) and row["speedup"] > 0 and row["epoch_s"] > 0
+    (side,) = result["side_by_side"]["rows"]
+    assert side["members"] == 2 and side["speedup"] == side["sequential_s"] / side["side_by_side_s"] > 0
+    assert [len(v) for v in side["chunk_s"].values()] == [1, 1]
+    assert "## Side by side" in out.with_suffix(".md").read_text()
 
 
 def test_validation_due():
