@@ -15,7 +15,13 @@ from src.data.crops import clip_box, extract_views
 from src.data.dataset import CropCacheDataset
 from src.data.gpu_augment import build_batch_augment
 from src.data.training import load_split
-from src.data.transforms import ViewTransforms, build_train_transform, build_tta_transform
+from src.data.transforms import (
+    STREAM_SEED_STEP,
+    TrainTransform,
+    ViewTransforms,
+    build_train_transform,
+    build_tta_transform,
+)
 from src.decoding import load_predictions
 from src.inference import load_member, predict_crop_views, predict_ensemble
 from src.manifest import read_package
@@ -116,6 +122,22 @@ def test_datasets_give_per_view_tensors_and_pickle(tmp_path):
         CropCacheDataset(cache.crops, cache.labels, build_tta_transform((16, 24), "identity"))
 
 
+def test_transforms_of_different_sizes_draw_apart():
+    image = np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+
+    def draw(stream: int, seed: int) -> torch.Tensor:
+        transform = TrainTransform(16, rrc_scale=(0.2, 1.0), stream=stream)
+        transform(image)  # the first call takes its process's seed; what follows is what training seeds
+        torch.manual_seed(0)
+        transform.set_random_seed(seed)
+        return transform(image)
+
+    assert torch.equal(draw(1, 5), draw(0, 5 + STREAM_SEED_STEP))  # a stream is an offset of the seed
+    assert not torch.equal(draw(1, 5), draw(0, 5))  # seeded alike, views of two sizes draw different crops
+    views = build_train_transform((16, 24, 16))
+    assert views[0] is views[2] and [t.stream for t in views.transforms] == [0, 1, 0]
+
+
 def test_batched_augmentation_per_view_sizes():
     cfg = tiny_cfg(f"data.views={VIEWS}", f"data.view_sizes={SIZES}")
     augment = build_batch_augment(cfg.augment, cfg.data.input_sizes())
@@ -184,7 +206,8 @@ def test_unset_view_sizes_keep_the_one_size_cache(tiny_root, tmp_path):
 def test_tiny_training_with_view_sizes_and_its_package(tiny_root, tmp_path):
     """One member on [roi, ctx3, frame] at 16 / 24 / 32 px trains 1 epoch through the pipeline, writes its
     predictions, and its package predicts its saved test probabilities bit for bit."""
-    overrides = {"data": {"views": VIEWS, "view_sizes": SIZES}, "train": {"epochs": 1, "progress": False}}
+    overrides = {"data": {"views": VIEWS, "view_sizes": SIZES},
+                 "train": {"epochs": 1, "progress": False, "tta_views": ["identity", "hflip"]}}
     cfg = PipelineConfig(name="sizes", train_config=str(TINY), train_overrides=overrides, data_root=str(tiny_root),
                          seeds=[0], rounds=0, decoding={"decoders": ["argmax"]},
                          output_root=str(tmp_path / "out"), submissions_dir=str(tmp_path / "submissions"))
@@ -200,6 +223,9 @@ def test_tiny_training_with_view_sizes_and_its_package(tiny_root, tmp_path):
                              progress=False)
     assert (preds.annotation_id == saved.annotation_id).all()
     assert (preds.members[0] == saved.members[0]).all()  # bit-identical probabilities
+    assert preds.views == saved.views == ("identity", "hflip")
+    assert (preds.member_views[0] == saved.member_views[0]).all()  # every test-time view
+    assert not np.array_equal(saved.member_views[0][0], saved.member_views[0][1])
     cache_dirs = [p.name for p in (tmp_path / "cache").iterdir()]
     assert any(name.startswith("dataset_test_s16-24-32_roi-ctx3-frame_") for name in cache_dirs)
     # one-size crops are refused by a member trained on per-view sizes
@@ -213,7 +239,9 @@ def test_batched_augmentation_trains_on_view_sizes_with_per_view_backbones(tiny_
 
     cfg = tiny_cfg(f"data.root={tiny_root}", f"output.dir={tmp_path}", f"data.views={VIEWS}",
                    f"data.view_sizes={SIZES}", "augment.batched=true", "model.shared_backbone=false",
-                   "model.fusion=attention", "train.epochs=1")
+                   "model.fusion=attention", "train.epochs=1", "data.shifted_val=true")
     run = train(cfg)
     test = np.load(run / "test_probs.npz")
     assert test["probs"].shape == (2, 80, 79) and np.isfinite(test["probs"]).all()
+    metrics = np.genfromtxt(run / "metrics.csv", delimiter=",", names=True)
+    assert np.isfinite(metrics["val_distance"]) and np.isfinite(metrics["shifted_distance"])

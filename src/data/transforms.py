@@ -138,7 +138,6 @@ class ViewTransforms:
             if size not in by_size:
                 by_size[size] = build(size, len(by_size))
         self.transforms = tuple(by_size[size] for size in sizes)
-        self.sizes = tuple(sizes)
 
     def __len__(self) -> int:
         return len(self.transforms)
