@@ -169,6 +169,9 @@ class DataConfig(StrictModel):
     image_size: int = Field(32, ge=8, description="network input size in pixels")
     cache_size: Optional[int] = Field(None, ge=8, description="size of the cached crops (default image_size)")
     views: list[str] = Field(["roi"], min_length=1, description="crop views: roi, ctx3, ctx5, frame")
+    view_sizes: dict[str, int] = Field(
+        {}, description="input size in pixels of some views, e.g. {ctx3: 64, frame: 64} (the others: image_size); "
+        "with cache_size set, such a view is cached at its size x cache_size / image_size")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="frame-grouped validation share (0: none)")
     split_seed: Optional[int] = Field(None, description="seed of the validation split (None: seed); "
                                       "ensemble members share one so their validation sets match")
@@ -185,6 +188,38 @@ class DataConfig(StrictModel):
     allow_missing_test: bool = Field(
         False, description="predict test ROIs without pixels from black crops (default: stop, naming the "
         "download command that fetches their frames)")
+
+    @field_validator("views")
+    @classmethod
+    def _known_crop_views(cls, views: list[str]) -> list[str]:
+        from src.data.crops import parse_view
+        for view in views:
+            parse_view(view)
+        return views
+
+    @field_validator("view_sizes")
+    @classmethod
+    def _sizes_of_known_views(cls, sizes: dict[str, int], info) -> dict[str, int]:
+        views = info.data.get("views")
+        if views is None:  # views itself is invalid: that error is reported
+            return sizes
+        unknown = [v for v in sizes if v not in views]
+        if unknown:
+            raise ValueError(f"view(s) {unknown} not in data.views; valid: {', '.join(views)}")
+        small = {v: s for v, s in sizes.items() if s < 8}
+        if small:
+            raise ValueError(f"view sizes must be at least 8 pixels, got {small}")
+        return sizes
+
+    def input_sizes(self) -> tuple[int, ...]:
+        """The network input size of each view, in data.views order."""
+        return tuple(self.view_sizes.get(view, self.image_size) for view in self.views)
+
+    def crop_sizes(self) -> tuple[int, ...]:
+        """The cached crop size of each view: cache_size scales every view's input size by one ratio."""
+        if self.cache_size is None:
+            return self.input_sizes()
+        return tuple(round(size * self.cache_size / self.image_size) for size in self.input_sizes())
 
 
 class ModelConfig(StrictModel):

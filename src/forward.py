@@ -27,6 +27,13 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.float16 if amp == "fp16" else torch.bfloat16
 
 
+def batch_to(x: torch.Tensor | list[torch.Tensor], device: torch.device):
+    """A batch on `device`: one tensor, or a list of per-view tensors (views of different sizes)."""
+    if isinstance(x, (list, tuple)):
+        return [v.to(device, non_blocking=True) for v in x]
+    return x.to(device, non_blocking=True)
+
+
 @torch.inference_mode()
 def predict_outputs(model: torch.nn.Module, loader, device: torch.device, dtype) -> dict[str, np.ndarray]:
     """{'logits': (H, N, C) float32} of every item of the loader, in order, plus 'avgk': (N, C) the average-K
@@ -35,7 +42,7 @@ def predict_outputs(model: torch.nn.Module, loader, device: torch.device, dtype)
     chunks, set_chunks = [], []
     for x, _ in loader:
         with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
-            out = model(x.to(device, non_blocking=True))
+            out = model(batch_to(x, device))
             chunks.append(out["logits"].float().cpu())
             if "avgk" in out:
                 set_chunks.append(out["avgk"].float().cpu())

@@ -19,7 +19,7 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,7 @@ from tqdm import tqdm
 from src.artifacts import atomic_save_npz
 from src.config import Config, load_yaml, validate_config
 from src.data.coco import annotation_table, frame_ids_of
+from src.data.crops import one_or_per_view
 from src.decoding import EnsemblePredictions, decode_ensemble
 from src.forward import ViewPredictions, amp_dtype, predict_views
 from src.run_files import CONFIG_FILE, is_done, weights_file
@@ -47,9 +48,10 @@ class Member:
     device: torch.device
 
     @property
-    def crop_size(self) -> int:
-        """Side of the cached crops the model was fed (data.cache_size, else data.image_size)."""
-        return self.config.data.cache_size or self.config.data.image_size
+    def crop_size(self) -> int | tuple[int, ...]:
+        """Side of the cached crops the model was fed (data.cache_size, else data.image_size), or one per view
+        when data.view_sizes gives the views different sizes."""
+        return one_or_per_view(self.config.data.crop_sizes())
 
     @property
     def views(self) -> tuple[str, ...]:
@@ -100,20 +102,27 @@ def load_member(run_dir: str | Path, taxonomy: Taxonomy | None = None,
 def predict_crop_views(member: Member, crops: np.ndarray, batch_size: int | None = None,
                        tta_views=None) -> ViewPredictions:
     """Softmax per test-time view and head (T, H, N, C) float32 of uint8 crops (N, V, S, S, 3) in the member's
-    crop views. `tta_views` default to the member's train.tta_views; the batch size to training's evaluation
-    batch size (results then match test_probs.npz)."""
+    crop views (with data.view_sizes: a tuple of V arrays (N, S_v, S_v, 3), as `load_crops` gives them).
+    `tta_views` default to the member's train.tta_views; the batch size to training's evaluation batch size
+    (results then match test_probs.npz)."""
     from torch.utils.data import DataLoader
 
     from src.data.dataset import CropCacheDataset
     from src.data.transforms import build_tta_transform
 
     cfg = member.config
-    if crops.ndim != 5 or crops.shape[1] != len(member.views):
-        raise ValueError(f"crops must be (N, {len(member.views)}, S, S, 3) for views {member.views}, got {crops.shape}")
+    per_view = isinstance(crops, (tuple, list))
+    shapes = [a.shape for a in crops] if per_view else crops.shape
+    n_views = len(crops) if per_view else (crops.shape[1] if crops.ndim == 5 else -1)
+    if n_views != len(member.views) or per_view != isinstance(member.crop_size, tuple):
+        layout = "a tuple of V arrays (N, S_v, S_v, 3)" if isinstance(member.crop_size, tuple) else "(N, V, S, S, 3)"
+        raise ValueError(f"crops must be {layout} for views {member.views} (crop sizes {member.crop_size}), "
+                         f"got {shapes}")
     batch_size = batch_size or cfg.train.eval_batch_size or 2 * cfg.train.batch_size
+    n = len(crops[0]) if per_view else len(crops)
 
     def loader_for(view: str):
-        dataset = CropCacheDataset(crops, np.full(len(crops), -1), build_tta_transform(cfg.data.image_size, view))
+        dataset = CropCacheDataset(crops, np.full(n, -1), build_tta_transform(cfg.data.input_sizes(), view))
         return DataLoader(dataset, batch_size, shuffle=False)
 
     return predict_views(member.model, loader_for, tuple(tta_views or cfg.train.tta_views), member.device,
@@ -160,11 +169,12 @@ def read_roi_files(paths: list[Path], size: int, progress: bool = True, allow_mi
     return out
 
 
-def load_crops(coco_json: str | Path, cache_dir: str | Path, size: int, views=("roi",),
+def load_crops(coco_json: str | Path, cache_dir: str | Path, size: int | tuple[int, ...], views=("roi",),
                images_dir: str | Path | None = None, rois_dir: str | Path | None = None,
                taxonomy: Taxonomy | None = None, progress: bool = True,
-               allow_missing: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(annotation_id (N,), crops (N, V, size, size, 3)) of every annotation of a COCO file, in id order.
+               allow_missing: bool = False) -> tuple[np.ndarray, np.ndarray | tuple[np.ndarray, ...]]:
+    """(annotation_id (N,), crops (N, V, size, size, 3)) of every annotation of a COCO file, in id order; with
+    one size per view (`size` a tuple), crops is a tuple of V arrays (N, S_v, S_v, 3).
 
     From the frames in `images_dir` through the project's crop cache (built under `cache_dir`, any view);
     else from ROI files in `rois_dir` (view 'roi' only). MissingPixelsError when a frame or ROI file is
@@ -184,7 +194,8 @@ def load_crops(coco_json: str | Path, cache_dir: str | Path, size: int, views=("
         bad = int((cache.has_pixels & ~cache.good).sum())
         if bad:
             print(f"warning: {bad} of {len(cache)} ROIs have a bad box (see {cache.path}/index.csv)")
-        return cache.index["annotation_id"].to_numpy(np.int64), np.asarray(cache.crops)
+        crops = tuple(map(np.asarray, cache.crops)) if isinstance(cache.crops, tuple) else np.asarray(cache.crops)
+        return cache.index["annotation_id"].to_numpy(np.int64), crops
     if rois_dir is not None and Path(rois_dir).is_dir():
         if views != ("roi",):
             raise ValueError(f"views {views} need the frames (images_dir); ROI files only give the 'roi' view")
@@ -195,12 +206,13 @@ def load_crops(coco_json: str | Path, cache_dir: str | Path, size: int, views=("
     raise FileNotFoundError(f"no test images: neither frames in {images_dir} nor ROI files in {rois_dir}")
 
 
-def predict_members(member_dirs, crops_for: Callable[[int, tuple[str, ...]], tuple[np.ndarray, np.ndarray]],
+def predict_members(member_dirs, crops_for: Callable[[int | tuple[int, ...], tuple[str, ...]], tuple[np.ndarray, Any]],
                     device: str | torch.device = "auto", batch_size: int | None = None,
                     taxonomy: Taxonomy | None = None, progress: bool = True, tta_views=None) -> EnsemblePredictions:
-    """Every member's per-head probabilities on the crops `crops_for(size, views)` gives as (ids, crops),
-    aligned and sorted by id, averaged over the test-time views (`tta_views`, default each member's
-    train.tta_views, which must then agree), with the set head's scores when every member has one.
+    """Every member's per-head probabilities on the crops `crops_for(size, views)` gives as (ids, crops) (size:
+    one crop size, or one per view; crops as `load_crops` gives them), aligned and sorted by id, averaged over
+    the test-time views (`tta_views`, default each member's train.tta_views, which must then agree), with the
+    set head's scores when every member has one.
 
     Crops are made once per distinct (crop size, views) among the members. Models are loaded one at a
     time, so memory holds a single member."""
@@ -212,7 +224,7 @@ def predict_members(member_dirs, crops_for: Callable[[int, tuple[str, ...]], tup
     tta = set()
     for i, d in enumerate(member_dirs):
         cfg = load_member_config(d)
-        groups[(cfg.data.cache_size or cfg.data.image_size, tuple(cfg.data.views))].append(i)
+        groups[(one_or_per_view(cfg.data.crop_sizes()), tuple(cfg.data.views))].append(i)
         tta.add(tuple(tta_views or cfg.train.tta_views))
     if len(tta) > 1:
         raise ValueError(f"the members were trained with different train.tta_views {sorted(tta)}: pass one list")
@@ -223,7 +235,8 @@ def predict_members(member_dirs, crops_for: Callable[[int, tuple[str, ...]], tup
         if ids is not None and not np.array_equal(ids, these):
             raise ValueError("crop sets of different sizes/views list different annotation ids")
         ids = these
-        for i in tqdm(indices, desc=f"members ({size}px {'+'.join(views)})", disable=not progress):
+        sizes = size if isinstance(size, int) else "/".join(map(str, size))
+        for i in tqdm(indices, desc=f"members ({sizes}px {'+'.join(views)})", disable=not progress):
             member = load_member(member_dirs[i], taxonomy, device)
             preds[i] = predict_crop_views(member, crops, batch_size, tta_views)
             del member

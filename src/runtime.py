@@ -142,8 +142,7 @@ def reseed_transforms(dataset, seed: int) -> None:
     elif isinstance(dataset, Subset):
         reseed_transforms(dataset.dataset, seed)
     else:
-        transform = getattr(dataset, "transform", None)
-        transform = getattr(transform, "compose", transform)  # TrainTransform wraps an A.Compose
+        transform = getattr(dataset, "transform", None)  # TrainTransform, ViewTransforms or an A.Compose
         if hasattr(transform, "set_random_seed"):
             transform.set_random_seed(seed)
 

@@ -51,7 +51,15 @@ from src.data.training import (
     load_split,
 )
 from src.data.transforms import build_tta_transform
-from src.forward import ViewPredictions, amp_dtype, predict_logits, predict_views, softmax_np, write_predictions
+from src.forward import (
+    ViewPredictions,
+    amp_dtype,
+    batch_to,
+    predict_logits,
+    predict_views,
+    softmax_np,
+    write_predictions,
+)
 from src.losses import TrainingLoss, build_loss, build_training_loss
 from src.models import build_model
 from src.plots import plot_training_curves
@@ -132,7 +140,7 @@ def train_one_epoch(net: nn.Module, loader: DataLoader, loss_fn: TrainingLoss,
         if max_steps is not None and step >= max_steps:
             step -= 1  # the last step taken
             break
-        x = x.to(rt.device, non_blocking=True)
+        x = batch_to(x, rt.device)
         y = y.to(rt.device, non_blocking=True)
         if augment is not None:
             x = augment(x)
@@ -342,7 +350,7 @@ def finish(cfg: Config, run_dir: Path, model: nn.Module, data: Datasets, loaders
             "test_missing_pixels": int((~test_cache.has_pixels).sum()),  # predicted from black crops
             "train_dropped": int(((train_cache.labels >= 0) & ~train_cache.good).sum()),
             **run_environment(device)}
-    views, size = tuple(cfg.train.tta_views), cfg.data.image_size
+    views, size = tuple(cfg.train.tta_views), cfg.data.input_sizes()
 
     def predict(dataset) -> ViewPredictions:  # every test-time view of the dataset's crops
         return predict_views(model, lambda view: loaders.eval(with_transform(dataset, build_tta_transform(size, view))),

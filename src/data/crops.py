@@ -125,6 +125,14 @@ def parse_view(name: str) -> float | None:
     return float(match.group(2))
 
 
+def one_or_per_view(sizes) -> int | tuple[int, ...]:
+    """The one size when every view has it (the (N, V, S, S, 3) layout), else the sizes per view."""
+    if isinstance(sizes, int):
+        return sizes
+    sizes = tuple(int(s) for s in sizes)
+    return sizes[0] if len(set(sizes)) == 1 else sizes
+
+
 def view_pixels(image: np.ndarray, box: Box, view: str, fill: int = DEFAULT_FILL) -> np.ndarray:
     """The native-resolution pixels of one view of a box (not squared, not resized)."""
     k = parse_view(view)

@@ -2,8 +2,10 @@
 
 `build_batch_augment(cfg.augment, image_size, device)` returns a callable: uint8 crops (B, H, W, 3) or
 (B, 3, H, W) (or (B, V, ...) with V views, each augmented independently) -> ImageNet-normalised float32
-(B, 3, S, S) (resp. (B, V, 3, S, S)). It does what `src.data.transforms.TrainTransform` (the albumentations
-path) does per sample, with the same config keys, parameter distributions and order:
+(B, 3, S, S) (resp. (B, V, 3, S, S)); with one output size per view (data.view_sizes), a list of V uint8
+(B, H_v, W_v, 3) views -> a list of V float32 (B, 3, S_v, S_v), each view augmented at its own size. It does
+what `src.data.transforms.TrainTransform` (the albumentations path) does per sample, with the same config keys,
+parameter distributions and order:
 
   1. random resized crop: area fraction ~ U(rrc_scale), log aspect ratio ~ U(log 3/4, log 4/3), 10 attempts,
      then the whole (square) image; bilinear resize to S with OpenCV's INTER_LINEAR sampling (pixel centres,
@@ -43,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from src.data.crops import one_or_per_view
 from src.data.transforms import IMAGENET_EIGVAL, IMAGENET_EIGVEC, IMAGENET_MEAN, IMAGENET_STD, check_downscale_range
 
 RRC_RATIO = (3 / 4, 4 / 3)  # albumentations' RandomResizedCrop default, which TrainTransform keeps
@@ -227,14 +230,18 @@ def normalize(x: torch.Tensor, lighting: torch.Tensor | None = None) -> torch.Te
 
 
 class BatchAugment:
-    """The train augmentation of one config as a callable on uint8 batches (see the module docstring)."""
+    """The train augmentation of one config as a callable on uint8 batches (see the module docstring).
 
-    def __init__(self, size: int, rrc_scale=(0.1, 1.0), hflip: bool = True, color_jitter: float = 0.4,
-                 pca_lighting: float = 0.1, downscale=None, downscale_p: float = 0.5, device="cpu",
-                 channels_last: bool = False):
+    `size`: the output size, or one per view (then the batches are lists of per-view tensors)."""
+
+    def __init__(self, size: int | tuple[int, ...], rrc_scale=(0.1, 1.0), hflip: bool = True,
+                 color_jitter: float = 0.4, pca_lighting: float = 0.1, downscale=None, downscale_p: float = 0.5,
+                 device="cpu", channels_last: bool = False):
         if downscale is not None:
             check_downscale_range(downscale)
-        self.size, self.rrc_scale, self.hflip = size, tuple(rrc_scale), hflip
+        self.view_sizes = None if isinstance(size, int) else tuple(size)
+        self.size = size if isinstance(size, int) else None
+        self.rrc_scale, self.hflip = tuple(rrc_scale), hflip
         self.color_jitter, self.pca_lighting = color_jitter, pca_lighting
         self.downscale, self.downscale_p = downscale, downscale_p
         self.device, self.channels_last = torch.device(device), channels_last
@@ -243,14 +250,15 @@ class BatchAugment:
         return sample_params(n, height, width, self.rrc_scale, self.hflip, self.color_jitter, self.pca_lighting,
                              self.downscale, self.downscale_p, generator)
 
-    def apply(self, x: torch.Tensor, params: AugmentParams) -> torch.Tensor:
-        """Augment uint8 or float (N, 3, H, W) in [0, 255] with given parameters -> float (N, 3, S, S).
+    def apply(self, x: torch.Tensor, params: AugmentParams, size: int | None = None) -> torch.Tensor:
+        """Augment uint8 or float (N, 3, H, W) in [0, 255] with given parameters -> float (N, 3, S, S)
+        (S: `size`, default self.size).
 
         Only the samples drawn for down-scaling are down-scaled; their indices are found where the
         parameters are (on the CPU when sampled by __call__), so nothing waits for the device."""
         shrunk = torch.nonzero(params.downscale < 1)[:, 0] if self.downscale is not None else None
         params = params.to(x.device)
-        x = resized_crop(x.float(), params.boxes, params.flip, self.size)
+        x = resized_crop(x.float(), params.boxes, params.flip, size or self.size)
         if self.color_jitter:
             x = color_jitter(x, params.jitter, params.jitter_order)
         if shrunk is not None and len(shrunk):
@@ -258,10 +266,19 @@ class BatchAugment:
             x[shrunk] = downscale(x[shrunk], params.downscale[shrunk])
         return normalize(x, params.lighting if self.pca_lighting else None)
 
-    def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """uint8 (B, [V,] H, W, 3) or (B, [V,] 3, H, W) -> float32 (B, [V,] 3, S, S) on self.device.
+    def __call__(self, batch, generator: torch.Generator | None = None):
+        """uint8 (B, [V,] H, W, 3) or (B, [V,] 3, H, W) -> float32 (B, [V,] 3, S, S) on self.device; with per-view
+        sizes, a list of V uint8 views (B, H_v, W_v, 3) -> a list of float32 (B, 3, S_v, S_v), drawn view by view.
 
         generator: a CPU torch.Generator (None: torch's default one)."""
+        if self.view_sizes is not None:
+            if not isinstance(batch, (list, tuple)) or len(batch) != len(self.view_sizes):
+                raise ValueError(f"expected a list of {len(self.view_sizes)} views (sizes {self.view_sizes}), "
+                                 f"got {type(batch).__name__}")
+            return [self._augment(view, size, generator) for view, size in zip(batch, self.view_sizes)]
+        return self._augment(batch, self.size, generator)
+
+    def _augment(self, batch: torch.Tensor, size: int, generator: torch.Generator | None) -> torch.Tensor:
         if batch.dtype != torch.uint8 or batch.dim() not in (4, 5):
             raise ValueError(f"expected a uint8 (B, [V,] H, W, 3) batch, got {batch.dtype} {tuple(batch.shape)}")
         lead = batch.shape[:-3]
@@ -273,13 +290,15 @@ class BatchAugment:
         height, width = x.shape[-2:]
         if height != width:
             raise ValueError(f"inputs must be square (the crop cache's are), got {height}x{width}")
-        out = self.apply(x, self.sample(x.shape[0], height, width, generator)).reshape(*lead, 3, self.size, self.size)
+        out = self.apply(x, self.sample(x.shape[0], height, width, generator), size).reshape(*lead, 3, size, size)
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last and out.dim() == 4 else out
 
 
-def build_batch_augment(cfg_augment, image_size: int, device="cpu", channels_last: bool = False) -> BatchAugment:
-    """The batched train augmentation for an AugmentConfig (src.config) at output size image_size."""
+def build_batch_augment(cfg_augment, image_size: int | tuple[int, ...], device="cpu",
+                        channels_last: bool = False) -> BatchAugment:
+    """The batched train augmentation for an AugmentConfig (src.config) at output size image_size (one per view
+    when the views' sizes differ)."""
     a = cfg_augment
-    return BatchAugment(image_size, rrc_scale=tuple(a.rrc_scale), hflip=a.hflip, color_jitter=a.color_jitter,
-                        pca_lighting=a.pca_lighting, downscale=a.downscale, downscale_p=a.downscale_p,
-                        device=device, channels_last=channels_last)
+    return BatchAugment(one_or_per_view(image_size), rrc_scale=tuple(a.rrc_scale), hflip=a.hflip,
+                        color_jitter=a.color_jitter, pca_lighting=a.pca_lighting, downscale=a.downscale,
+                        downscale_p=a.downscale_p, device=device, channels_last=channels_last)

@@ -26,6 +26,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from src.config import Config
 from src.data.cache import CropCache, download_command, load_or_build_crop_cache
+from src.data.crops import one_or_per_view
 from src.data.dataset import CropCacheDataset
 from src.data.gpu_augment import build_batch_augment, uint8_view
 from src.data.splits import frame_grouped_split, shifted_downscale_factors
@@ -77,12 +78,12 @@ def check_data(root: Path) -> None:
 
 
 def load_split(cfg: Config, taxonomy: Taxonomy, split: str, progress: bool = True) -> CropCache:
-    """The CropCache (crops (N, V, S, S, 3) uint8, index DataFrame) of ROOT/dataset_<split>.json,
-    built in data.cache_dir (default ROOT/cache)."""
+    """The CropCache (crops (N, V, S, S, 3) uint8, or per-view (N, S_v, S_v, 3) with data.view_sizes; index
+    DataFrame) of ROOT/dataset_<split>.json, built in data.cache_dir (default ROOT/cache)."""
     root = Path(cfg.data.root)
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else root / "cache"
     return load_or_build_crop_cache(root / f"dataset_{split}.json", root / split / "images", cache_dir,
-                                    cfg.data.cache_size or cfg.data.image_size, views=tuple(cfg.data.views),
+                                    one_or_per_view(cfg.data.crop_sizes()), views=tuple(cfg.data.views),
                                     taxonomy=taxonomy, progress=progress)
 
 
@@ -159,7 +160,7 @@ class Datasets:
 def build_datasets(cfg: Config, taxonomy: Taxonomy, train_cache: CropCache, test_cache: CropCache) -> Datasets:
     """Frame-grouped split, pseudo-labelled test rows added to training, train / eval transforms."""
     a = cfg.augment
-    size = cfg.data.image_size
+    size = one_or_per_view(cfg.data.input_sizes())
     if a.batched:  # raw uint8 views: the loop augments whole batches on the device (Loaders.augment)
         train_tf = uint8_view
     else:
@@ -196,7 +197,7 @@ def build_datasets(cfg: Config, taxonomy: Taxonomy, train_cache: CropCache, test
             factors = np.ones(len(labels), dtype=np.float32)
             factors[val_rows] = shifted_downscale_factors(_box_sizes(train_cache.index)[val_rows],
                                                           _box_sizes(test_cache.index),
-                                                          crop_size=train_cache.crops.shape[2])
+                                                          crop_size=train_cache.sizes[0])  # view 0: the ROI
             val["shifted"] = Subset(CropCacheDataset(train_cache.crops, labels, eval_tf, downscale_factors=factors),
                                     val_rows)
     test = CropCacheDataset(test_cache.crops, test_labels, eval_tf)
@@ -236,7 +237,7 @@ def build_loaders(cfg: Config, data: Datasets, rank: int, world: int, device: to
     augment, augment_generator = None, None
     if cfg.augment.batched:
         augment_generator = torch.Generator()  # CPU: a seed draws the same augmentation on CPU and CUDA
-        augment = partial(build_batch_augment(cfg.augment, cfg.data.image_size, device,
+        augment = partial(build_batch_augment(cfg.augment, cfg.data.input_sizes(), device,
                                               channels_last=cfg.model.channels_last), generator=augment_generator)
     return Loaders(train, sampler, generator, cfg.train.eval_batch_size or 2 * cfg.train.batch_size, loader_args,
                    augment, augment_generator)

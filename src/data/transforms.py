@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Callable, Sequence
 
 import albumentations as A
 import cv2
 import numpy as np
 import torch
 
-from src.data.crops import fit_square
+from src.data.crops import fit_square, one_or_per_view
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -58,13 +59,21 @@ def _square(image: np.ndarray, size: int) -> np.ndarray:
     return image if h == w == size else fit_square(image, size)
 
 
+# Seed offset between the random streams of the transforms of views of different sizes (ViewTransforms)
+STREAM_SEED_STEP = 0x9E3779B1
+
+
 class TrainTransform:
-    """Random resized crop, flip, colour jitter, optional random down-scaling, PCA lighting, normalisation."""
+    """Random resized crop, flip, colour jitter, optional random down-scaling, PCA lighting, normalisation.
+
+    `stream` k > 0 offsets every seed it is given (a transform per view size, ViewTransforms), so that
+    transforms seeded alike draw apart."""
 
     def __init__(self, size: int, rrc_scale=(0.1, 1.0), hflip: bool = True, color_jitter: float = 0.4,
-                 pca_lighting: float = 0.1, downscale=None, downscale_p: float = 0.5):
+                 pca_lighting: float = 0.1, downscale=None, downscale_p: float = 0.5, stream: int = 0):
         self.size = size
         self.pca_lighting = pca_lighting
+        self.stream = stream
         ops = [A.RandomResizedCrop(size=(size, size), scale=tuple(rrc_scale))]
         if hflip:
             ops.append(A.HorizontalFlip(p=0.5))
@@ -84,7 +93,10 @@ class TrainTransform:
         # main process from torch.manual_seed): take the seed from torch, once per process.
         if self._pid != os.getpid():
             self._pid = os.getpid()
-            self.compose.set_random_seed(torch.initial_seed() % 2**32)
+            self.set_random_seed(torch.initial_seed())
+
+    def set_random_seed(self, seed: int) -> None:
+        self.compose.set_random_seed((seed + self.stream * STREAM_SEED_STEP) % 2**32)
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         self._reseed_per_process()
@@ -115,16 +127,51 @@ class EvalTransform:
         return to_normalized_tensor(image)
 
 
-def build_train_transform(size: int, rrc_scale=(0.1, 1.0), hflip: bool = True, color_jitter: float = 0.4,
-                          pca_lighting: float = 0.1, downscale=None, downscale_p: float = 0.5) -> TrainTransform:
+class ViewTransforms:
+    """One transform per crop view, for views of different output sizes (data.view_sizes); the views of one
+    size share one transform. `transforms[k]` transforms view k; `set_random_seed` gives each size its own
+    random stream (TrainTransform's `stream`)."""
+
+    def __init__(self, build: Callable[[int, int], Callable], sizes: Sequence[int]):
+        by_size: dict[int, Callable] = {}
+        for size in sizes:
+            if size not in by_size:
+                by_size[size] = build(size, len(by_size))
+        self.transforms = tuple(by_size[size] for size in sizes)
+
+    def __len__(self) -> int:
+        return len(self.transforms)
+
+    def __getitem__(self, view: int) -> Callable:
+        return self.transforms[view]
+
+    def set_random_seed(self, seed: int) -> None:
+        for transform in dict.fromkeys(self.transforms):  # each distinct one once
+            if hasattr(transform, "set_random_seed"):
+                transform.set_random_seed(seed)
+
+
+def per_view(build: Callable[[int, int], Callable], size: int | Sequence[int]):
+    """`build(size, 0)` when every view has one size (an int, or equal sizes), else a ViewTransforms over
+    `build(size, stream)`, one per distinct size."""
+    one = one_or_per_view(size)
+    return build(one, 0) if isinstance(one, int) else ViewTransforms(build, one)
+
+
+def build_train_transform(size: int | Sequence[int], rrc_scale=(0.1, 1.0), hflip: bool = True,
+                          color_jitter: float = 0.4, pca_lighting: float = 0.1, downscale=None,
+                          downscale_p: float = 0.5) -> TrainTransform | ViewTransforms:
     """The team's train augmentation (docs/method.md section 5), plus optional random down-scaling by a factor
-    drawn from U(min_factor, max_factor) with probability downscale_p (the 1st place's test-size trick)."""
-    return TrainTransform(size, rrc_scale, hflip, color_jitter, pca_lighting, downscale, downscale_p)
+    drawn from U(min_factor, max_factor) with probability downscale_p (the 1st place's test-size trick).
+    `size`: the output size, or one per view (`per_view`)."""
+    return per_view(lambda s, stream: TrainTransform(s, rrc_scale, hflip, color_jitter, pca_lighting, downscale,
+                                                     downscale_p, stream), size)
 
 
-def build_eval_transform(size: int, downscale_factor: float | None = None) -> EvalTransform:
-    """Eval transform; `downscale_factor` < 1 simulates smaller objects (shifted validation)."""
-    return EvalTransform(size, downscale_factor)
+def build_eval_transform(size: int | Sequence[int], downscale_factor: float | None = None):
+    """Eval transform (`size`: one, or one per view); `downscale_factor` < 1 simulates smaller objects
+    (shifted validation)."""
+    return per_view(lambda s, _: EvalTransform(s, downscale_factor), size)
 
 
 _TTA_VIEW = re.compile(r"(identity)|(hflip)|(hflip_)?down(\d\d)")
@@ -140,10 +187,11 @@ def parse_tta_view(name: str) -> tuple[bool, float | None]:
     return bool(match[2] or match[3]), (int(match[4]) / 100 if match[4] else None)
 
 
-def build_tta_transform(size: int, view: str) -> EvalTransform:
-    """The eval transform of one test-time view (`parse_tta_view`); 'identity' is `build_eval_transform(size)`."""
+def build_tta_transform(size: int | Sequence[int], view: str):
+    """The eval transform of one test-time view (`parse_tta_view`); 'identity' is `build_eval_transform(size)`.
+    `size`: one, or one per crop view."""
     hflip, factor = parse_tta_view(view)
-    return EvalTransform(size, factor, hflip)
+    return per_view(lambda s, _: EvalTransform(s, factor, hflip), size)
 
 
 def build_torchvision_train_transform(size: int, color_jitter: float = 0.4):

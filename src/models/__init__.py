@@ -77,6 +77,20 @@ def load_pretrained_path(model: Classifier, path: str | Path) -> Classifier:
     return model
 
 
+def check_input_sizes(backbone: nn.Module, name: str, sizes) -> None:
+    """ValueError when a backbone with a fixed input size (a timm ViT's patch embedding) is given views of
+    another size; CNNs with global pooling take any size."""
+    patch_embed = getattr(backbone, "patch_embed", None)
+    fixed = getattr(patch_embed, "img_size", None)
+    if fixed is None or not getattr(patch_embed, "strict_img_size", False):
+        return
+    wrong = sorted({s for s in sizes if (s, s) != tuple(fixed)})
+    if wrong:
+        raise ValueError(f"model.backbone {name} takes {fixed[0]}x{fixed[1]} px inputs only, but views of "
+                         f"{', '.join(map(str, wrong))} px are configured (data.image_size, data.view_sizes): use "
+                         "a CNN backbone or set the sizes to the backbone's")
+
+
 def build_model(cfg, num_classes: int, aux_classes: dict[str, int] | None = None) -> Classifier:
     """The Classifier for a `Config` (uses cfg.model and the number of views in cfg.data.views).
 
@@ -85,6 +99,9 @@ def build_model(cfg, num_classes: int, aux_classes: dict[str, int] | None = None
     num_views = len(cfg.data.views)
     n_backbones = 1 if m.shared_backbone else num_views
     backbones = [create_backbone(m.backbone, m.pretrained, m.drop_rate) for _ in range(n_backbones)]
+    sizes = cfg.data.input_sizes()
+    for k, backbone in enumerate(backbones):
+        check_input_sizes(backbone, m.backbone, sizes if n_backbones == 1 else sizes[k:k + 1])
     model = Classifier(backbones, num_views, num_classes, m.num_heads, m.head_hidden, m.fusion,
                        aux_classes, channels_last=m.channels_last, avgk_head=m.avgk_head,
                        avgk_detach=m.avgk_detach)

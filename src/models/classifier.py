@@ -1,7 +1,8 @@
 """The classifier: backbone(s) over V views of each ROI, view fusion, H heads, optional per-rank heads.
 
 Input x: (B, V, 3, S, S) (view 0 is the ROI, the others its context windows) or (B, 3, S, S) for one
-view. Output: {'logits': (H, B, C), 'aux': {rank: (B, n_taxa)}, 'features': (B, F)} and, with the
+view; with views of different sizes (data.view_sizes), a list of V tensors (B, 3, S_v, S_v). Output:
+{'logits': (H, B, C), 'aux': {rank: (B, n_taxa)}, 'features': (B, F)} and, with the
 average-K set head, 'avgk': (B, C) logits of its per-concept sigmoids.
 """
 from __future__ import annotations
@@ -59,8 +60,10 @@ class Classifier(nn.Module):
         if self.avgk is not None:  # start at the prior log-odds of 1/C: the BCE over C sigmoids starts near CE's scale
             nn.init.constant_(self.avgk.bias, -math.log(num_classes - 1))
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, V, 3, S, S) -> per-view features (B, V, F)."""
+    def encode(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """(B, V, 3, S, S), or a list of V views (B, 3, S_v, S_v) -> per-view features (B, V, F)."""
+        if isinstance(x, (list, tuple)):
+            return self._encode_views(list(x))
         batch, views = x.shape[:2]
         if len(self.backbones) == 1:
             flat = x.flatten(0, 1)
@@ -73,12 +76,34 @@ class Classifier(nn.Module):
             per_view.append(backbone(xv))
         return torch.stack(per_view, dim=1)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def _encode_views(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """Per-view features (B, V, F) of views of different sizes: a shared backbone runs once on each group
+        of views of one size (stacked along the batch), per-view backbones each on their own view."""
+        if self.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        if len(self.backbones) > 1:
+            return torch.stack([backbone(v) for backbone, v in zip(self.backbones, views)], dim=1)
+        groups: dict[tuple, list[int]] = {}
+        for k, v in enumerate(views):
+            groups.setdefault(tuple(v.shape[1:]), []).append(k)
+        feats: list[torch.Tensor | None] = [None] * len(views)
+        for members in groups.values():
+            out = self.backbones[0](torch.cat([views[k] for k in members]))
+            for k, f in zip(members, out.chunk(len(members))):
+                feats[k] = f
+        return torch.stack(feats, dim=1)
+
+    def features(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         """Fused feature vector (B, num_features)."""
-        if x.dim() == 4:
-            x = x[:, None]
-        if x.shape[1] != self.num_views:
-            raise ValueError(f"model expects {self.num_views} views, got input of shape {tuple(x.shape)}")
+        if isinstance(x, (list, tuple)):
+            shapes = [tuple(v.shape) for v in x]
+            if len(x) != self.num_views or any(len(s) != 4 or s[0] != shapes[0][0] for s in shapes):
+                raise ValueError(f"model expects {self.num_views} views (B, 3, S_v, S_v), got shapes {shapes}")
+        else:
+            if x.dim() == 4:
+                x = x[:, None]
+            if x.shape[1] != self.num_views:
+                raise ValueError(f"model expects {self.num_views} views, got input of shape {tuple(x.shape)}")
         feats = self.encode(x)
         if self.num_views == 1:
             return feats[:, 0]
@@ -88,7 +113,7 @@ class Classifier(nn.Module):
             return feats.mean(dim=1)
         return self.attention(feats)
 
-    def forward(self, x: torch.Tensor) -> dict:
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> dict:
         f = self.features(x)
         out = {"logits": self.heads(f), "aux": {rank: head(f) for rank, head in self.aux.items()}, "features": f}
         if self.avgk is not None:

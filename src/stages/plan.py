@@ -9,7 +9,8 @@ torch.utils.flop_counter on the member's model built on the meta device (no memo
 time is an ESTIMATE FROM FLOPs, NOT MEASURED: total FLOPs / (one H100's 989 TFLOP/s dense bf16 peak x an
 assumed 40 % utilisation); data loading may set a slower pace. Disk: model.pt (float32 weights and buffers),
 checkpoint.pt (+ the optimizer's moments: 2 for AdamW, 1 for SGD), the probs files (heads x ROIs x classes
-float32, test and validation) and the crop cache (ROIs x views x size^2 x 3 bytes), for the run as it is
+float32, test and validation) and the crop cache (ROIs x the sum over views of size^2 x 3 bytes; data.view_sizes
+gives views their own input and crop sizes, counted in both), for the run as it is
 kept (keep_checkpoints). The pipeline prints the same block before it trains (src.stages.pipeline).
 """
 from __future__ import annotations
@@ -78,13 +79,14 @@ def train_images(n_train: int, val_fraction: float) -> int:
 
 
 def disk_bytes(numel: int, optimizer: str, heads: int, classes: int, n_test: int, n_val: int, tta_views: int,
-               n_rois: int, views: int, cache_size: int, trainings: int, keep_checkpoints: bool) -> dict[str, float]:
-    """Bytes of one member's files and of the whole run as kept (float32 weights, uint8 crops)."""
+               n_rois: int, crop_sizes, trainings: int, keep_checkpoints: bool) -> dict[str, float]:
+    """Bytes of one member's files and of the whole run as kept (float32 weights, uint8 crops of the given
+    side per view)."""
     model = 4 * numel
     checkpoint = model * (1 + OPTIMIZER_MOMENTS[optimizer])
     copies = 1 + tta_views if tta_views > 1 else 1  # probs, and view_probs per TTA view when there are several
     probs = 4 * heads * classes * (n_test + n_val) * copies
-    cache = n_rois * views * cache_size ** 2 * 3
+    cache = n_rois * sum(size ** 2 for size in crop_sizes) * 3
     kept = trainings * (model + probs + (checkpoint if keep_checkpoints else 0)) + cache
     # while a member trains its checkpoint.pt exists, twice while it is rewritten (the old one stays until then)
     peak = kept + 2 * checkpoint - (checkpoint if keep_checkpoints else 0)
@@ -108,10 +110,13 @@ def model_cost(config) -> tuple[float, int]:
     config = config.model_copy(update={"model": config.model.model_copy(
         update={"pretrained": False, "pretrained_path": None})})
     aux = {rank: len(taxonomy.rank_labels(rank)[1]) for rank in config.model.aux_ranks}
-    size = config.data.image_size
+    sizes = config.data.input_sizes()
     with torch.device("meta"):
         model = build_model(config, len(taxonomy.names), aux).eval()
-        x = torch.zeros(1, len(config.data.views), 3, size, size)
+        if len(set(sizes)) == 1:
+            x = torch.zeros(1, len(sizes), 3, sizes[0], sizes[0])
+        else:  # views of different sizes: the model takes a list of per-view tensors
+            x = [torch.zeros(1, 3, size, size) for size in sizes]
     return forward_flops(model, x), sum(t.numel() for t in model.state_dict().values())
 
 
@@ -150,8 +155,8 @@ def make_plan(cfg: PipelineConfig, n_train: int | None = None, n_test: int | Non
     flops, numel = model_cost(first)
     n_val = n_train - images
     disk = disk_bytes(numel, first.optim.name, first.model.num_heads, len(load_taxonomy().names), n_test or 0, n_val,
-                      len(first.train.tta_views), n_train + (n_test or 0), len(first.data.views),
-                      first.data.cache_size or first.data.image_size, sum(r.members for r in rounds),
+                      len(first.train.tta_views), n_train + (n_test or 0), first.data.crop_sizes(),
+                      sum(r.members for r in rounds),
                       cfg.keep_checkpoints)
     return Plan(cfg.name, rounds, n_train, n_val, n_test, flops, numel, disk, cfg.keep_checkpoints)
 
