@@ -228,6 +228,16 @@ class ModelConfig(StrictModel):
     backbone: str = Field("wrn10_2", description="timm model name (wide_resnet101_2, wrn16_4, wrn<d>_<k>, ...)")
     pretrained: bool = Field(False, description="download timm's pretrained weights (needs internet)")
     pretrained_path: Optional[str] = Field(None, description="local weights: a checkpoint.pt or a state dict")
+    backbone_kwargs: dict[str, Union[bool, int, float, str]] = Field(
+        {}, description="further keyword arguments of the timm backbone, e.g. {drop_path_rate: 0.1}, or a smaller "
+        "ViT: {depth: 4, embed_dim: 64, num_heads: 2}. A ViT (any model timm builds for one input size) is "
+        "built for data.image_size")
+    grad_checkpointing: bool = Field(
+        False, description="recompute the backbone blocks' activations in the backward instead of storing them "
+        "(timm's set_grad_checkpointing): far less activation memory for one more forward of the trainable blocks")
+    frozen_blocks: int = Field(
+        0, ge=0, description="freeze the patch embedding, class and position tokens and the first N transformer "
+        "blocks (.blocks of a timm ViT) of each backbone: no gradient, no optimizer state; 0: train everything")
     num_heads: int = Field(1, ge=1, description="H classifier heads, trained with the mean loss over heads")
     head_hidden: Optional[int] = Field(None, ge=0, description="head hidden width (None: feature width; 0: linear)")
     shared_backbone: bool = Field(True, description="one backbone for all views (else one per view)")
@@ -239,6 +249,16 @@ class ModelConfig(StrictModel):
     avgk_detach: bool = Field(True, description="the set head reads detached features, so its BCE does not move "
                               "the backbone (false: it does; under DW-CE, whose loss is ~100x smaller, it then "
                               "drives the features and costs accuracy)")
+
+    @field_validator("backbone_kwargs")
+    @classmethod
+    def _free_kwargs(cls, kwargs: dict) -> dict:
+        taken = {"pretrained": "model.pretrained", "num_classes": "the heads", "drop_rate": "model.drop_rate",
+                 "img_size": "data.image_size"}
+        bad = {key: taken[key] for key in kwargs if key in taken}
+        if bad:
+            raise ValueError("keys set elsewhere: " + ", ".join(f"{k} (by {v})" for k, v in bad.items()))
+        return kwargs
 
     @field_validator("aux_ranks")
     @classmethod

@@ -87,12 +87,13 @@ class TrainingDiverged(RuntimeError):
 
 
 def build_optimizer(model: nn.Module, o) -> torch.optim.Optimizer:
-    """AdamW or SGD (Nesterov momentum) over all parameters, from an OptimConfig."""
+    """AdamW or SGD (Nesterov momentum) over the trainable parameters, from an OptimConfig (the frozen ones of
+    model.frozen_blocks get no optimizer state)."""
+    params = [p for p in model.parameters() if p.requires_grad]
     if o.name == "adamw":
-        on_cuda = next(model.parameters()).is_cuda  # the fused CUDA kernel: one launch for all parameters
-        return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay, fused=on_cuda or None)
-    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=True,
-                           weight_decay=o.weight_decay)
+        on_cuda = params[0].is_cuda  # the fused CUDA kernel: one launch for all parameters
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, fused=on_cuda or None)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=True, weight_decay=o.weight_decay)
 
 
 def validation_due(epoch: int, t, stop: bool = False) -> bool:

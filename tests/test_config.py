@@ -8,7 +8,8 @@ import pytest
 from src.config import Config, ConfigError, config_to_yaml, describe_config, load_config, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_CONFIGS = sorted(REPO.glob("cfg/demo_*.yaml")) + [REPO / "cfg" / "wrn_dwce.yaml"]
+TRAIN_CONFIGS = sorted(REPO.glob("cfg/demo_*.yaml")) + [REPO / "cfg" / "wrn_dwce.yaml"] + \
+    sorted(REPO.glob("cfg/gpu_context_*.yaml"))
 
 
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.name)

@@ -59,10 +59,12 @@ def test_trainings_images_flops_and_disk_of_a_small_pipeline(tmp_path):
     assert config.optim.name == "adamw" and config.train.tta_views == ["identity"]
     member = 4 * numel + 4 * heads * (7 + 10) * classes
     cache = (50 + 7) * views * side * side * 3
-    assert p.numel == numel and p.disk["checkpoint"] == 3 * 4 * numel
-    assert p.disk["kept"] == 9 * member + cache and p.disk["peak"] == p.disk["kept"] + 2 * 3 * 4 * numel
+    params = sum(t.numel() for t in model.parameters())  # AdamW's moments: of the parameters, not the buffers
+    checkpoint = 4 * numel + 2 * 4 * params
+    assert p.numel == numel and p.trainable == params < numel and p.disk["checkpoint"] == checkpoint
+    assert p.disk["kept"] == 9 * member + cache and p.disk["peak"] == p.disk["kept"] + 2 * checkpoint
     kept = plan_mod.make_plan(cfg.model_copy(update={"keep_checkpoints": True}))
-    assert kept.disk["kept"] == 9 * (member + 3 * 4 * numel) + cache
+    assert kept.disk["kept"] == 9 * (member + checkpoint) + cache
     block = plan_mod.format_plan(p)
     assert "will train 3 members x 3 trainings (round 0 + 2 self-training rounds) = 9 trainings" in block
     assert "estimate from FLOPs, not measured" in block and "removed after each member" in block
@@ -81,3 +83,18 @@ def test_a_missing_train_set_needs_images_and_the_cli_answers(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         plan_mod.main(["--help"])
     assert done.value.code == 0 and "--images" in capsys.readouterr().out
+
+
+def test_the_gpu_context_pipeline_is_planned_on_the_meta_device():
+    """Four DINOv2 ViT-L/14 at 224 px with half their blocks frozen: counted without weights or memory."""
+    from src.stages.pipeline_config import load_pipeline_config
+
+    cfg = load_pipeline_config(REPO / "cfg" / "pipeline_gpu_context.yaml")
+    p = plan_mod.make_plan(cfg, n_train=23699, n_test=788)
+    assert p.trainings == 4 * 4 and p.rounds[0].images == 21329 and p.rounds[1].images == 21329 + 788
+    # one ViT-L/14 forward at 224 px: 24 blocks x 257 tokens x 12.6 M weights = 78 G multiply-adds, 155 GFLOP,
+    # plus attention; four views, plus the 100 heads (0.2 GFLOP)
+    assert 4 * 155e9 < p.forward_flops < 4 * 170e9
+    assert 1.3e9 < p.numel < 1.4e9 and 0.65e9 < p.trainable < 0.8e9  # 12 of 24 blocks frozen in each of 4 ViTs
+    assert p.disk["checkpoint"] == 4 * p.numel + 2 * 4 * p.trainable
+    assert "estimate from FLOPs, not measured" in plan_mod.format_plan(p)

@@ -8,10 +8,10 @@ bound). FLOPs per training image = 3 x the forward FLOPs of one input (forward +
 torch.utils.flop_counter on the member's model built on the meta device (no memory, no weights). The GPU
 time is an ESTIMATE FROM FLOPs, NOT MEASURED: total FLOPs / (one H100's 989 TFLOP/s dense bf16 peak x an
 assumed 40 % utilisation); data loading may set a slower pace. Disk: model.pt (float32 weights and buffers),
-checkpoint.pt (+ the optimizer's moments: 2 for AdamW, 1 for SGD), the probs files (heads x ROIs x classes
-float32, test and validation) and the crop cache (ROIs x the sum over views of size^2 x 3 bytes; data.view_sizes
-gives views their own input and crop sizes, counted in both), for the run as it is
-kept (keep_checkpoints). The pipeline prints the same block before it trains (src.stages.pipeline).
+checkpoint.pt (+ the optimizer's moments of the trainable parameters: 2 for AdamW, 1 for SGD), the probs
+files (heads x ROIs x classes float32, test and validation) and the crop cache (ROIs x the sum over views of
+size^2 x 3 bytes; data.view_sizes gives views their own input and crop sizes, counted in both), for the run as
+it is kept (keep_checkpoints). The pipeline prints the same block before it trains (src.stages.pipeline).
 """
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ class Plan:
     n_test: int | None  # test ROIs (None: unknown)
     forward_flops: float  # of one input
     numel: int  # parameters and buffers (model.pt)
+    trainable: int  # parameters the optimizer updates (model.frozen_blocks leaves some out)
     disk: dict[str, float]  # bytes: model, checkpoint, probs (per member), cache, kept, peak
     keep_checkpoints: bool
 
@@ -79,11 +80,12 @@ def train_images(n_train: int, val_fraction: float) -> int:
 
 
 def disk_bytes(numel: int, optimizer: str, heads: int, classes: int, n_test: int, n_val: int, tta_views: int,
-               n_rois: int, crop_sizes, trainings: int, keep_checkpoints: bool) -> dict[str, float]:
+               n_rois: int, crop_sizes, trainings: int, keep_checkpoints: bool,
+               trainable: int | None = None) -> dict[str, float]:
     """Bytes of one member's files and of the whole run as kept (float32 weights, uint8 crops of the given
-    side per view)."""
+    side per view); the optimizer's moments are kept for the `trainable` parameters (default: numel)."""
     model = 4 * numel
-    checkpoint = model * (1 + OPTIMIZER_MOMENTS[optimizer])
+    checkpoint = model + 4 * OPTIMIZER_MOMENTS[optimizer] * (numel if trainable is None else trainable)
     copies = 1 + tta_views if tta_views > 1 else 1  # probs, and view_probs per TTA view when there are several
     probs = 4 * heads * classes * (n_test + n_val) * copies
     cache = n_rois * sum(size ** 2 for size in crop_sizes) * 3
@@ -98,9 +100,9 @@ def count_rois(coco_path: Path) -> int:
     return len(json.loads(Path(coco_path).read_text())["annotations"])
 
 
-def model_cost(config) -> tuple[float, int]:
-    """(forward FLOPs of one input, parameters + buffers) of a training Config's model, built on the meta
-    device: no memory, no weights loaded (model.pretrained and pretrained_path are ignored)."""
+def model_cost(config) -> tuple[float, int, int]:
+    """(forward FLOPs of one input, parameters + buffers, trainable parameters) of a training Config's model,
+    built on the meta device: no memory, no weights loaded (model.pretrained and pretrained_path are ignored)."""
     import torch
 
     from src.models import build_model
@@ -117,7 +119,8 @@ def model_cost(config) -> tuple[float, int]:
             x = torch.zeros(1, len(sizes), 3, sizes[0], sizes[0])
         else:  # views of different sizes: the model takes a list of per-view tensors
             x = [torch.zeros(1, 3, size, size) for size in sizes]
-    return forward_flops(model, x), sum(t.numel() for t in model.state_dict().values())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return forward_flops(model, x), sum(t.numel() for t in model.state_dict().values()), trainable
 
 
 def forward_flops(model, x) -> float:
@@ -152,13 +155,12 @@ def make_plan(cfg: PipelineConfig, n_train: int | None = None, n_test: int | Non
         later = build_member_config(cfg, r, cfg.seeds[0], cfg.layout.pseudo_labels(r).resolve(), warm)
         rounds.append(RoundPlan(r, len(cfg.seeds), later.train.epochs,
                                 train_images(n_train, later.data.val_fraction) + (n_test or 0)))
-    flops, numel = model_cost(first)
+    flops, numel, trainable = model_cost(first)
     n_val = n_train - images
     disk = disk_bytes(numel, first.optim.name, first.model.num_heads, len(load_taxonomy().names), n_test or 0, n_val,
                       len(first.train.tta_views), n_train + (n_test or 0), first.data.crop_sizes(),
-                      sum(r.members for r in rounds),
-                      cfg.keep_checkpoints)
-    return Plan(cfg.name, rounds, n_train, n_val, n_test, flops, numel, disk, cfg.keep_checkpoints)
+                      sum(r.members for r in rounds), cfg.keep_checkpoints, trainable)
+    return Plan(cfg.name, rounds, n_train, n_val, n_test, flops, numel, trainable, disk, cfg.keep_checkpoints)
 
 
 def _count(n: float) -> str:
@@ -209,7 +211,7 @@ def format_plan(plan: Plan) -> str:
         f"{H100_BF16_PEAK / 1e12:.0f} TFLOP/s bf16 dense peak): ~{_duration(plan.gpu_seconds)} in all, "
         f"~{_duration(per_training)} per training; data loading may be slower",
         f"  disk: ~{_gb(d['kept'])} kept, ~{_gb(d['peak'])} at the peak ({plan.numel / 1e6:,.2f} M parameters and "
-        f"buffers; per member model.pt {_gb(d['model'])}, probs {_gb(d['probs'])}; checkpoint.pt "
+        f"buffers, {plan.trainable / 1e6:,.2f} M trainable; per member model.pt {_gb(d['model'])}, probs {_gb(d['probs'])}; checkpoint.pt "
         f"{_gb(d['checkpoint'])}, {kept}; crop cache {_gb(d['cache'])})",
     ])
 
