@@ -176,10 +176,20 @@ def test_a_fixed_size_vit_is_a_clear_error():
         build_model(cfg, 10)
 
 
+def test_per_view_vits_are_built_for_their_own_sizes():
+    cfg = tiny_cfg("model.backbone=vit_tiny_patch16_224", "model.shared_backbone=false", "data.image_size=32",
+                   "data.views=[roi,frame]", "data.view_sizes={frame: 16}", "model.backbone_kwargs={depth: 1}")
+    model = build_model(cfg, 10).eval()
+    assert [b.patch_embed.img_size for b in model.backbones] == [(32, 32), (16, 16)]
+    with torch.no_grad():
+        out = model([torch.zeros(2, 3, 32, 32), torch.zeros(2, 3, 16, 16)])
+    assert out["logits"].shape == (cfg.model.num_heads, 2, 10)
+
+
 def test_plan_counts_flops_per_view_size():
     cfg = tiny_cfg(f"data.views={VIEWS}", f"data.view_sizes={SIZES}")
-    flops, _ = plan_mod.model_cost(cfg)
-    one_size, _ = plan_mod.model_cost(tiny_cfg(f"data.views={VIEWS}"))
+    flops, _, _ = plan_mod.model_cost(cfg)
+    one_size, _, _ = plan_mod.model_cost(tiny_cfg(f"data.views={VIEWS}"))
     model = build_model(cfg, len(load_taxonomy().names)).eval()
     assert flops == plan_mod.forward_flops(model, [torch.zeros(1, 3, s, s) for s in (16, 24, 32)])
     assert flops > one_size * 1.5  # (16^2 + 24^2 + 32^2) / (3 x 16^2) = 2.4 for the backbone's share
