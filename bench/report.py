@@ -144,7 +144,7 @@ def speed_markdown(s: dict) -> str:
     else:
         lines += ["", "### GPU", "", f"{gpu}" if gpu else "No GPU on this machine: the GPU section (wide_resnet101_2 "
                   "at 112 px, fp32 vs bf16 + channels_last) was not measured; `python -m bench.bench_gpu` measures it."]
-    for name in ("results_cpu.md", "results_dry_run.md"):  # written by bench.bench_cpu and bench.dry_run
+    for name in ("results_cpu.md", "results_cpu_side.md", "results_dry_run.md"):  # bench.bench_cpu, bench.dry_run
         if (REPO / "bench" / name).is_file():
             lines += ["", embedded_section((REPO / "bench" / name).read_text())]
     return "\n".join(lines)
