@@ -248,7 +248,7 @@ def context_probe(root: Path, taxonomy=None, C: float = 0.5) -> dict:
     """Linear probes (standardised features, logistic regression fitted on the train split) of the test
     split's phylum and concept from each view alone (`probe_features`), beside always answering the test's
     most common phylum; and, where the generator wrote frame_habitats.csv, from the frame's habitat variables
-    (substrate x depth zone, one-hot: what the generator's context can tell at most). Returns
+    (biotope x depth zone, one-hot: what the generator's context can tell at most). Returns
     {'<view>_phylum': acc, '<view>_concept': acc, ..., 'majority_phylum': acc, 'n_train', 'n_test'}."""
     import warnings
 
@@ -271,10 +271,10 @@ def context_probe(root: Path, taxonomy=None, C: float = 0.5) -> dict:
     habitats = root / "frame_habitats.csv"
     if habitats.is_file():
         scene = pd.read_csv(habitats)
-        levels = sorted({f"{s}/{z}" for s, z in zip(scene["substrate"], scene["zone"])})
+        levels = sorted({f"{b}/{z}" for b, z in zip(scene["biotope"], scene["zone"])})
         for side, (split, rows) in enumerate((("train", train_rows), ("test", test_rows))):
             key = scene[scene["split"] == split].set_index("image_id")
-            names = [f"{key.loc[i, 'substrate']}/{key.loc[i, 'zone']}" for i in rows["image_id"]]
+            names = [f"{key.loc[i, 'biotope']}/{key.loc[i, 'zone']}" for i in rows["image_id"]]
             views[side]["habitat"] = np.eye(len(levels))[[levels.index(n) for n in names]]
     for view in views[0]:
         for target, (a, b) in (("phylum", (phylum_of[y_train], phylum_of[y_test])), ("concept", (y_train, y_test))):

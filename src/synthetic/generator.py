@@ -9,7 +9,7 @@ class-dependent sizes. The pixels are drawn (src/synthetic/shapes.py). It writes
   dataset_train.json, dataset_test.json   COCO files like the competition's (test category_id null,
                                           coco_url = file:// URL of the frame)
   solution.csv                            annotation_id,concept_name for every test annotation
-  frame_habitats.csv                      split,image_id,substrate,zone,depth_m,horizon of every frame (the
+  frame_habitats.csv                      split,image_id,biotope,substrate,zone,depth_m,horizon of every frame (the
                                           scene's hidden variables; no model reads it)
   generator.json                          the generator's parameters (written last: complete)
 Frames are drawn at `render_scale` times the real pixel size (default 0.5) and saved as JPEG. Test animals
@@ -30,17 +30,17 @@ still blurred and hazed around its frame's level (and varies in size and pose), 
 group is often clearer than the hardest.
 
 Context carries what habitat carries (src/synthetic/habitat.py, habitats.csv): every concept has a
-habitat profile from its biology (substrates, depth range, mode of life, source named per entry); a
-frame's substrate (soft mud, hard rock, biogenic reef / sponge ground, open water) and depth zone are drawn
-from the profiles of ALL its taxa, the same way in train and test, and drawn with their own textures,
-water colour and particles. Sessile and crawling animals (and most near-bottom swimmers) rest on the
+habitat profile from its biology (biotopes, depth range, mode of life, source named per entry); a
+frame's biotope (open water, sea-pen field, slope mud, abyssal ooze, rock, coral garden, sponge ground, cold
+seep) and depth zone are drawn from the profiles of ALL its taxa, the same way in train and test, and drawn
+with their own bottoms and structures, water colour and particles. Sessile and crawling animals (and most near-bottom swimmers) rest on the
 seafloor; in a test frame, whose boxes are real, the horizon is put above every such box. Frames also
 hold animals nobody boxed: aggregations of their own taxa (more for sessile and crawling ones), the first
 few of each boxed animal's taxon beside it and about its size (a patch of one cohort, in its 3x window), the
 rest and other members of the habitat's community smaller and further away. The context
-thus hints at the phylum (sponges and corals on rock, sea cucumbers and sea pens on deep mud, fish and
-medusae in open water) but hardly at the concept. At the default render scale a 32-px 'frame' view is a
-32x18 thumbnail: enough for the substrate's colour and the water's, not for its texture; the 'ctx3' view
+thus hints at the phylum (corals in coral gardens, glass sponges on sponge grounds, sea cucumbers on ooze,
+fish and medusae in open water) but hardly at the concept. At the default render scale a 32-px 'frame' view
+is a 32x18 thumbnail: enough for the bottom's colour and the water's, not for its texture; the 'ctx3' view
 of a box keeps the render's resolution up to boxes of about 11 px.
 
     python -m src.synthetic --out inputs/synthetic/demo --preset demo --seed 0 --preview preview.png \
@@ -69,6 +69,7 @@ from tqdm import tqdm
 
 from src.artifacts import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 from src.synthetic.habitat import (
+    BIOTOPES,
     MODES,
     SNOW_BY_ZONE,
     ZONES,
@@ -116,7 +117,7 @@ TRAIN_SIZE_GAIN = 0.35  # train objects are 1 + gain x shift times the test size
 MIN_REL_SIZE, MAX_REL_SIZE = 0.006, 0.6  # object long side relative to the frame's long side
 SHAPE_FIT_WEIGHT = 10.0  # how strongly test labels follow the shape of their boxes (log-likelihood weight)
 SPLIT_CODE = {"train": 0, "test": 1}
-GENERATOR_VERSION = 5
+GENERATOR_VERSION = 6
 ATYPICAL_VARIATION = 2.5  # per-individual variation in an atypical frame, relative to the taxon's
 SIBLING_VARIATION = 0.4  # variation of a taxon's siblings in one frame around the first one drawn
 FRAME_BLUR_SHARE = 0.6  # share of a frame's blur level applied to the whole frame; the rest per individual
@@ -510,12 +511,12 @@ def render_frame(plan: FramePlan, genes: list[Genes], style: FrameStyle, rng: np
     """Draw one frame. Returns (BGR uint8 image, bbox [x, y, w, h] per object, clipped to the frame).
 
     With fixed boxes (test) each animal is drawn to fit its box, centred; otherwise (train) animals of
-    the planned long sides are placed and their tight boxes returned. The frame's habitat (substrate and
+    the planned long sides are placed and their tight boxes returned. The frame's habitat (biotope and
     depth) is drawn from the habitat profiles of all its taxa (src/synthetic/habitat.py); sessile and
     crawling animals, and most near-bottom swimmers, rest on its seafloor (in a test frame the horizon is
     put above every such box). Its quality (one draw per frame) degrades all its animals, each around
     that level: their own blur and haze vary, so a clearer neighbour can help. `info`, when given, receives
-    the frame's habitat (substrate, zone, depth_m) and horizon."""
+    the frame's habitat (biotope, substrate, zone, depth_m) and horizon."""
     width, height, labels = plan.width, plan.height, plan.labels
     quality = float(rng.uniform(0.6, 1.0) if rng.random() < style.bad_frames else rng.beta(*style.quality))
     if profiles is None:
@@ -528,7 +529,8 @@ def render_frame(plan: FramePlan, genes: list[Genes], style: FrameStyle, rng: np
     frame, horizon = render_background(width, height, habitat, rng, max_horizon)
     water = water_colour(habitat.depth01)
     if info is not None:
-        info.update(substrate=habitat.substrate, zone=ZONES[habitat.zone][0], depth_m=round(habitat.depth_m, 1),
+        info.update(biotope=habitat.biotope, substrate=habitat.substrate, zone=ZONES[habitat.zone][0],
+                    depth_m=round(habitat.depth_m, 1),
                     horizon=round(float(horizon), 2))
     frame_blur = _lerp(style.blur, quality) * rng.uniform(0.8, 1.2) * blur_scale
 
@@ -893,7 +895,7 @@ def save_sheet(sheet: np.ndarray, texts: list, out_png: str | Path) -> Path:
 
 def write_context_preview(root: str | Path, out_png: str | Path, per_side: int = 3, thumb: int = 200,
                           seed: int = 0) -> Path:
-    """Whole frames by habitat: one row per substrate (frame_habitats.csv), `per_side` train frames on the
+    """Whole frames by habitat: one row per biotope (frame_habitats.csv), `per_side` train frames on the
     left and test frames on the right, each with its boxes and its depth zone."""
     root = Path(root)
     scenes = pd.read_csv(root / "frame_habitats.csv")
@@ -901,15 +903,15 @@ def write_context_preview(root: str | Path, out_png: str | Path, per_side: int =
     rng = np.random.default_rng(seed)
     th = thumb * 9 // 16
     label_w, gap, caption = 70, 12, 12
-    substrates = [s for s in ("soft", "hard", "biogenic", "water") if s in set(scenes["substrate"])]
-    sheet = np.full((16 + len(substrates) * (th + caption + 4), label_w + 2 * per_side * (thumb + 2) + gap, 3), 255,
+    biotopes = [b for b in BIOTOPES if b in set(scenes["biotope"])]
+    sheet = np.full((16 + len(biotopes) * (th + caption + 4), label_w + 2 * per_side * (thumb + 2) + gap, 3), 255,
                     np.uint8)
     texts = [((label_w, 2), "train"), ((label_w + per_side * (thumb + 2) + gap, 2), "test")]
-    for r, substrate in enumerate(substrates):
+    for r, biotope in enumerate(biotopes):
         y = 16 + r * (th + caption + 4)
-        texts.append(((4, y + th // 2 - 6), substrate))
+        texts.append(((4, y + th // 2 - 6), biotope))
         for side, split in enumerate(SPLIT_CODE):
-            rows = scenes[(scenes["split"] == split) & (scenes["substrate"] == substrate)]
+            rows = scenes[(scenes["split"] == split) & (scenes["biotope"] == biotope)]
             if rows.empty:
                 continue
             pick = rows.iloc[np.sort(rng.choice(len(rows), min(per_side, len(rows)), replace=False))]
