@@ -33,15 +33,15 @@ Context carries what habitat carries (src/synthetic/habitat.py, habitats.csv): e
 habitat profile from its biology (biotopes, depth range, mode of life, source named per entry); a
 frame's biotope (open water, sea-pen field, slope mud, abyssal ooze, rock, coral garden, sponge ground, cold
 seep) and depth zone are drawn from the profiles of ALL its taxa, the same way in train and test, and drawn
-with their own bottoms and structures, water colour and particles. Sessile and crawling animals (and most near-bottom swimmers) rest on the
-seafloor; in a test frame, whose boxes are real, the horizon is put above every such box. Frames also
-hold animals nobody boxed: aggregations of their own taxa (more for sessile and crawling ones), the first
-few of each boxed animal's taxon beside it and about its size (a patch of one cohort, in its 3x window), the
-rest and other members of the habitat's community smaller and further away. The context
-thus hints at the phylum (corals in coral gardens, glass sponges on sponge grounds, sea cucumbers on ooze,
-fish and medusae in open water) but hardly at the concept. At the default render scale a 32-px 'frame' view
-is a 32x18 thumbnail: enough for the bottom's colour and the water's, not for its texture; the 'ctx3' view
-of a box keeps the render's resolution up to boxes of about 11 px.
+with their own bottoms and structures, water colour and particles. Sessile and crawling animals (and most
+near-bottom swimmers) rest on the seafloor; in a test frame, whose boxes are real, the horizon is put above
+every such box. Frames also hold animals nobody boxed: aggregations of their own taxa (more for sessile and
+crawling ones), the first few of each boxed animal's taxon beside it and about its size (a patch of one
+cohort, in its 3x window), the rest and other members of the habitat's community smaller and further away.
+The context thus hints at the phylum (corals in coral gardens, glass sponges on sponge grounds, sea
+cucumbers on ooze, fish and medusae in open water) but hardly at the concept. At the default render scale a
+32-px 'frame' view is a 32x18 thumbnail: enough for the bottom's colour and the water's, not for its
+texture; the 'ctx3' view of a box keeps the render's resolution up to boxes of about 11 px.
 
     python -m src.synthetic --out inputs/synthetic/demo --preset demo --seed 0 --preview preview.png \
         --context-preview docs/context_preview.png
