@@ -14,12 +14,14 @@ biotope and their depth range's overlap with the zone. Habitat thus tells the ph
 follows the phylogeny: corals in gardens, glass sponges on sponge grounds, sea cucumbers on ooze, fish
 and medusae in open water) and the concept hardly: several concepts share every habitat.
 
-Each biotope has its own look (`render_background`): mud is light and smooth with burrows, tracks and
-mounds, a sea-pen field the same with a stand of thin upright stalks, abyssal ooze pale and even with dark
-nodules and long tracks, a cold seep dark with white and yellow bacterial mats and clam shells; rock is
-dark, blocky and cracked, a coral garden the same with coloured fans and bushes standing on it; a sponge
-ground is pale rubble of dead skeletons and vase outlines; the water column has no floor and more marine
-snow. Water colour goes from blue-green on the shelf to dark navy in the deep, particles from many (shelf
+Each biotope has its own look (`render_background`), strong enough to be told from a thumbnail as a
+diver tells it at a glance: slope mud is grey-olive and riddled with burrows, tracks and mounds; a sea-pen
+field is the light tan sand of the shelf under a dense stand of cream, orange and white sea pens; abyssal
+ooze is pale and even with dark nodules and long tracks; a cold seep is dark with white and yellow
+bacterial mats and clam shells; rock is dark, blocky and cracked; a coral garden is the same rock crowded
+with pink, orange, white, yellow and red fans and bushes; a sponge ground is grey rubble of dead skeletons
+with pale living vases and barrels standing on it; the water column has no floor and more marine snow.
+Water colour goes from blue-green on the shelf to dark navy in the deep, particles from many (shelf
 plankton) to few.
 
 Frames also hold animals nobody boxed (`community`): aggregations of the frame's own taxa (sea-pen fields,
@@ -193,17 +195,21 @@ def _smooth_noise(h: int, w: int, cells: int, rng) -> np.ndarray:
 
 # Base colour (BGR) of each biotope's bottom, the contrast of its fine texture and its texture's cells.
 BIOTOPE_LOOK = {
-    "seapen": (np.array([112.0, 136.0, 150.0]), 0.08, 6),   # light grey-beige shelf mud
-    "mud": (np.array([118.0, 138.0, 150.0]), 0.08, 6),      # light grey-beige slope mud, smooth
+    "seapen": (np.array([118.0, 160.0, 185.0]), 0.08, 6),   # light tan sandy mud of the shelf
+    "mud": (np.array([100.0, 112.0, 118.0]), 0.10, 6),      # grey-olive slope mud, bioturbated
     "ooze": (np.array([150.0, 160.0, 168.0]), 0.04, 4),     # pale, even abyssal ooze
-    "seep": (np.array([70.0, 78.0, 86.0]), 0.12, 8),        # dark, sulphidic sediment
+    "seep": (np.array([62.0, 70.0, 78.0]), 0.12, 8),        # dark, sulphidic sediment
     "rock": (np.array([62.0, 70.0, 80.0]), 0.30, 18),       # dark basalt / mudstone, rough
     "garden": (np.array([66.0, 72.0, 78.0]), 0.30, 18),     # the same rock under its corals
-    "sponge": (np.array([135.0, 150.0, 165.0]), 0.18, 14),  # pale rubble of skeletons and spicules
+    "sponge": (np.array([138.0, 138.0, 132.0]), 0.18, 14),  # cold grey rubble of skeletons and spicules
 }
 # Colours (BGR) of living octocoral colonies in a garden: pink, orange, white, yellow, red.
 CORAL_COLOURS = np.array([[150.0, 120.0, 230.0], [60.0, 140.0, 230.0], [215.0, 222.0, 225.0],
                           [80.0, 200.0, 225.0], [60.0, 60.0, 200.0]])
+# Sea pens and tube anemones of a sea-pen field: cream, orange-red, white.
+SEAPEN_COLOURS = np.array([[175.0, 195.0, 225.0], [70.0, 110.0, 215.0], [220.0, 225.0, 230.0]])
+# Living glass and demosponges of a sponge ground: white, cream, pale yellow.
+SPONGE_COLOURS = np.array([[225.0, 230.0, 232.0], [185.0, 215.0, 228.0], [120.0, 205.0, 225.0]])
 MAT_COLOURS = np.array([[230.0, 235.0, 235.0], [90.0, 200.0, 230.0]])  # bacterial mats: white, yellow
 
 
@@ -239,7 +245,8 @@ def _floor_features(floor: np.ndarray, biotope: str, base: np.ndarray, horizon: 
 
     substrate = BIOTOPE_SUBSTRATE[biotope]
     if substrate == "soft":
-        for _ in range(int(rng.integers(2, 6) + 0.3 * area)):  # burrow openings with a rim
+        bioturbation = 3.0 if biotope == "mud" else 1.0  # slope mud is riddled with burrows and mounds
+        for _ in range(int((rng.integers(2, 6) + 0.3 * area) * bioturbation)):  # burrow openings with a rim
             x, cy, s = point()
             ax = (max(1, int(rng.uniform(2, 5) * s * w / 400)), max(1, int(rng.uniform(1, 2.5) * s * w / 400)))
             cv2.ellipse(floor, (int(x), int(cy - top)), (ax[0] + 2, ax[1] + 1), 0, 0, 360,
@@ -256,7 +263,7 @@ def _floor_features(floor: np.ndarray, biotope: str, base: np.ndarray, horizon: 
                             cy - top + np.cumsum(np.sin(heading + turn)) * step * 0.4], 1)
             cv2.polylines(floor, [np.round(pts).astype(np.int32)], False, colour(base * 0.8),
                           max(1, int(2 * s * w / 400)), cv2.LINE_AA)
-        for _ in range(int(rng.integers(1, 5))):  # mounds with a shadow
+        for _ in range(int(rng.integers(1, 5) * bioturbation)):  # mounds with a shadow
             x, cy, s = point()
             ax = (max(2, int(rng.uniform(5, 12) * s * w / 400)), max(1, int(rng.uniform(2, 4) * s * w / 400)))
             cv2.ellipse(floor, (int(x), int(cy - top + ax[1] // 2 + 1)), ax, 0, 0, 360,
@@ -307,13 +314,14 @@ def _floor_features(floor: np.ndarray, biotope: str, base: np.ndarray, horizon: 
                 cv2.polylines(floor, [np.round(poly).astype(np.int32)], False, shade, th, cv2.LINE_AA)
 
     if biotope == "seapen":  # a stand of sea pens and tube anemones: thin upright stalks with a plume
-        for _ in range(int(rng.integers(15, 35) + area)):
+        for _ in range(int(rng.integers(40, 80) + 3 * area)):
             x, cy, s = point()
-            hgt = rng.uniform(6, 20) * s * w / 400
+            hgt = rng.uniform(10, 30) * s * w / 400
             tip = (int(x + rng.normal(0, 0.15) * hgt), int(cy - top - hgt))
-            shade = colour(np.array([175.0, 195.0, 225.0]) * rng.uniform(0.6, 1.0) * (0.5 + 0.5 * s))
-            cv2.line(floor, (int(x), int(cy - top)), tip, shade, 1, cv2.LINE_AA)
-            cv2.ellipse(floor, tip, (max(1, int(hgt * 0.12)), max(1, int(hgt * 0.3))), 0, 0, 360, shade, -1,
+            pen = SEAPEN_COLOURS[rng.integers(len(SEAPEN_COLOURS))]
+            shade = colour(pen * rng.uniform(0.7, 1.0) * (0.5 + 0.5 * s))
+            cv2.line(floor, (int(x), int(cy - top)), tip, shade, max(1, int(s * w / 400)), cv2.LINE_AA)
+            cv2.ellipse(floor, tip, (max(1, int(hgt * 0.15)), max(1, int(hgt * 0.35))), 0, 0, 360, shade, -1,
                         cv2.LINE_AA)
     elif biotope == "ooze":  # manganese nodules and the long trails of holothurians
         for _ in range(int(rng.integers(20, 50) + 2 * area)):
@@ -321,12 +329,12 @@ def _floor_features(floor: np.ndarray, biotope: str, base: np.ndarray, horizon: 
             r = max(1, int(rng.uniform(1, 3) * s * w / 400))
             cv2.ellipse(floor, (int(x), int(cy - top)), (r + 1, r), 0, 0, 360, colour(base * 0.3), -1, cv2.LINE_AA)
     elif biotope == "seep":  # bacterial mats and beds of clam shells
-        for _ in range(int(rng.integers(2, 5))):
+        for _ in range(int(rng.integers(4, 8))):
             x, cy, s = point()
             mat = colour(MAT_COLOURS[rng.integers(len(MAT_COLOURS))] * rng.uniform(0.75, 1.0))
-            for _ in range(int(rng.integers(4, 9))):  # a patch of overlapping blobs
-                ax = (max(2, int(rng.uniform(6, 16) * s * w / 400)), max(1, int(rng.uniform(2, 5) * s * w / 400)))
-                c = (int(x + rng.normal(0, 12) * s * w / 400), int(cy - top + rng.normal(0, 3) * s * w / 400))
+            for _ in range(int(rng.integers(6, 14))):  # a patch of overlapping blobs
+                ax = (max(2, int(rng.uniform(8, 22) * s * w / 400)), max(1, int(rng.uniform(2, 6) * s * w / 400)))
+                c = (int(x + rng.normal(0, 20) * s * w / 400), int(cy - top + rng.normal(0, 5) * s * w / 400))
                 cv2.ellipse(floor, c, ax, float(rng.uniform(-15, 15)), 0, 360, mat, -1, cv2.LINE_AA)
             for _ in range(int(rng.integers(8, 25))):  # clam shells around it
                 c = (int(x + rng.normal(0, 20) * s * w / 400), int(cy - top + rng.normal(0, 5) * s * w / 400))
@@ -334,12 +342,24 @@ def _floor_features(floor: np.ndarray, biotope: str, base: np.ndarray, horizon: 
                 cv2.ellipse(floor, c, ax, float(rng.uniform(0, 180)), 0, 360, colour([200.0, 210.0, 215.0]), -1,
                             cv2.LINE_AA)
     elif biotope == "garden":  # living coral colonies standing on the rock: fans and bushes of colour
-        for _ in range(int(rng.integers(4, 10) + 0.3 * area)):
+        for _ in range(int(rng.integers(15, 30) + 1.5 * area)):
             x, cy, s = point()
-            shade = colour(CORAL_COLOURS[rng.integers(len(CORAL_COLOURS))] * rng.uniform(0.6, 1.0)
+            shade = colour(CORAL_COLOURS[rng.integers(len(CORAL_COLOURS))] * rng.uniform(0.7, 1.0)
                            * (0.5 + 0.5 * s))
-            _branching(floor, x, cy - top, rng.uniform(8, 22) * s * w / 400, shade,
-                       max(1, int(1.5 * s * w / 400)), int(rng.integers(2, 4)), rng)
+            _branching(floor, x, cy - top, rng.uniform(10, 28) * s * w / 400, shade,
+                       max(1, int(2 * s * w / 400)), int(rng.integers(2, 4)), rng)
+    elif biotope == "sponge":  # living sponges standing on the rubble: pale vases, barrels and mounds
+        for _ in range(int(rng.integers(10, 20) + 0.6 * area)):
+            x, cy, s = point()
+            hgt = rng.uniform(8, 30) * s * w / 400
+            half = hgt * rng.uniform(0.25, 0.6)
+            shade = colour(SPONGE_COLOURS[rng.integers(len(SPONGE_COLOURS))] * rng.uniform(0.7, 1.0)
+                           * (0.5 + 0.5 * s))
+            poly = np.array([(x - half * 0.5, cy - top), (x - half, cy - top - hgt), (x + half, cy - top - hgt),
+                             (x + half * 0.5, cy - top)])
+            cv2.fillPoly(floor, [np.round(poly).astype(np.int32)], shade, cv2.LINE_AA)
+            cv2.ellipse(floor, (int(x), int(cy - top - hgt)), (max(1, int(half)), max(1, int(half * 0.3))), 0, 0,
+                        360, colour(np.asarray(shade) * 0.55), -1, cv2.LINE_AA)  # the dark osculum
 
 
 def render_background(width: int, height: int, habitat: Habitat, rng,
@@ -357,7 +377,7 @@ def render_background(width: int, height: int, habitat: Habitat, rng,
         horizon = min(horizon, max_horizon)
     top = int(np.clip(np.ceil(horizon), 0, height - 1))
     colour, contrast, cells = BIOTOPE_LOOK[habitat.biotope]
-    base = (colour * rng.uniform(0.85, 1.15) * rng.uniform(0.92, 1.08, 3)).astype(np.float32)
+    base = (colour * rng.uniform(0.9, 1.1) * rng.uniform(0.95, 1.05, 3)).astype(np.float32)
     rows_below = height - top
     texture = (1.0 - contrast + 2 * contrast * _smooth_noise(rows_below, width, cells, rng)
                + contrast * (rng.random((rows_below, width), np.float32) - 0.5))
