@@ -392,7 +392,8 @@ def _fmt(value, key: str = "") -> str:
     if isinstance(value, (int, np.integer)) or key in ("distinct_labels", "classes_at_least_0.9", "rois_per_frame_max"):
         return f"{int(round(value))}"
     if key in ("mean_distance", "error_distance", "rois_per_frame", "frame_clustering", "taxa_per_frame",
-               "aspect_median", "rois_per_frame_median", "rois_per_frame_p90", "size_spearman"):
+               "aspect_median", "rois_per_frame_median", "rois_per_frame_p90", "size_spearman",
+               "ctx_distance_gain", "twin_mean_distance"):
         return f"{value:.2f}"
     if key.startswith("rel_"):
         return f"{value:.3f}"

@@ -13,6 +13,12 @@ def test_band_check():
     assert not realism._in_band(float("nan"), (None, 0.2)) and not realism._in_band(None, (0.1, None))
 
 
+def test_distances_print_as_distances_and_shares_as_percentages():
+    assert realism._fmt(0.33, "ctx_distance_gain") == "0.33"
+    assert realism._band_text((0.4, 1.0), "ctx_distance_gain") == "0.40 .. 1.00"
+    assert realism._fmt(0.09, "ctx_small_gain") == "9 %"
+
+
 def test_realism_report_on_tiny(tmp_path, capsys):
     out = tmp_path / "REALISM.md"
     argv = ["--preset", "tiny", "--gen-seeds", "0", "--model-seeds", "0", "1", "--work", str(tmp_path / "work"),
