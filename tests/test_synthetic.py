@@ -427,6 +427,7 @@ def test_each_biotope_is_told_from_a_thumbnail():
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from bench.realism import _view_features
     from src.synthetic.habitat import BIOTOPES, ZONES, Habitat, render_background
     rng = np.random.default_rng(0)
     x, y = [], []
@@ -435,9 +436,7 @@ def test_each_biotope_is_told_from_a_thumbnail():
             zone = int(rng.integers(len(ZONES)))
             habitat = Habitat(biotope, zone, float(rng.uniform(*ZONES[zone][1:])))
             frame = np.clip(render_background(960, 540, habitat, rng)[0], 0, 255).astype(np.uint8)
-            hist = [np.histogram(frame[..., c], bins=8, range=(0, 256))[0] / frame[..., c].size for c in range(3)]
-            thumb = cv2.resize(frame, (8, 8), interpolation=cv2.INTER_AREA).ravel() / 255
-            x.append(np.concatenate([*hist, thumb]))
+            x.append(_view_features(frame, np.ones(frame.shape[:2], bool)))  # the context probe's features
             y.append(label)
     x, y = np.array(x), np.array(y)
     fit, held = np.arange(len(y)) % 2 == 0, np.arange(len(y)) % 2 == 1

@@ -225,6 +225,13 @@ def _branching(floor: np.ndarray, x: float, y: float, length: float, colour, thi
             stack += [((qx, qy), a + side * rng.uniform(0.3, 0.7), ln * 0.7, d + 1) for side in (-1, 1)]
 
 
+def _vase(x: float, y: float, half: float, hgt: float, foot: float) -> np.ndarray:
+    """Integer outline of a vase standing at (x, y): `half` its half-width at the rim, `foot` times that at
+    the base."""
+    return np.round(np.array([(x - half * foot, y), (x - half, y - hgt), (x + half, y - hgt),
+                              (x + half * foot, y)])).astype(np.int32)
+
+
 def _perspective(cy: float, horizon: float, height: int) -> float:
     return 0.3 + 0.7 * float(np.clip((cy - horizon) / max(height - horizon, 1.0), 0.0, 1.0))
 
@@ -309,9 +316,7 @@ def _floor_features(floor: np.ndarray, biotope: str, base: np.ndarray, horizon: 
                 _branching(floor, x, cy - top, hgt * 0.5, shade, th, 2, rng)
             else:
                 half = hgt * rng.uniform(0.2, 0.4)
-                poly = np.array([(x - half * 0.4, cy - top), (x - half, cy - top - hgt), (x + half, cy - top - hgt),
-                                 (x + half * 0.4, cy - top)])
-                cv2.polylines(floor, [np.round(poly).astype(np.int32)], False, shade, th, cv2.LINE_AA)
+                cv2.polylines(floor, [_vase(x, cy - top, half, hgt, 0.4)], False, shade, th, cv2.LINE_AA)
 
     if biotope == "seapen":  # a stand of sea pens and tube anemones: thin upright stalks with a plume
         for _ in range(int(rng.integers(40, 80) + 3 * area)):
@@ -355,9 +360,7 @@ def _floor_features(floor: np.ndarray, biotope: str, base: np.ndarray, horizon: 
             half = hgt * rng.uniform(0.25, 0.6)
             shade = colour(SPONGE_COLOURS[rng.integers(len(SPONGE_COLOURS))] * rng.uniform(0.7, 1.0)
                            * (0.5 + 0.5 * s))
-            poly = np.array([(x - half * 0.5, cy - top), (x - half, cy - top - hgt), (x + half, cy - top - hgt),
-                             (x + half * 0.5, cy - top)])
-            cv2.fillPoly(floor, [np.round(poly).astype(np.int32)], shade, cv2.LINE_AA)
+            cv2.fillPoly(floor, [_vase(x, cy - top, half, hgt, 0.5)], shade, cv2.LINE_AA)
             cv2.ellipse(floor, (int(x), int(cy - top - hgt)), (max(1, int(half)), max(1, int(half * 0.3))), 0, 0,
                         360, colour(np.asarray(shade) * 0.55), -1, cv2.LINE_AA)  # the dark osculum
 
