@@ -16,7 +16,9 @@ def test_band_check():
 def test_distances_print_as_distances_and_shares_as_percentages():
     assert realism._fmt(0.33, "ctx_distance_gain") == "0.33"
     assert realism._band_text((0.4, 1.0), "ctx_distance_gain") == "0.40 .. 1.00"
-    assert realism._fmt(0.09, "ctx_small_gain") == "9 %"
+    assert realism._fmt(0.09, "ctx_small_gain") == "9.0 %"
+    assert realism._fmt(0.096, "probe_phylum_over_majority") == "9.6 %"  # below a 10-point band, shown so
+    assert realism._fmt(0.4, "probe_concept_ratio") == "40 %"
 
 
 def test_realism_report_on_tiny(tmp_path, capsys):
@@ -43,6 +45,12 @@ def test_realism_report_on_tiny(tmp_path, capsys):
     assert entry["twin_seed"] == 0  # the context twin was trained, and its figures are those of its predictions
     assert entry["twin"]["accuracy"] == pytest.approx(np.mean(np.array(entry["twin"]["pred"]) == truth))
     assert "roi_concept" in entry["probe"] and "## Context" in text
+    # the diagnosis scores the same models: unchanged inputs give the runs' own figures
+    diagnosis = entry["diagnosis"]
+    assert diagnosis["reference"]["accuracy"] == pytest.approx(entry["runs"]["0"]["accuracy"])
+    assert diagnosis["twin: all views"]["accuracy"] == pytest.approx(entry["twin"]["accuracy"])
+    assert {"twin: ctx3 from another frame", "twin: frame from another frame", "reference + habitat",
+            "twin: roi from another frame"} <= set(diagnosis) and "What limits the twin" in text
 
     # a second call reuses the generation and both finished runs: same figures, no training
     capsys.readouterr()
@@ -104,3 +112,12 @@ def test_context_figures_compare_the_twin_with_the_reference_of_its_seed():
     bands = dict((key, band) for key, _, _, band in realism.CONTEXT_CHECKS)
     assert all(realism._in_band(out[key], bands[key]) for key in bands)
     assert "ctx_distance_gain" not in realism.context_figures({"runs": {"0": ref}, "probe": probe})  # no twin
+
+
+def test_fit_probe_keeps_the_strength_that_predicts_held_out_frames():
+    rng = np.random.default_rng(0)
+    frames = np.repeat(np.arange(100), 3)
+    y = np.repeat(rng.integers(0, 3, 100), 3)  # a frame's ROIs share their label, as its context
+    x = np.eye(3)[y] + 0.3 * rng.normal(size=(300, 3))
+    model, C = realism.fit_probe(x, y, frames, grid=(1e-5, 1.0))
+    assert C == 1.0 and np.mean(model.predict(x) == y) > 0.9  # 1e-5 flattens every class to the prior
