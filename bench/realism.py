@@ -18,11 +18,12 @@ models' figures, with a verdict per band. Runs that finished are reused; a kille
 
 Context bands (REALISM section 4): on each generator seed it also trains the context twin
 (cfg/reference_ctx.yaml: the same recipe with views ROI + 3x window + whole frame; one more run per
-generator seed, --no-twin skips it) and fits linear probes (`context_probe`: logistic regression on colour
-histograms and 8x8 pixels of the ROI crop, of the 3x window with every box masked, of the whole frame with
-every box masked). The twin must gain 0.4-1.0 mean distance over the reference, >= 10 points on the
+generator seed, --no-twin skips it) and fits linear probes (`context_probe`: logistic regression, C chosen
+on held-out train frames, on colour histograms and 8x8 pixels of the ROI crop, of the 3x window with every
+box masked, of the whole frame with every box masked). The twin must gain 0.4-1.0 mean distance over the reference, >= 10 points on the
 smallest quarter of boxes and halve the size gap; the context alone must tell the phylum >= 10 points
 better than the most common phylum while telling the concept less than half as well as the ROI crop.
+After each twin, bench.context_diagnosis tells whether the twin or the generated context limits the gain.
     python -m bench.realism --probe-only --preset demo --seeds 0 1 2     # only the probes: minutes
 """
 from __future__ import annotations
