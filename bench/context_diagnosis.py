@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.runs import frame_habitats, run_probs, test_table
 from src.synthetic import error_profile as ep
 from src.taxonomy import distance_matrix, load_taxonomy
 
@@ -66,45 +67,41 @@ def _scores(truth: np.ndarray, pred: np.ndarray, D: np.ndarray, long_side: np.nd
             **{k: by_size[k] for k in ("q1", "q2", "q3", "q4") if k in by_size}}
 
 
-def _test_rows(root: Path, ids: np.ndarray, taxonomy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(truth, frame, box long side) of the test annotations `ids`."""
-    coco = json.loads((root / "dataset_test.json").read_text())
-    ann = {a["id"]: a for a in coco["annotations"]}
-    truth = pd.read_csv(root / "solution.csv").set_index("annotation_id")["concept_name"]
-    return (np.array([taxonomy.index(truth[i]) for i in ids]), np.array([ann[i]["image_id"] for i in ids]),
-            np.array([max(ann[i]["bbox"][2:]) for i in ids], dtype=float))
+def _rows(table: pd.DataFrame, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(truth, frame, box long side) of the test annotations `ids` (rows of `bench.runs.test_table`)."""
+    rows = table.loc[ids]
+    return rows["truth"].to_numpy(), rows["frame"].to_numpy(), rows[["w", "h"]].max(axis=1).to_numpy(float)
 
 
-def habitat_readout(root: Path, reference: Path, taxonomy=None) -> dict[str, dict[str, float]]:
-    """The reference's test scores alone and with the train frames' habitat posterior (`with_habitat`)."""
+def habitat_readout(root: Path, reference: Path, table: pd.DataFrame, taxonomy=None) -> dict[str, dict[str, float]]:
+    """The reference's test scores alone and with the train frames' habitat posterior (`with_habitat`);
+    `table`: `bench.runs.test_table` of root."""
     taxonomy = taxonomy or load_taxonomy()
-    scene = pd.read_csv(root / "frame_habitats.csv")
-    scene["key"] = scene["biotope"] + "/" + scene["zone"]
-    levels = {k: i for i, k in enumerate(sorted(scene["key"].unique()))}
-    key_of = {split: scene[scene["split"] == split].set_index("image_id")["key"] for split in ("train", "test")}
+    n_habitats, habitat_of = frame_habitats(root)
     train = json.loads((root / "dataset_train.json").read_text())["annotations"]
     column = {c: k for k, c in enumerate(taxonomy.category_ids)}
-    conditional, prior = habitat_posterior([levels[key_of["train"][a["image_id"]]] for a in train],
-                                           [column[a["category_id"]] for a in train], len(levels), len(taxonomy))
-    z = np.load(reference / "test_probs.npz")
-    ids, probs = z["annotation_id"], z["probs"].mean(0)
-    truth, frames, side = _test_rows(root, ids, taxonomy)
-    habitat = np.array([levels[key_of["test"][f]] for f in frames])
+    conditional, prior = habitat_posterior(habitat_of["train"].loc[[a["image_id"] for a in train]].to_numpy(),
+                                           [column[a["category_id"]] for a in train], n_habitats, len(taxonomy))
+    ids, probs, _ = run_probs(reference, "test")
+    truth, frames, side = _rows(table, ids)
+    habitat = habitat_of["test"].loc[frames].to_numpy()
     D = distance_matrix(taxonomy)
     return {"reference": _scores(truth, probs.argmax(1), D, side),
             "reference + habitat": _scores(truth, with_habitat(probs, conditional[habitat], prior).argmax(1), D, side)}
 
 
-def view_reliance(root: Path, twin: Path, taxonomy=None, seed: int = 0) -> dict[str, dict[str, float]]:
+def view_reliance(root: Path, twin: Path, table: pd.DataFrame, taxonomy=None,
+                  seed: int = 0) -> dict[str, dict[str, float]]:
     """The twin's test scores with all its views, with each non-ROI view (and all of them together) taken
-    from a test ROI of another frame (`foreign_permutation`), and with the ROI view so taken."""
+    from a test ROI of another frame (`foreign_permutation`), and with the ROI view so taken; `table`:
+    `bench.runs.test_table` of root."""
     from src.inference import load_crops, load_member, predict_crops
 
     taxonomy = taxonomy or load_taxonomy()
     member = load_member(twin, taxonomy, "cpu")
     ids, crops = load_crops(root / "dataset_test.json", root / "cache", member.crop_size, member.views,
                             images_dir=root / "frames" / "test", taxonomy=taxonomy, progress=False)
-    truth, frames, side = _test_rows(root, ids, taxonomy)
+    truth, frames, side = _rows(table, ids)
     perm = foreign_permutation(frames, seed)
     per_view = isinstance(crops, tuple)
     views = list(crops) if per_view else [crops[:, v] for v in range(crops.shape[1])]
@@ -150,11 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         if path is not None and not (path / needs).is_file():
             parser.error(f"{path / needs} not found")
     taxonomy = load_taxonomy()
-    rows = {}
+    table, rows = test_table(args.root, taxonomy), {}
     if args.reference:
-        rows.update(habitat_readout(args.root, args.reference, taxonomy))
+        rows.update(habitat_readout(args.root, args.reference, table, taxonomy))
     if args.twin:
-        rows.update({f"twin: {k}": v for k, v in view_reliance(args.root, args.twin, taxonomy).items()})
+        rows.update({f"twin: {k}": v for k, v in view_reliance(args.root, args.twin, table, taxonomy).items()})
     print(diagnosis_table(rows))
     return 0
 

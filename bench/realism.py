@@ -41,6 +41,7 @@ import pandas as pd
 
 from bench.common import REPO, git_commit, load_average
 from bench.context_diagnosis import diagnosis_table, habitat_readout, view_reliance
+from bench.runs import frame_habitats, run_probs, test_table
 from src.artifacts import atomic_path, atomic_write_json, atomic_write_text
 from src.config import Config, deep_merge, load_yaml, parse_overrides, validate_config
 from src.runtime import cpu_model
@@ -296,12 +297,9 @@ def context_probe(root: Path, taxonomy=None, grid=PROBE_C) -> dict:
     views = dict(train_x), dict(test_x)
     habitats = root / "frame_habitats.csv"
     if habitats.is_file():
-        scene = pd.read_csv(habitats)
-        levels = sorted({f"{b}/{z}" for b, z in zip(scene["biotope"], scene["zone"])})
+        n_habitats, habitat_of = frame_habitats(root)
         for side, (split, rows) in enumerate((("train", train_rows), ("test", test_rows))):
-            key = scene[scene["split"] == split].set_index("image_id")
-            names = [f"{key.loc[i, 'biotope']}/{key.loc[i, 'zone']}" for i in rows["image_id"]]
-            views[side]["habitat"] = np.eye(len(levels))[[levels.index(n) for n in names]]
+            views[side]["habitat"] = np.eye(n_habitats)[habitat_of[split].loc[rows["image_id"]].to_numpy()]
     frames = train_rows["image_id"].to_numpy()
     for view in views[0]:
         for target, (a, b) in (("phylum", (phylum_of[y_train], phylum_of[y_test])), ("concept", (y_train, y_test))):
@@ -350,25 +348,9 @@ def train_reference(root: Path, seed: int, run_dir: Path, overrides: list[str],
 
 
 # ------------------------------------------------------------------------------------------- figures
-def _probs(run_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    z = np.load(run_dir / f"{split}_probs.npz")
-    return z["annotation_id"], z["probs"].mean(0), (z["labels"] if "labels" in z.files else None)
-
-
-def test_table(root: Path, taxonomy) -> pd.DataFrame:
-    """One row per test annotation: truth, frame, box and frame size (rendered px)."""
-    coco = json.loads((root / "dataset_test.json").read_text())
-    images = {im["id"]: im for im in coco["images"]}
-    truth = pd.read_csv(root / "solution.csv").set_index("annotation_id")["concept_name"]
-    rows = [{"annotation_id": a["id"], "frame": a["image_id"], "truth": taxonomy.index(truth[a["id"]]),
-             "w": a["bbox"][2], "h": a["bbox"][3], "frame_w": images[a["image_id"]]["width"],
-             "frame_h": images[a["image_id"]]["height"]} for a in coco["annotations"]]
-    return pd.DataFrame(rows).set_index("annotation_id")
-
-
 def run_figures(run_dir: Path, table: pd.DataFrame, taxonomy, D: np.ndarray, render_scale: float) -> dict:
     """Every single-model figure of one finished run on the generated test (and its validation split)."""
-    ids, probs, _ = _probs(run_dir, "test")
+    ids, probs, _ = run_probs(run_dir, "test")
     rows = table.loc[ids]
     truth, pred = rows["truth"].to_numpy(), probs.argmax(1)
     out = ep.operating_point(truth, pred, D)
@@ -386,7 +368,7 @@ def run_figures(run_dir: Path, table: pd.DataFrame, taxonomy, D: np.ndarray, ren
     out["size_q3_minus_q1"] = by_size["q3"] - by_size["q1"]
     out.update({f"cal_{k}": v for k, v in ep.calibration_bins(truth, probs).items()})
     out["frame_clustering"] = ep.frame_clustering(truth, pred, rows["frame"].to_numpy())
-    _, val_probs, val_labels = _probs(run_dir, "val")
+    _, val_probs, val_labels = run_probs(run_dir, "val")
     out["val_accuracy"] = float(np.mean(val_probs.argmax(1) == val_labels))
     out["val_minus_test"] = out["val_accuracy"] - out["accuracy"]
     out["pred"] = pred.tolist()
@@ -659,8 +641,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gen seed {g} context twin: accuracy {entry['twin']['accuracy']:.3f}, "
                   f"distance {entry['twin']['mean_distance']:.3f}")
             ref_dir = args.work / "runs" / run_fingerprint(root, args.set) / f"g{g}_s{s}"
-            entry["diagnosis"] = {**habitat_readout(root, ref_dir, taxonomy),
-                                  **{f"twin: {k}": v for k, v in view_reliance(root, run_dir, taxonomy).items()}}
+            entry["diagnosis"] = {**habitat_readout(root, ref_dir, table, taxonomy),
+                                  **{f"twin: {k}": v for k, v in view_reliance(root, run_dir, table, taxonomy).items()}}
         if len(entry["runs"]) > 1:
             truth = np.array(entry["truth"])
             entry["agreement"] = ep.seed_agreement(truth, [np.array(r["pred"]) for r in entry["runs"].values()])
